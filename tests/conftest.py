@@ -1,0 +1,34 @@
+"""Shared fixtures: the real labelled photos in ../shared/data/faces (or $DLIBPLUS_FACES)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def faces_root() -> Path:
+    env = os.environ.get("DLIBPLUS_FACES")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "faces"
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    """Root of the labelled photo sets: ``<set>/<person>/<image>``."""
+    root = faces_root()
+    if not root.is_dir():
+        pytest.fail(f"face photos not found at {root}; set DLIBPLUS_FACES")
+    return root
+
+
+def person_images(root: Path, set_name: str, per_person: int | None = None) -> list[tuple[str, Path]]:
+    """Sorted ``(person, path)`` pairs of one set, at most ``per_person`` images each."""
+    pairs = []
+    for person_dir in sorted((root / set_name).iterdir()):
+        if not person_dir.is_dir() or person_dir.name.startswith("_"):
+            continue
+        files = sorted(p for p in person_dir.iterdir() if p.is_file())
+        pairs += [(person_dir.name, p) for p in files[:per_person]]
+    return pairs
