@@ -1,0 +1,222 @@
+"""The ``dlibplus`` command: train-knn, predict, encode, finetune, evaluate.
+
+Each command parses its options, calls the library, and prints: data on stdout, progress and
+warnings on stderr. Errors a user can cause exit with status 1 and one clear line; bad usage
+(an empty or missing folder included) exits with status 2.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import DataFolderError, DlibplusError
+
+
+def _face_options(f):
+    """Options that decide how faces are found and aligned (shared by every command that scans)."""
+    options = [
+        click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", show_default=True,
+                     help="Face detector: hog (fast on CPU) or cnn (dlib's MMOD, more accurate, slow on CPU)."),
+        click.option("--upsample", type=click.IntRange(0, 4), default=1, show_default=True,
+                     help="Times to upsample each image before detection (finds smaller faces)."),
+        click.option("--landmarks", type=click.Choice(["small", "large"]), default="small", show_default=True,
+                     help="Landmark model for alignment: small (5 points, face_recognition's default) or large (68)."),
+        click.option("--face-box", type=click.Choice(["detect", "whole"]), default="detect", show_default=True,
+                     help="'whole' uses the whole image as the face box: for folders of tight face crops."),
+        click.option("--max-side", type=click.IntRange(0), default=0, show_default=True,
+                     help="Shrink images longer than this many pixels before detection (0: never)."),
+        click.option("--jobs", "-j", type=click.IntRange(0), default=0,
+                     help="Worker processes for detection and encoding (default: all cores)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _settings(detector, upsample, landmarks, face_box, max_side):
+    from .data import FaceSettings
+
+    return FaceSettings(detector=detector, upsample=upsample, landmarks=landmarks, face_box=face_box,
+                        max_side=max_side)
+
+
+def _user_errors(f):
+    """Turn dlibplus's own errors into click's: one line, exit 1 (2 for an unusable folder)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except DataFolderError as exc:
+            raise click.UsageError(str(exc)) from None
+        except DlibplusError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+ENCODER_HELP = "Encoder: dlib (face_recognition's), torch (the exact PyTorch replica), a .dat file or a " \
+               "`dlibplus finetune` output folder."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dlibplus")
+def main():
+    """face_recognition's tools on dlib, and a dlib face model you can retrain on your own people."""
+
+
+# --- train-knn ---------------------------------------------------------------------------------------
+
+@main.command("train-knn")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Model file to write (.npz).")
+@click.option("--n-neighbors", default="auto", show_default=True,
+              help="k: 'auto' (leave-one-out choice), 'sqrt' (the example's round(sqrt(n))) or a number.")
+@click.option("--algorithm", type=click.Choice(["ball_tree", "kd_tree", "brute", "auto"]), default="ball_tree",
+              show_default=True, help="scikit-learn neighbour search.")
+@click.option("--threshold", type=float, default=0.6, show_default=True,
+              help="Distance beyond which a face is 'unknown' (stored in the model).")
+@click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
+              help="Jittered copies averaged per face (1 = none; 100 is 100x slower).")
+@click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write what was used and skipped, per person, as JSON.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
+@_face_options
+@_user_errors
+def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encoder, report, no_cache,
+              detector, upsample, landmarks, face_box, max_side, jobs):
+    """Train a k-NN face classifier on FOLDER/<person>/<image>.
+
+    Images with no face or several faces are skipped and listed at the end.
+    """
+    from .fileio import write_json
+    from .knn import FaceKNN
+    from .people import load_people
+
+    if n_neighbors not in ("auto", "sqrt"):
+        try:
+            n_neighbors = int(n_neighbors)
+        except ValueError:
+            raise click.BadParameter("must be 'auto', 'sqrt' or a whole number", param_hint="--n-neighbors")
+    people = load_people(folder, settings=_settings(detector, upsample, landmarks, face_box, max_side),
+                         encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache)
+    for line in people.report_lines():
+        click.echo(line, err=True)
+    if report:
+        write_json(report, people.report())
+    model = FaceKNN(n_neighbors, algorithm, threshold).fit(people.encodings, people.labels, people.metadata())
+    model.save(output)
+    click.echo(f"trained on {len(people.labels)} faces of {len(model.classes_)} people, k={model.k_} "
+               f"({model.n_neighbors}); model written to {output}", err=True)
+
+
+# --- predict --------------------------------------------------------------------------------------------
+
+FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threshold", type=float, default=None,
+              help="Distance beyond which a face is 'unknown' [default: the model's, 0.6].")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of CSV lines.")
+@click.option("--annotate", type=click.Path(file_okay=False, path_type=Path),
+              help="Write copies of the images with boxes and names drawn into this folder.")
+@click.option("--encoder", default=None, help="Override the encoder recorded in the model (must match training).")
+@click.option("--jobs", "-j", type=click.IntRange(0), default=0, help="Worker processes (default: all cores).")
+@_user_errors
+def predict(model, paths, threshold, as_json, annotate, encoder, jobs):
+    """Name the faces in PATHS (image files or folders) with a model from train-knn.
+
+    One line per face: path,name,top,right,bottom,left,distance. "unknown" beyond the threshold,
+    "no_persons_found" for an image without faces.
+    """
+    from .data import image_paths
+    from .knn import FaceKNN, predict_images
+
+    knn = FaceKNN.load(model)
+    files = image_paths(paths)
+    if not files:
+        raise click.UsageError("no image files found in the given paths")
+    results = predict_images(files, knn, threshold=threshold, encoder=encoder, jobs=jobs)
+    rows = []
+    for path, preds, error in results:
+        if error is not None:
+            click.echo(f"warning: skipped {path}: {error}", err=True)
+            rows.append({"path": str(path), "error": error})
+        elif not preds:
+            rows.append({"path": str(path), "name": "no_persons_found"})
+        for p in preds:
+            top, right, bottom, left = p.box
+            rows.append({"path": str(path), "name": p.name, "top": top, "right": right, "bottom": bottom,
+                         "left": left, "distance": round(p.distance, 6)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        for row in rows:
+            if "error" not in row:
+                writer.writerow([row.get(f, "") for f in FIELDS])
+    if annotate:
+        from .annotate import annotate_image
+
+        for path, preds, error in results:
+            if error is None:
+                out = annotate_image(path, preds, annotate)
+                click.echo(f"annotated {out}", err=True)
+
+
+# --- encode -------------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the .npz of encodings.")
+@click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
+@click.option("--jitters", type=click.IntRange(1), default=1, show_default=True, help="Jittered copies per face.")
+@_face_options
+@_user_errors
+def encode(paths, output, encoder, jitters, detector, upsample, landmarks, face_box, max_side, jobs):
+    """Write the encoding of every face in PATHS (files or folders) to an .npz.
+
+    Arrays: encodings (n x 128 float32), paths (n), boxes (n x 4: top, right, bottom, left).
+    """
+    import numpy as np
+
+    from .data import image_paths, process_images
+    from .fileio import atomic_path
+    from .people import resolve_encoder
+
+    files = image_paths(paths)
+    if not files:
+        raise click.UsageError("no image files found in the given paths")
+    enc, _ = resolve_encoder(encoder)
+    results = process_images(files, _settings(detector, upsample, landmarks, face_box, max_side), encoder=enc,
+                             num_jitters=jitters, jobs=jobs)
+    encs, names, boxes = [], [], []
+    for r in results:
+        if r.error is not None:
+            click.echo(f"warning: skipped {r.path}: {r.error}", err=True)
+            continue
+        if not r.n_faces:
+            click.echo(f"warning: no face in {r.path}", err=True)
+        encs.append(r.encodings)
+        names += [str(r.path)] * r.n_faces
+        boxes.append(r.boxes)
+    encodings = np.concatenate(encs).astype(np.float32) if encs else np.zeros((0, 128), np.float32)
+    with atomic_path(output) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, encodings=encodings, paths=np.array(names, dtype=str),
+                     boxes=np.concatenate(boxes).astype(np.int32) if boxes else np.zeros((0, 4), np.int32))
+    click.echo(f"{len(names)} faces from {len(files)} images written to {output}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,152 @@
+"""A people folder turned into labelled encodings (or chips), with a record of what was skipped and why.
+
+Shared by ``train-knn``, ``finetune`` and ``evaluate`` so that all three scan, skip and report alike:
+an image is used when exactly one face is found in it; unreadable images, images without a face and
+images with several faces are skipped and listed per person.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import FaceSettings, ImageFaces, process_images, scan_people
+from .errors import DataFolderError
+
+
+def resolve_encoder(spec: str | None):
+    """``(encoder, spec)``: ``'dlib'``/``None`` → ``(None, 'dlib')`` (dlib itself, in worker processes);
+    ``'torch'``, a ``.dat`` file or a fine-tuned model folder → a loaded encoder."""
+    if spec is None or spec == "dlib":
+        return None, "dlib"
+    from .encoders import load_encoder
+
+    if spec != "torch":
+        spec = str(Path(spec).resolve())
+    return load_encoder(spec), spec
+
+
+def encoder_from_metadata(meta: dict[str, Any]):
+    """The encoder a model was trained with (``None`` for dlib)."""
+    return resolve_encoder(meta.get("encoder", "dlib"))[0]
+
+
+def settings_from_metadata(meta: dict[str, Any]) -> FaceSettings:
+    return FaceSettings(**meta.get("face_settings", {}))
+
+
+@dataclass
+class PeopleSet:
+    """Usable faces of a people folder.
+
+    :ivar labels: (n,) person names. :ivar paths: (n,) image paths.
+    :ivar encodings: (n, 128) float64, or ``None`` for a chips set.
+    :ivar chips: (n, 150, 150, 3) uint8, or ``None`` for an encodings set.
+    :ivar skipped: person → list of ``(path, reason)``.
+    """
+
+    folder: Path
+    labels: np.ndarray
+    paths: np.ndarray
+    boxes: np.ndarray
+    settings: FaceSettings
+    encoder_spec: str
+    num_jitters: int
+    encodings: np.ndarray | None = None
+    chips: np.ndarray | None = None
+    skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    total_per_person: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def people(self) -> list[str]:
+        return sorted(self.total_per_person)
+
+    @property
+    def people_without_images(self) -> list[str]:
+        used = set(self.labels.tolist())
+        return [p for p in self.people if p not in used]
+
+    def report(self) -> dict[str, Any]:
+        """Per person: images found, used, and the skipped ones with reasons (JSON-able)."""
+        used = Counter(self.labels.tolist())
+        return {"folder": str(self.folder),
+                "images": int(sum(self.total_per_person.values())), "used": int(len(self.labels)),
+                "people": {p: {"images": self.total_per_person[p], "used": used.get(p, 0),
+                               "skipped": [{"path": s, "reason": r} for s, r in self.skipped.get(p, [])]}
+                           for p in self.people},
+                "people_without_usable_images": self.people_without_images}
+
+    def report_lines(self) -> list[str]:
+        """A human summary: one line per person with skipped images, then each skipped file."""
+        lines = []
+        used = Counter(self.labels.tolist())
+        for p in self.people:
+            skipped = self.skipped.get(p, [])
+            if skipped or not used.get(p):
+                lines.append(f"{p}: {used.get(p, 0)} of {self.total_per_person[p]} images used")
+                lines += [f"  skipped {s}: {r}" for s, r in skipped]
+        for p in self.people_without_images:
+            lines.append(f"warning: {p} has no usable image and is left out")
+        lines.append(f"{len(self.labels)} faces of {len(set(self.labels.tolist()))} people from "
+                     f"{sum(self.total_per_person.values())} images")
+        return lines
+
+    def metadata(self) -> dict[str, Any]:
+        """Settings that a model built from this set must be used with."""
+        return {"encoder": self.encoder_spec, "face_settings": self.settings.to_dict(),
+                "num_jitters": self.num_jitters, "dlibplus_version": __version__,
+                "trained_on": str(self.folder), "n_images": int(len(self.labels)),
+                "n_people": int(len(set(self.labels.tolist())))}
+
+
+def _skip_reason(r: ImageFaces) -> str | None:
+    if r.error is not None:
+        return r.error
+    if r.n_faces == 0:
+        return "no face found"
+    if r.n_faces > 1:
+        return f"{r.n_faces} faces found (need exactly one)"
+    return None
+
+
+def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = None, encoder: str | None = "dlib",
+                want: str = "encodings", num_jitters: int = 1, jobs: int | None = None,
+                use_cache: bool = True, cache_dir: os.PathLike | str | None = None,
+                progress: bool = True) -> PeopleSet:
+    """Scan, detect, align and encode a people folder; keep images with exactly one face.
+
+    :param encoder: ``'dlib'``, ``'torch'``, a ``.dat`` or a fine-tuned model folder (ignored for chips).
+    :param want: ``"encodings"`` or ``"chips"``.
+    :raises DataFolderError: the folder is missing or empty, or no image has a usable face.
+    """
+    settings = settings or FaceSettings()
+    pairs = scan_people(folder)
+    enc, spec = resolve_encoder(encoder) if want == "encodings" else (None, "none")
+    results = process_images([p for _, p in pairs], settings, encoder=enc, want=want, num_jitters=num_jitters,
+                             jobs=jobs, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
+                             desc="encoding" if want == "encodings" else "aligning")
+    skipped: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    labels, paths, boxes, rows = [], [], [], []
+    for (person, path), r in zip(pairs, results):
+        reason = _skip_reason(r)
+        if reason:
+            skipped[person].append((str(path), reason))
+            continue
+        labels.append(person)
+        paths.append(str(path))
+        boxes.append(r.boxes[0])
+        rows.append(r.encodings[0] if want == "encodings" else r.chips[0])
+    total = Counter(person for person, _ in pairs)
+    if not labels:
+        raise DataFolderError(f"no usable face in {folder}: every image was skipped "
+                              f"({sum(total.values())} images; try --face-box whole for tight crops)")
+    stacked = np.stack(rows)
+    return PeopleSet(Path(folder), np.array(labels), np.array(paths), np.array(boxes, np.int32), settings, spec,
+                     num_jitters, encodings=stacked if want == "encodings" else None,
+                     chips=stacked if want == "chips" else None, skipped=dict(skipped),
+                     total_per_person=dict(total))
