@@ -32,3 +32,10 @@ def person_images(root: Path, set_name: str, per_person: int | None = None) -> l
         files = sorted(p for p in person_dir.iterdir() if p.is_file())
         pairs += [(person_dir.name, p) for p in files[:per_person]]
     return pairs
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests compute everything for real: a fresh, private encoding cache for the session."""
+    os.environ["DLIBPLUS_CACHE"] = str(tmp_path_factory.mktemp("dlibplus-cache"))
+    yield

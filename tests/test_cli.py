@@ -1,0 +1,146 @@
+"""The dlibplus command line on real photos and on bad input: exit codes, output formats, the cache."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dlibplus import data
+from dlibplus.cli import main
+
+PEOPLE = {  # lfw photos are small (250 px), so HOG detection is quick
+    "Aaron_Peirsol": 3,
+    "Abdullah_Gul": 3,
+    "Adrien_Brody": 3,
+}
+
+
+@pytest.fixture()
+def people_dir(tmp_path, faces_dir):
+    """A people folder of symlinks to real photos, plus every kind of bad input beside them."""
+    root = tmp_path / "people"
+    for person, n in PEOPLE.items():
+        (root / person).mkdir(parents=True)
+        for src in sorted((faces_dir / "lfw_dev" / person).iterdir())[:n]:
+            os.symlink(src, root / person / src.name.upper() if src.name.endswith("1.jpg") else root / person / src.name)
+    bad = root / "Aaron_Peirsol"
+    (bad / "notes.jpg").write_text("not a photo")
+    data_bytes = (faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0004.jpg").read_bytes()
+    (bad / "cut.jpg").write_bytes(data_bytes[: len(data_bytes) // 4])
+    (bad / "readme.txt").write_text("ignored: not an image extension")
+    # an RGBA png of a real face is used like any photo
+    Image.open(faces_dir / "lfw_dev/Abdullah_Gul/Abdullah_Gul_0004.jpg").convert("RGBA").save(
+        root / "Abdullah_Gul" / "rgba.png")
+    # a person whose only photo has no face
+    (root / "Nobody").mkdir()
+    Image.new("RGB", (200, 200), (120, 130, 140)).save(root / "Nobody" / "wall.jpg")
+    # a photo with two faces
+    two = faces_dir / "face_recognition/_multi_or_unlabelled/examples__two_people.jpg"
+    os.symlink(two, root / "Adrien_Brody" / "two.jpg")
+    return root
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_train_knn_skips_and_reports_bad_input(people_dir, tmp_path):
+    model, report = tmp_path / "m.npz", tmp_path / "report.json"
+    res = run("train-knn", people_dir, "-o", model, "--report", report, "--jobs", 2)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(report.read_text())
+    skipped = {s["path"].split("/")[-1]: s["reason"] for p in rep["people"].values() for s in p["skipped"]}
+    assert "not an image" in skipped["notes.jpg"]
+    assert "truncated" in skipped["cut.jpg"]
+    assert skipped["wall.jpg"] == "no face found"
+    assert skipped["two.jpg"].startswith("2 faces")
+    assert "readme.txt" not in skipped
+    assert rep["people_without_usable_images"] == ["Nobody"]
+    assert rep["people"]["Abdullah_Gul"]["used"] == 4  # the RGBA png counts
+    assert "Nobody has no usable image" in res.output
+    assert model.is_file()
+
+
+def test_predict_csv_json_unknown_and_annotate(people_dir, tmp_path, faces_dir):
+    model = tmp_path / "m.npz"
+    assert run("train-knn", people_dir, "-o", model, "-j", 1).exit_code == 0
+    probe = faces_dir / "lfw_dev/Adrien_Brody"
+    probe_files = sorted(probe.iterdir())[3:5]
+    wall = people_dir / "Nobody" / "wall.jpg"
+    res = run("predict", model, *probe_files, wall, "-j", 1)
+    assert res.exit_code == 0
+    lines = [line.split(",") for line in res.stdout.strip().splitlines()]
+    assert [line[1] for line in lines] == ["Adrien_Brody", "Adrien_Brody", "no_persons_found"]
+    for line in lines[:2]:
+        assert len(line) == 7 and all(v.lstrip("-").isdigit() for v in line[2:6]) and 0 <= float(line[6]) <= 0.6
+    assert lines[2][2:] == [""] * 5
+    strict = run("predict", model, probe_files[0], "--threshold", "0.01", "--json", "-j", 1)
+    rows = json.loads(strict.stdout)
+    assert rows[0]["name"] == "unknown" and rows[0]["distance"] > 0.01
+    out = tmp_path / "annotated"
+    res = run("predict", model, probe_files[0], "--annotate", out, "-j", 1)
+    assert res.exit_code == 0
+    assert Image.open(out / probe_files[0].name).size == Image.open(probe_files[0]).size
+
+
+def test_second_run_only_encodes_new_photos(people_dir, tmp_path, faces_dir, monkeypatch):
+    monkeypatch.setenv("DLIBPLUS_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = data._process_one
+    monkeypatch.setattr(data, "_process_one", lambda *a: calls.append(a[0]) or real(*a))
+    assert run("train-knn", people_dir, "-o", tmp_path / "a.npz", "-j", 1).exit_code == 0
+    first = len(calls)
+    assert first >= 12
+    calls.clear()
+    os.symlink(faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0004.jpg", people_dir / "Aaron_Peirsol" / "new.jpg")
+    assert run("train-knn", people_dir, "-o", tmp_path / "b.npz", "-j", 1).exit_code == 0
+    # the new photo plus the two unreadable files (errors are not cached, they are re-tried)
+    assert sorted(p.name for p in calls) == ["cut.jpg", "new.jpg", "notes.jpg"]
+    calls.clear()
+    assert run("train-knn", people_dir, "-o", tmp_path / "c.npz", "-j", 1, "--upsample", 0).exit_code == 0
+    assert len(calls) == first + 1  # new settings, new cache key
+
+
+def test_empty_missing_and_faceless_folders(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run("train-knn", empty, "-o", tmp_path / "m.npz")
+    assert res.exit_code == 2 and "no images found" in res.output
+    res = run("train-knn", tmp_path / "nope", "-o", tmp_path / "m.npz")
+    assert res.exit_code == 2 and "not found" in res.output
+    (empty / "someone").mkdir()
+    Image.new("RGB", (120, 120), (90, 90, 90)).save(empty / "someone" / "blank.png")
+    res = run("train-knn", empty, "-o", tmp_path / "m.npz", "-j", 1)
+    assert res.exit_code == 2 and "no usable face" in res.output
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_predict_rejects_foreign_model_files(tmp_path, faces_dir):
+    photo = faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
+    bogus = tmp_path / "model.npz"
+    bogus.write_text("hello")
+    res = run("predict", bogus, photo)
+    assert res.exit_code == 1 and "model.npz" in res.output and "Traceback" not in res.output
+    res = run("predict", tmp_path / "absent.npz", photo)
+    assert res.exit_code == 1 and "absent.npz" in res.output
+
+
+def test_encode_writes_npz(tmp_path, faces_dir):
+    out = tmp_path / "enc.npz"
+    folder = faces_dir / "face_recognition/_multi_or_unlabelled"
+    res = run("encode", folder / "examples__two_people.jpg", faces_dir / "lfw_dev/Aaron_Peirsol", "-o", out, "-j", 2)
+    assert res.exit_code == 0, res.output
+    with np.load(out, allow_pickle=False) as z:
+        assert z["encodings"].shape == (6, 128) and z["encodings"].dtype == np.float32
+        assert z["boxes"].shape == (6, 4) and len(z["paths"]) == 6
+        assert z["paths"][0].endswith("two_people.jpg") and z["paths"][1].endswith("two_people.jpg")
+    import face_recognition as fr
+
+    img = fr.load_image_file(str(folder / "examples__two_people.jpg"))
+    ref = np.array(fr.face_encodings(img))
+    assert np.abs(np.sort(ref, axis=0) - np.sort(np.load(out)["encodings"][:2], axis=0)).max() < 1e-6

@@ -1,0 +1,112 @@
+"""FaceKNN on real encodings: k choice, the predicted person's distance, pickle-free persistence."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.neighbors import KNeighborsClassifier
+
+from dlibplus.data import FaceSettings
+from dlibplus.errors import ModelFileError, NotFittedError
+from dlibplus.knn import FaceKNN, choose_n_neighbors
+from dlibplus.people import load_people
+
+
+@pytest.fixture(scope="module")
+def kpop(faces_dir):
+    """dlib encodings of every kpop_idols15 crop (whole image as the box)."""
+    people = load_people(faces_dir / "kpop_idols15", settings=FaceSettings(face_box="whole"), jobs=2,
+                         progress=False)
+    return people.encodings, people.labels
+
+
+def _split(labels, seed=0):
+    from dlibplus.data import split_per_person
+
+    return split_per_person(labels, 0.5, seed)
+
+
+def test_split_is_per_person_and_seeded(kpop):
+    _, labels = kpop
+    train, test = _split(labels)
+    assert set(labels[train]) == set(labels[test]) == set(labels)
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == len(labels)
+    for person in set(labels):
+        n = (labels == person).sum()
+        assert abs((labels[test] == person).sum() - n / 2) <= 1
+    assert np.array_equal(_split(labels)[1], test) and not np.array_equal(_split(labels, 1)[1], test)
+
+
+def test_votes_match_scikit_learn(kpop):
+    X, labels = kpop
+    train, test = _split(labels)
+    for k in (1, 3, 7):
+        ours = FaceKNN(k).fit(X[train], labels[train])
+        ref = KNeighborsClassifier(n_neighbors=k, weights="distance", algorithm="ball_tree").fit(X[train], labels[train])
+        _, _, people = ours.predict_with_distance(X[test])
+        assert (people == ref.predict(X[test])).all()
+
+
+def test_distance_and_unknown_concern_the_predicted_person(kpop):
+    X, labels = kpop
+    train, test = _split(labels)
+    model = FaceKNN(5).fit(X[train], labels[train])
+    names, dist, people = model.predict_with_distance(X[test])
+    for x, d, p, name in zip(X[test], dist, people, names):
+        gallery = X[train][labels[train] == p]
+        assert d == pytest.approx(np.linalg.norm(gallery - x, axis=1).min())
+        assert (name == "unknown") == (d > 0.6)
+    # with k = 5 the vote sometimes disagrees with the single nearest face: the example would then
+    # report a distance to someone else; we never do
+    nearest = np.linalg.norm(X[test][:, None] - X[train][None], axis=2).min(axis=1)
+    assert (dist >= nearest - 1e-12).all()
+    assert model.predict(X[test], threshold=0.0) == ["unknown"] * len(test)
+
+
+def test_auto_k_beats_sqrt_when_people_have_few_photos(kpop):
+    X, labels = kpop
+    # two training photos per person: the situation where round(sqrt(n)) collapses
+    rng = np.random.default_rng(0)
+    train = np.concatenate([rng.choice(np.flatnonzero(labels == p), 2, replace=False) for p in sorted(set(labels))])
+    test = np.setdiff1d(np.arange(len(labels)), train)
+    auto = FaceKNN("auto").fit(X[train], labels[train])
+    sqrt = FaceKNN("sqrt").fit(X[train], labels[train])
+    assert sqrt.k_ == round(np.sqrt(len(train)))
+    acc = {m: np.mean(np.array(model.predict_with_distance(X[test])[2]) == labels[test])
+           for m, model in (("auto", auto), ("sqrt", sqrt))}
+    assert auto.k_ < sqrt.k_ and acc["auto"] > acc["sqrt"]
+
+
+def test_loo_choice_on_hand_made_points():
+    # two tight clusters of 3 and one stray "b" in the middle of cluster a: with k=1 every a's nearest
+    # other point is the stray (3 a's wrong, and the stray itself); with k=3 the a's outvote it
+    X = np.array([[0, 0], [0.1, 0], [0, 0.1], [0.05, 0.05], [5, 5], [5.1, 5], [5, 5.1]], float)
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    k, scores = choose_n_neighbors(X, y, candidates=(1, 3))
+    assert scores[1] == pytest.approx(3 / 7) and scores[3] == pytest.approx(6 / 7) and k == 3
+
+
+def test_save_load_roundtrip_and_no_pickle(kpop, tmp_path):
+    X, labels = kpop
+    model = FaceKNN().fit(X[:60], labels[:60], metadata={"encoder": "dlib"})
+    path = tmp_path / "m.npz"
+    model.save(path)
+    loaded = FaceKNN.load(path)
+    assert loaded.k_ == model.k_ and loaded.metadata["encoder"] == "dlib"
+    assert loaded.predict(X[60:]) == model.predict(X[60:])
+    # a pickle disguised as a model is refused, never executed
+    evil = tmp_path / "evil.npz"
+    evil.write_bytes(pickle.dumps({"encodings": X[:2]}))
+    with pytest.raises(ModelFileError, match="evil.npz"):
+        FaceKNN.load(evil)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ModelFileError, match="cut.npz"):
+        FaceKNN.load(cut)
+    other = tmp_path / "other.npz"
+    np.savez(other, weights=np.zeros(3))
+    with pytest.raises(ModelFileError, match="not a dlibplus KNN model"):
+        FaceKNN.load(other)
+    with pytest.raises(NotFittedError):
+        FaceKNN().predict(X[:1])
