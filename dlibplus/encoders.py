@@ -1,0 +1,250 @@
+"""Face encoders: aligned 150x150 RGB chips in, 128-d descriptors out.
+
+Every encoder has ``encode(chips) -> np.ndarray`` of shape (n, 128), float64, and an ``identity``
+dict (``kind``, ``model_sha256``, ``settings``) that changes whenever the descriptors could; other
+modules use it as a cache key.
+
+- :class:`DlibEncoder`: dlib's own ``compute_face_descriptor`` (any dlib-loadable ``.dat``).
+- :class:`TorchEncoder`: the PyTorch replica (:class:`~dlibplus.dlibnet.DlibResNet`), batched, on
+  CUDA when there is one; it matches dlib to ~1e-6 per component.
+- :func:`load_encoder`: ``"dlib"``, ``"torch"``, a ``.dat`` file or a folder holding ``model.dat``.
+
+Chips are what ``dlib.get_face_chip(image, shape, 150, 0.25)`` returns: uint8, RGB, (150, 150, 3).
+torch is imported only when a :class:`TorchEncoder` is built.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union
+
+import numpy as np
+
+from . import models
+from .errors import ModelFileError
+
+if TYPE_CHECKING:
+    from .dlibnet import DlibResNet
+
+CHIP_SIZE = 150
+DESCRIPTOR_SIZE = 128
+FINETUNED_MODEL_NAME = "model.dat"  # what ``dlibplus finetune --output DIR`` writes into DIR
+
+Chips = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+class Encoder(Protocol):
+    """What every encoder offers."""
+
+    def encode(self, chips: Chips) -> np.ndarray:
+        """(n, 128) float64 descriptors of n aligned chips."""
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """``{"kind", "model_sha256", "settings"}``: equal identities give equal descriptors."""
+
+
+def as_chips(chips: Chips) -> np.ndarray:
+    """Validate chips into one contiguous uint8 array (n, 150, 150, 3); raises ValueError."""
+    if isinstance(chips, np.ndarray):
+        array = chips
+    else:
+        items = list(chips)
+        if not items:
+            return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        for index, item in enumerate(items):
+            shape = np.shape(item)
+            if shape != (CHIP_SIZE, CHIP_SIZE, 3):
+                raise ValueError(f"chip {index} has shape {shape}; chips are {CHIP_SIZE}x{CHIP_SIZE} RGB, "
+                                 f"shape ({CHIP_SIZE}, {CHIP_SIZE}, 3)")
+        array = np.stack([np.asarray(item) for item in items])
+    if array.ndim != 4 or array.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+        raise ValueError(f"chips must have shape (n, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"chips must be uint8 RGB pixels, got dtype {array.dtype}")
+    return np.ascontiguousarray(array)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: os.PathLike | str) -> str:
+    """sha256 of a file (cached per path, size and modification time)."""
+    stat = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+class DlibEncoder:
+    """dlib's ``face_recognition_model_v1.compute_face_descriptor`` on aligned chips.
+
+    ``dat_path``: a dlib face-recognition ``.dat`` (default dlib's own; a fine-tuned one saved by
+    :func:`dlibplus.dlibnet.save_dat` works too). ``num_jitters``: as in face_recognition, 0 or 1
+    means none; n > 1 averages n randomly jittered copies (slower, and dlib's random state persists
+    across calls).
+    """
+
+    def __init__(self, dat_path: os.PathLike | str | None = None, num_jitters: int = 1):
+        if num_jitters < 0:
+            raise ValueError(f"num_jitters must be >= 0, not {num_jitters}")
+        self.dat_path = Path(dat_path) if dat_path is not None else models.model_path(models.FACE_RECOGNITION_MODEL)
+        if not self.dat_path.is_file():
+            raise ModelFileError(self.dat_path, "file not found")
+        self.num_jitters = num_jitters
+        self._model = None
+
+    def _net(self):
+        if self._model is None:
+            if dat_path_is_default(self.dat_path):
+                self._model = models.face_recognition_model()
+            else:
+                import dlib
+
+                try:
+                    self._model = dlib.face_recognition_model_v1(str(self.dat_path))
+                except RuntimeError as exc:
+                    raise ModelFileError(self.dat_path, f"dlib could not load it ({exc})") from exc
+        return self._model
+
+    def encode(self, chips: Chips) -> np.ndarray:
+        """(n, 128) float64 descriptors of uint8 RGB chips (n, 150, 150, 3)."""
+        array = as_chips(chips)
+        if not len(array):
+            return np.zeros((0, DESCRIPTOR_SIZE))
+        descriptors = self._net().compute_face_descriptor(list(array), self.num_jitters)
+        return np.array([np.asarray(d) for d in descriptors], dtype=np.float64)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "dlib", "model_sha256": file_sha256(self.dat_path),
+                "settings": {"num_jitters": max(self.num_jitters, 1)}}
+
+    def __repr__(self) -> str:
+        return f"DlibEncoder(dat_path={str(self.dat_path)!r}, num_jitters={self.num_jitters})"
+
+
+def dat_path_is_default(path: os.PathLike | str) -> bool:
+    try:
+        return Path(path).resolve() == models.model_path(models.FACE_RECOGNITION_MODEL).resolve()
+    except ModelFileError:
+        return False
+
+
+class TorchEncoder:
+    """The PyTorch replica of dlib's network, batched.
+
+    ``model``: a :class:`~dlibplus.dlibnet.DlibResNet` (default: dlib's original weights). The
+    encoder keeps its own inference copy (affines folded into the convolutions), so later changes
+    to ``model`` do not reach it. ``device``: ``"auto"`` (CUDA when available), ``"cpu"``,
+    ``"cuda"`` or ``"cuda:N"``. ``batch_size``: chips per forward pass. ``half``: float16 weights
+    and activations, CUDA only (descriptors then differ from dlib by ~1e-3). ``channels_last``:
+    NHWC memory format, faster on CPU and on tensor cores.
+    """
+
+    def __init__(self, model: "DlibResNet | None" = None, device: str = "auto", batch_size: int = 64,
+                 half: bool = False, channels_last: bool = True, *, _model_sha256: str | None = None):
+        import torch
+
+        from . import dlibnet
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+        if half and self.device.type != "cuda":
+            raise ValueError("half=True needs a CUDA device; on CPU use float32 (half=False)")
+        self.batch_size = batch_size
+        self.half = half
+        self.channels_last = channels_last
+        if model is None:
+            path = models.model_path(models.FACE_RECOGNITION_MODEL)
+            model = dlibnet.load_dat(path)
+            self._model_sha256 = file_sha256(path)
+        else:
+            self._model_sha256 = _model_sha256 or _weights_sha256(model)
+        net = model.folded().eval().requires_grad_(False)
+        net = net.to(self.device, torch.float16 if half else torch.float32)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self._net = net
+
+    @classmethod
+    def from_dat(cls, path: os.PathLike | str | None = None, **options) -> "TorchEncoder":
+        """A TorchEncoder of the weights in a dlib ``.dat`` (default dlib's own); options as for ``__init__``."""
+        from . import dlibnet
+
+        path = Path(path) if path is not None else models.model_path(models.FACE_RECOGNITION_MODEL)
+        return cls(dlibnet.load_dat(path), _model_sha256=file_sha256(path), **options)
+
+    def encode(self, chips: Chips) -> np.ndarray:
+        """(n, 128) float64 descriptors of uint8 RGB chips (n, 150, 150, 3)."""
+        import torch
+
+        array = as_chips(chips)
+        out = np.zeros((len(array), DESCRIPTOR_SIZE))
+        with torch.inference_mode():
+            for start in range(0, len(array), self.batch_size):
+                batch = torch.from_numpy(array[start:start + self.batch_size]).to(self.device)
+                x = batch.permute(0, 3, 1, 2).float()  # NHWC memory: already channels_last
+                x = x.contiguous(memory_format=torch.channels_last if self.channels_last
+                                 else torch.contiguous_format)
+                out[start:start + len(batch)] = self._net(x).float().cpu().numpy()
+        return out
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """``model_sha256``: the sha256 of the ``.dat`` file the weights came from, or for a model
+        built in memory, of the ``.dat`` :func:`~dlibplus.dlibnet.save_dat` writes for it (the same
+        for unchanged weights), taken when the encoder was made."""
+        return {"kind": "torch", "model_sha256": self._model_sha256, "settings": {"half": self.half}}
+
+    def __repr__(self) -> str:
+        return (f"TorchEncoder(device={str(self.device)!r}, batch_size={self.batch_size}, "
+                f"half={self.half}, channels_last={self.channels_last})")
+
+
+def _weights_sha256(model: "DlibResNet") -> str:
+    """sha256 of the .dat ``save_dat(model)`` would write."""
+    from .dlibnet import convert, dat_io
+
+    data = dat_io.dat_bytes(convert.state_dict_to_dat(model.state_dict(), model.stages_spec))
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_encoder(spec: os.PathLike | str, **options) -> DlibEncoder | TorchEncoder:
+    """An encoder from a short description.
+
+    ``"dlib"``: :class:`DlibEncoder` of dlib's model; ``"torch"``: :class:`TorchEncoder` of dlib's
+    weights; a path to a ``.dat`` file: :class:`TorchEncoder` of that file; a folder holding
+    ``model.dat`` (what ``dlibplus finetune --output DIR`` writes): :class:`TorchEncoder` of it.
+    ``options`` go to the encoder's constructor. Anything else raises ModelFileError (a path that
+    is not a usable model) or ValueError.
+    """
+    if isinstance(spec, str) and spec in ("dlib", "torch"):
+        return DlibEncoder(**options) if spec == "dlib" else TorchEncoder.from_dat(None, **options)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ValueError(f"encoder must be 'dlib', 'torch', a .dat file or a folder holding "
+                         f"{FINETUNED_MODEL_NAME}, not {spec!r}")
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / FINETUNED_MODEL_NAME).is_file():
+            raise ModelFileError(path, f"the folder holds no {FINETUNED_MODEL_NAME} "
+                                       "(expected the output folder of `dlibplus finetune`)")
+        path = path / FINETUNED_MODEL_NAME
+    elif not path.exists():
+        raise ModelFileError(path, f"no such file or folder; an encoder is 'dlib', 'torch', a .dat file "
+                                   f"or a folder holding {FINETUNED_MODEL_NAME}")
+    elif path.suffix.lower() != ".dat":
+        raise ModelFileError(path, "not a .dat file; an encoder is 'dlib', 'torch', a .dat file "
+                                   f"or a folder holding {FINETUNED_MODEL_NAME}")
+    return TorchEncoder.from_dat(path, **options)

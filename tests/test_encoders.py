@@ -1,0 +1,160 @@
+"""dlibplus.encoders: TorchEncoder against dlib's compute_face_descriptor on real aligned faces."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, person_images
+from dlibplus import encoders, models
+from dlibplus.dlibnet import load_dat, save_dat
+from dlibplus.encoders import DlibEncoder, TorchEncoder, load_encoder
+from dlibplus.errors import ModelFileError
+
+TOL = 1e-5  # max |torch - dlib| per descriptor component
+# Tight crops (whole image = face box), 212 faces of 59 people.
+PARITY_SETS = (("kpop_idols15", 8), ("glint360k_celeb24", 3), ("five_celebrity", 2), ("dlib_johns", 2))
+
+
+@pytest.fixture(scope="module")
+def chips(faces_dir) -> np.ndarray:
+    """Aligned 150x150 chips the way face_recognition makes them, with the whole image as the box."""
+    predictor = models.shape_predictor("small")
+    out = []
+    for set_name, per_person in PARITY_SETS:
+        for _, path in person_images(faces_dir, set_name, per_person):
+            image = np.asarray(Image.open(path).convert("RGB"))
+            h, w = image.shape[:2]
+            shape = predictor(image, dlib.rectangle(0, 0, w, h))  # css (0, w, h, 0)
+            out.append(dlib.get_face_chip(image, shape, 150, 0.25))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def dlib_reference(chips) -> np.ndarray:
+    """dlib itself: compute_face_descriptor on the chips (no jitter)."""
+    net = models.face_recognition_model()
+    return np.array([np.asarray(d) for d in net.compute_face_descriptor(list(chips))])
+
+
+def test_parity_with_dlib_on_real_faces(chips, dlib_reference):
+    assert len(chips) >= 200
+    ours = TorchEncoder(device="cpu").encode(chips)
+    assert ours.shape == (len(chips), 128) and ours.dtype == np.float64
+    assert np.abs(ours - dlib_reference).max() <= TOL
+
+
+def test_parity_of_the_model_in_train_mode(chips, dlib_reference):
+    model = load_dat().train()
+    with torch.no_grad():
+        out = torch.cat([model(torch.from_numpy(chips[i:i + 64]).permute(0, 3, 1, 2).float())
+                         for i in range(0, len(chips), 64)])
+    assert model.training
+    assert np.abs(out.double().numpy() - dlib_reference).max() <= TOL
+
+
+def test_dlib_encoder_is_dlib(chips, dlib_reference):
+    encoder = DlibEncoder()
+    np.testing.assert_array_equal(encoder.encode(list(chips[:5])), dlib_reference[:5])
+    assert encoder.encode([]).shape == (0, 128)
+
+
+def test_dlib_encoder_reads_a_saved_model(chips, tmp_path):
+    model = load_dat()
+    with torch.no_grad():
+        model.fc.weight.mul_(1.5)
+    path = tmp_path / "model.dat"
+    save_dat(model, path)
+    theirs = DlibEncoder(path).encode(chips[:4])
+    ours = TorchEncoder(model, device="cpu").encode(chips[:4])
+    assert np.abs(theirs - ours).max() <= TOL
+    assert load_encoder(tmp_path).identity["model_sha256"] == DlibEncoder(path).identity["model_sha256"]
+
+
+def test_batching_and_input_forms(chips):
+    encoder = TorchEncoder(device="cpu", batch_size=7, channels_last=False)
+    batched = encoder.encode(chips[:20])
+    assert np.abs(batched - TorchEncoder(device="cpu").encode(list(chips[:20]))).max() <= 1e-6
+    assert encoder.encode([]).shape == (0, 128)
+    with pytest.raises(ValueError, match="uint8"):
+        encoder.encode(chips[:2].astype(np.float32))
+    with pytest.raises(ValueError, match=r"chip 1 has shape \(112, 112, 3\)"):
+        encoder.encode([chips[0], np.zeros((112, 112, 3), np.uint8)])
+    with pytest.raises(ValueError, match="shape"):
+        encoder.encode(chips[0])
+
+
+def test_identity():
+    dlib_id = DlibEncoder().identity
+    torch_id = TorchEncoder(device="cpu").identity
+    assert dlib_id["kind"] == "dlib" and torch_id["kind"] == "torch"
+    original = encoders.file_sha256(models.model_path(models.FACE_RECOGNITION_MODEL))
+    assert dlib_id["model_sha256"] == torch_id["model_sha256"] == original
+    assert TorchEncoder(load_dat(), device="cpu").identity == torch_id  # same weights, same key
+    changed = load_dat()
+    with torch.no_grad():
+        changed.fc.weight[0, 0] += 1
+    assert TorchEncoder(changed, device="cpu").identity["model_sha256"] != original
+    assert DlibEncoder(num_jitters=3).identity != dlib_id
+
+
+def test_encoder_is_a_snapshot(chips):
+    model = load_dat()
+    encoder = TorchEncoder(model, device="cpu")
+    before = encoder.encode(chips[:2])
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    np.testing.assert_array_equal(encoder.encode(chips[:2]), before)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="half=True needs a CUDA device"):
+        TorchEncoder(device="cpu", half=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        TorchEncoder(device="cpu", batch_size=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            TorchEncoder(device="cuda")
+        assert TorchEncoder().device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32_and_half(chips, dlib_reference):
+    assert np.abs(TorchEncoder(device="cuda").encode(chips) - dlib_reference).max() <= 1e-4
+    half = TorchEncoder(device="cuda", half=True, batch_size=256).encode(chips)
+    assert np.abs(half - dlib_reference).max() <= 2e-2
+
+
+def test_load_encoder(tmp_path):
+    assert isinstance(load_encoder("dlib"), DlibEncoder)
+    encoder = load_encoder("torch", device="cpu", batch_size=8)
+    assert isinstance(encoder, TorchEncoder) and encoder.batch_size == 8
+    path = tmp_path / "tuned.dat"
+    save_dat(load_dat(), path)
+    assert isinstance(load_encoder(path), TorchEncoder)
+    assert isinstance(load_encoder(str(path)), TorchEncoder)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ModelFileError, match="holds no model.dat"):
+        load_encoder(tmp_path / "run")
+    save_dat(load_dat(), tmp_path / "run" / "model.dat")
+    assert load_encoder(tmp_path / "run").identity["model_sha256"] == encoder.identity["model_sha256"]
+    with pytest.raises(ModelFileError, match="no such file"):
+        load_encoder("dlibb")
+    (tmp_path / "weights.pt").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="not a .dat"):
+        load_encoder(tmp_path / "weights.pt")
+    (tmp_path / "bad.dat").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="bad.dat"):
+        load_encoder(tmp_path / "bad.dat")
+    with pytest.raises(ValueError):
+        load_encoder(42)
+
+
+def test_importing_encoders_does_not_import_torch():
+    code = "import sys, dlibplus.encoders; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
