@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -216,6 +217,159 @@ def encode(paths, output, encoder, jitters, detector, upsample, landmarks, face_
             np.savez(f, encodings=encodings, paths=np.array(names, dtype=str),
                      boxes=np.concatenate(boxes).astype(np.int32) if boxes else np.zeros((0, 4), np.int32))
     click.echo(f"{len(names)} faces from {len(files)} images written to {output}", err=True)
+
+
+# --- evaluate ---------------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--encoder", "encoders", multiple=True, default=("dlib",), show_default=True,
+              help=ENCODER_HELP + " Repeat to compare encoders; the first is the baseline.")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write report.md, metrics.json and the PNG charts into.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="Share of each person's images used as probes; the rest is the gallery.")
+@click.option("--test-folder", type=click.Path(file_okay=False, path_type=Path),
+              help="A people folder of probes; FOLDER is then the whole gallery (--test-fraction is ignored).")
+@click.option("--holdout-people", type=click.IntRange(0), default=0, show_default=True,
+              help="People (chosen by --seed) left out of the gallery: their probes are strangers (open set).")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="LFW pairs.txt or CSV path1,path2,same (paths relative to the file or FOLDER): "
+                   "adds the LFW 10-fold verification protocol.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the split, the held-out people and the bootstrap.")
+@click.option("--n-boot", type=click.IntRange(1), default=1000, show_default=True,
+              help="Bootstrap draws for the confidence intervals of the differences from the baseline.")
+@_face_options
+@_user_errors
+def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_people, pairs_file, seed, n_boot,
+             detector, upsample, landmarks, face_box, max_side, jobs):
+    """Compare encoders on FOLDER/<person>/<image>: identification, open set, verification, per person.
+
+    Every encoder is measured on the same images and split; each is compared with the first (dlib by
+    default), with bootstrap-over-people confidence intervals. Writes report.md, metrics.json and PNG
+    charts into --report.
+    """
+    from .evaluate import console_table, evaluate_folder, write_report
+
+    result = evaluate_folder(folder, encoders, settings=_settings(detector, upsample, landmarks, face_box, max_side),
+                             test_fraction=test_fraction, test_folder=test_folder, holdout_people=holdout_people,
+                             pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot)
+    click.echo(console_table(result))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    files = write_report(result, report)
+    click.echo(f"report written to {files['report']} (metrics.json and charts in {report})", err=True)
+
+
+# --- finetune ------------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the fine-tuned model into (model.dat, model.pt, head.pt, metadata.json).")
+@click.option("--head", type=click.Choice(["arcface", "cosface", "sphereface", "softmax", "combined"]),
+              default="arcface", show_default=True, help="Classification head and margin.")
+@click.option("--margin", type=float, default=None,
+              help="Head margin: radians for arcface, cosine units for cosface, integer m for sphereface.")
+@click.option("--scale", type=float, default=None, help="Head logit scale s (arcface, cosface, combined).")
+@click.option("--center-loss", type=float, default=0.0, show_default=True, help="Weight of the center loss.")
+@click.option("--triplet", type=float, default=0.0, show_default=True,
+              help="Weight of the triplet loss (batch semi-hard mining).")
+@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--batch-people", type=click.IntRange(2), default=8, show_default=True, help="P in P x K batches.")
+@click.option("--batch-images", type=click.IntRange(1), default=4, show_default=True, help="K in P x K batches.")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate of the network.")
+@click.option("--head-lr", type=float, default=1e-2, show_default=True, help="Learning rate of the head.")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--warmup-epochs", type=float, default=2.0, show_default=True)
+@click.option("--grad-clip", type=float, default=5.0, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--freeze", type=click.IntRange(0, 7), default=2, show_default=True,
+              help="Stages to freeze from the input (stem, layer1..layer5, fc).")
+@click.option("--no-augment", is_flag=True, help="Turn off dlib's jitter and colour augmentation.")
+@click.option("--val-fraction", type=float, default=0.25, show_default=True,
+              help="Share of each person's photos kept for validation.")
+@click.option("--val-folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Validate on this people folder instead of a split.")
+@click.option("--patience", type=click.IntRange(0), default=10, show_default=True,
+              help="Stop after this many epochs without a better validation accuracy (0: never).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
+@click.option("--target-far", type=float, default=1e-3, show_default=True,
+              help="False-accept rate at which distance 0.6 is calibrated.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint.pt.")
+@_face_options
+@_user_errors
+def finetune(folder, output, head, margin, scale, center_loss, triplet, epochs, batch_people, batch_images,
+             optimizer, lr, head_lr, weight_decay, warmup_epochs, grad_clip, freeze, no_augment, val_fraction,
+             val_folder, patience, seed, device, no_amp, target_far, resume,
+             detector, upsample, landmarks, face_box, max_side, jobs):
+    """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
+
+    Afterwards use it anywhere with --encoder OUTPUT (train-knn, predict, encode, evaluate) or
+    dlibplus.load_encoder(OUTPUT); OUTPUT/model.dat also loads in dlib and face_recognition.
+    Under torchrun it trains on several GPUs (DDP).
+    """
+    from . import train as tr
+    from .data import split_per_person
+
+    head_options = {k: v for k, v in (("margin", margin), ("scale", scale)) if v is not None}
+    if head == "sphereface" and "margin" in head_options:
+        head_options["margin"] = int(head_options["margin"])
+    try:
+        config = tr.FinetuneConfig(head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
+                                   epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images,
+                                   optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay,
+                                   warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze=freeze,
+                                   augment=not no_augment, val_fraction=val_fraction, patience=patience,
+                                   seed=seed, device=device, amp=not no_amp, target_far=target_far)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = _settings(detector, upsample, landmarks, face_box, max_side)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    data, people = tr.load_chipset(folder, settings, jobs=jobs, progress=is_main)
+    if is_main:
+        for line in people.report_lines():
+            click.echo(line, err=True)
+    if val_folder is not None:
+        val_data, _ = tr.load_chipset(val_folder, settings, jobs=jobs, progress=is_main)
+        train_set, dropped = tr.drop_small_classes(data, 1)
+        val_set = _align_classes(val_data, train_set.classes)
+    else:
+        data, dropped = tr.drop_small_classes(data, 2)
+        train_idx, val_idx = split_per_person(data.labels, val_fraction, seed)
+        train_set, val_set = data.subset(train_idx), data.subset(val_idx)
+    for name in dropped:
+        click.echo(f"warning: {name} has fewer than 2 usable photos and is left out", err=True)
+    try:
+        result = tr.finetune(train_set, val_set, output, config, resume=resume,
+                             echo=lambda m: click.echo(m, err=True),
+                             extra_metadata={"face_settings": settings.to_dict(), "trained_on": str(folder)})
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if is_main:
+        for line in tr.summary_lines(result, target_far):
+            click.echo(line, err=True)
+
+
+def _align_classes(val, classes):
+    """Validation chips re-labelled into the training classes; people unknown to training are dropped."""
+    import numpy as np
+
+    from .train import ChipSet
+
+    index = {c: i for i, c in enumerate(classes)}
+    keep = [i for i, label in enumerate(val.labels) if val.classes[label] in index]
+    unknown = sorted({val.classes[label] for label in val.labels} - set(classes))
+    for name in unknown:
+        click.echo(f"warning: validation person {name} is not in the training folder and is left out", err=True)
+    if not keep:
+        raise DataFolderError("no validation photo belongs to a person of the training folder")
+    keep = np.array(keep)
+    return ChipSet(val.chips[keep], np.array([index[val.classes[val.labels[i]]] for i in keep]), list(classes),
+                   [val.paths[i] for i in keep])
 
 
 if __name__ == "__main__":  # pragma: no cover

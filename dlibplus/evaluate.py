@@ -1,0 +1,719 @@
+"""``dlibplus evaluate``: is an encoder better than dlib on *your* photos?
+
+Every encoder is measured on the same images, with the same split, by the same functions of
+:mod:`dlibplus.metrics`:
+
+- **closed-set identification**: a seeded per-person split of ``FOLDER`` (or ``--test-folder``) into a
+  gallery and probes; the train-knn classifier (:class:`~dlibplus.knn.FaceKNN`, same defaults) and 1-NN
+  predict each probe of a person in the gallery; per-person accuracy, who each person is taken for, and
+  the confusion matrix;
+- **open set** (``holdout_people > 0``): some people are left out of the gallery; their probes are
+  strangers. Detection-and-identification rate (DIR) against false-alarm rate at the encoder's threshold
+  (0.6: fine-tuned encoders are calibrated so that 0.6 is their operating point) and a few others;
+- **verification** over all pairs of probe images: ROC, AUC, EER, TAR at FAR 1e-1 … 1e-4 (saying which
+  cannot be measured on this many pairs), accuracy at 0.6, a stratified 10-fold accuracy; and the
+  LFW-style 10-fold protocol over a pairs file when one is given;
+- **comparison** of each encoder with the first (the baseline, dlib by default): the difference in
+  identification accuracy and in TAR at FAR 1e-3 (or the smallest measurable FAR) with a bootstrap-over-
+  people confidence interval.
+
+:func:`evaluate_folder` computes; :func:`write_report` writes ``report.md``, ``metrics.json`` and PNG
+charts; :func:`console_table` is the terminal summary.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import metrics
+from .data import FaceSettings, process_images, split_per_person
+from .errors import DataFolderError
+from .fileio import atomic_path, write_json
+from .knn import FaceKNN
+from .metrics import (BootstrapResult, IdentificationReport, OpenSetResult, VerificationReport, _jsonable)
+from .people import load_people, resolve_encoder
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = 0.6  # every encoder's operating point: dlib's, and what fine-tuned encoders are calibrated to
+FARS = metrics.DEFAULT_FARS  # 1e-1 … 1e-4
+COMPARISON_FAR = 1e-3
+OPEN_SET_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
+OPEN_SET_FARS = (0.1, 0.01)  # false-alarm rates at which the DIR is read off the open-set curve
+FOLDS = 10
+PER_PERSON_ROWS = 100  # rows of the per-person table in report.md (metrics.json has them all)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Names
+
+
+def encoder_name(spec: str | os.PathLike) -> str:
+    """Display name: ``'dlib'``, ``'torch'``, else the folder or file name of the path."""
+    s = os.fspath(spec)
+    if s in ("dlib", "torch"):
+        return s
+    return Path(s).resolve().name or s
+
+
+def _unique_names(specs: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for spec in specs:
+        base = name = encoder_name(spec)
+        k = 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _file_part(name: str) -> str:
+    """``name`` made safe for a file name (``distances_<name>.png``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "encoder"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``metric(encoder) - metric(baseline)`` with a bootstrap-over-people CI (``ci.estimate`` is the
+    difference on the data as they are). ``far`` is set for TAR comparisons."""
+
+    encoder: str
+    baseline: str
+    metric: str
+    value: float
+    baseline_value: float
+    ci: BootstrapResult
+    far: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"TAR @ FAR {self.far:g}" if self.far is not None else _METRIC_LABELS.get(self.metric, self.metric)
+
+    def to_dict(self) -> dict:
+        return {"encoder": self.encoder, "baseline": self.baseline, "metric": self.metric, "far": self.far,
+                "value": _jsonable(self.value), "baseline_value": _jsonable(self.baseline_value),
+                "difference": _jsonable(self.ci.estimate), "ci": self.ci.to_dict()}
+
+
+_METRIC_LABELS = {"knn_accuracy": "KNN accuracy", "nn1_accuracy": "1-NN accuracy"}
+
+
+@dataclass
+class EncoderEvaluation:
+    """Every number of one encoder. Arrays marked ``repr=False`` are per probe / per pair.
+
+    :ivar knn_pred: (p_known,) the train-knn classifier's person for each known probe (closed set: never
+        "unknown"). :ivar nn1_pred: (p_known,) the nearest gallery image's person.
+    :ivar confusion: (c, c) int64 counts, rows = true, columns = KNN prediction, in ``classes`` order.
+    :ivar distances, same: (m,) all probe-image pairs (``None`` when verification was impossible).
+    """
+
+    name: str
+    spec: str
+    threshold: float
+    k: int
+    loo_accuracy: dict[int, float]
+    knn_accuracy: float
+    nn1_accuracy: float
+    identification: IdentificationReport
+    classes: np.ndarray = field(repr=False)
+    confusion: np.ndarray = field(repr=False)
+    knn_pred: np.ndarray = field(repr=False)
+    knn_distance: np.ndarray = field(repr=False)
+    nn1_pred: np.ndarray = field(repr=False)
+    nn1_distance: np.ndarray = field(repr=False)
+    verification: VerificationReport | None = None
+    open_set: OpenSetResult | None = None
+    dir_at_far: list[dict] = field(default_factory=list)
+    pairs: VerificationReport | None = None
+    distances: np.ndarray | None = field(default=None, repr=False)
+    same: np.ndarray | None = field(default=None, repr=False)
+
+    def tar_at(self, far: float) -> float | None:
+        if self.verification is None:
+            return None
+        for t in self.verification.tar_at_far:
+            if math.isclose(t.far, far):
+                return t.tar
+        return None
+
+    def to_dict(self) -> dict:
+        nz = np.nonzero(self.confusion)
+        return {
+            "name": self.name, "encoder": self.spec, "threshold": self.threshold,
+            "identification": {
+                "knn_accuracy": self.knn_accuracy, "knn_k": self.k,
+                "knn_loo_accuracy": {str(k): v for k, v in self.loo_accuracy.items()},
+                "nn1_accuracy": self.nn1_accuracy,
+                "report": self.identification.to_dict(),
+                "confusion": {"classes": self.classes.tolist(),
+                              "cells": [[str(self.classes[i]), str(self.classes[j]), int(self.confusion[i, j])]
+                                        for i, j in zip(*nz)]},
+                "knn_pred": self.knn_pred.tolist(), "knn_distance": self.knn_distance.tolist(),
+                "nn1_pred": self.nn1_pred.tolist(), "nn1_distance": self.nn1_distance.tolist(),
+            },
+            "verification": self.verification.to_dict() if self.verification else None,
+            "open_set": ({**self.open_set.to_dict(), "dir_at_far": self.dir_at_far} if self.open_set else None),
+            "pairs": self.pairs.to_dict() if self.pairs else None,
+        }
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_folder` measured; ``encoders[0]`` is the baseline.
+
+    ``gallery_*`` and ``probe_*`` give the split (paths and people); ``known`` (p,) is True for probes of a
+    person in the gallery. ``dropped_images`` are usable by some encoders but not all, so left out for all.
+    """
+
+    folder: Path
+    test_folder: Path | None
+    pairs_file: Path | None
+    settings: FaceSettings
+    test_fraction: float | None
+    seed: int
+    n_boot: int
+    threshold: float
+    encoders: list[EncoderEvaluation]
+    gallery_paths: np.ndarray = field(repr=False)
+    gallery_labels: np.ndarray = field(repr=False)
+    probe_paths: np.ndarray = field(repr=False)
+    probe_labels: np.ndarray = field(repr=False)
+    known: np.ndarray = field(repr=False)
+    holdout_people: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    image_reports: dict[str, Any] = field(default_factory=dict, repr=False)
+    dropped_images: list[str] = field(default_factory=list)
+    pairs_summary: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> EncoderEvaluation:
+        return self.encoders[0]
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.encoders]
+
+    def to_dict(self) -> dict:
+        return _jsonable({
+            "folder": str(self.folder), "test_folder": str(self.test_folder) if self.test_folder else None,
+            "pairs_file": str(self.pairs_file) if self.pairs_file else None,
+            "face_settings": self.settings.to_dict(), "test_fraction": self.test_fraction, "seed": self.seed,
+            "n_boot": self.n_boot, "threshold": self.threshold,
+            "baseline": self.baseline.name,
+            "encoders": {e.name: e.spec for e in self.encoders},
+            "split": {
+                "gallery_images": len(self.gallery_labels),
+                "gallery_people": len(set(self.gallery_labels.tolist())),
+                "known_probes": int(self.known.sum()), "unknown_probes": int((~self.known).sum()),
+                "probe_people": len(set(self.probe_labels.tolist())),
+                "holdout_people": self.holdout_people,
+                "gallery": [{"path": p, "person": q} for p, q in zip(self.gallery_paths, self.gallery_labels)],
+                "probes": [{"path": p, "person": q, "known": bool(k)}
+                           for p, q, k in zip(self.probe_paths, self.probe_labels, self.known)],
+            },
+            "results": {e.name: e.to_dict() for e in self.encoders},
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "images": {"reports": self.image_reports, "dropped_for_fairness": self.dropped_images},
+            "pairs_summary": self.pairs_summary,
+            "notes": self.notes,
+        })
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading: the same usable images for every encoder
+
+
+@dataclass
+class _Encoded:
+    """Images usable by every encoder: (n,) paths and labels, name -> (n, 128) encodings."""
+
+    paths: np.ndarray
+    labels: np.ndarray
+    encodings: dict[str, np.ndarray]
+
+    def subset(self, idx: np.ndarray) -> "_Encoded":
+        return _Encoded(self.paths[idx], self.labels[idx], {k: v[idx] for k, v in self.encodings.items()})
+
+
+def _load_common(folder: Path, specs: Sequence[str], names: Sequence[str], settings: FaceSettings,
+                 jobs: int | None, progress: bool) -> tuple[_Encoded, list[str], dict[str, Any]]:
+    """Encode ``folder`` with every encoder; keep the images usable by all, in scan order."""
+    sets = [load_people(folder, settings=settings, encoder=spec, jobs=jobs, progress=progress) for spec in specs]
+    path_sets = [set(s.paths.tolist()) for s in sets]
+    common = set.intersection(*path_sets)
+    dropped = sorted(set.union(*path_sets) - common)
+    if not common:
+        raise DataFolderError(f"no image of {folder} is usable by every encoder")
+    first = sets[0]
+    keep = np.array([p in common for p in first.paths.tolist()])
+    paths, labels = first.paths[keep], first.labels[keep]
+    encodings = {}
+    for name, s in zip(names, sets):
+        pos = {p: i for i, p in enumerate(s.paths.tolist())}
+        encodings[name] = s.encodings[[pos[p] for p in paths.tolist()]]
+    return _Encoded(paths, labels, encodings), dropped, first.report()
+
+
+def _choose_holdout(gallery_labels: np.ndarray, probe_labels: np.ndarray, n: int, seed: int) -> list[str]:
+    """``n`` people, chosen by ``seed`` among those with both gallery and probe images."""
+    if n < 0:
+        raise ValueError(f"holdout_people must be >= 0, not {n}")
+    if n == 0:
+        return []
+    candidates = sorted(set(gallery_labels.tolist()) & set(probe_labels.tolist()))
+    if n > len(candidates) - 2:
+        raise DataFolderError(f"cannot hold out {n} people: only {len(candidates)} people have both gallery and "
+                              f"test images, and at least two must stay known")
+    rng = np.random.default_rng([seed, 1])  # independent of the split's stream
+    return sorted(str(p) for p in rng.choice(candidates, size=n, replace=False))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per encoder
+
+
+def _dir_at_far(result: OpenSetResult, fars: Sequence[float]) -> list[dict]:
+    """DIR at each target false-alarm rate: the largest threshold whose false-alarm rate stays <= far."""
+    out = []
+    for f in fars:
+        if result.n_unknown * f < 1 - 1e-9:
+            out.append({"far": f, "dir": None, "threshold": None, "achieved_far": None,
+                        "reason": f"false-alarm rate {f:g} needs at least {math.ceil(1 / f - 1e-9)} unknown "
+                                  f"probes, only {result.n_unknown}"})
+            continue
+        ok = np.nonzero(result.curve_far <= f * (1 + 1e-9))[0]
+        if ok.size == 0:  # even the smallest distance is a false alarm: accept nothing
+            out.append({"far": f, "dir": 0.0, "threshold": None, "achieved_far": 0.0, "reason": None})
+            continue
+        k = ok[-1]
+        out.append({"far": f, "dir": float(result.curve_dir[k]), "threshold": float(result.curve_thresholds[k]),
+                    "achieved_far": float(result.curve_far[k]), "reason": None})
+    return out
+
+
+def _evaluate_encoder(name: str, spec: str, gallery: _Encoded, probes: _Encoded, known: np.ndarray,
+                      n_neighbors: int | str, seed: int, threshold: float) -> EncoderEvaluation:
+    g_enc, g_lab = gallery.encodings[name], gallery.labels
+    p_enc, p_lab = probes.encodings[name], probes.labels
+    true = p_lab[known]
+    with warnings.catch_warnings():  # scikit-learn's "more classes than half the samples" hint: normal here
+        warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
+        knn = FaceKNN(n_neighbors, threshold=threshold).fit(g_enc, g_lab)
+    _, knn_dist, knn_pred = knn.predict_with_distance(p_enc[known])
+    nn1_pred, nn1_dist = metrics.nearest_identity(g_enc, g_lab, p_enc[known])
+    classes = knn.classes_
+    ev = EncoderEvaluation(
+        name=name, spec=spec, threshold=threshold, k=int(knn.k_), loo_accuracy=dict(knn.loo_scores_),
+        knn_accuracy=metrics.identification_accuracy(true, knn_pred),
+        nn1_accuracy=metrics.identification_accuracy(true, nn1_pred),
+        identification=metrics.identification_report(true, knn_pred, classes),
+        classes=classes, confusion=metrics.confusion_matrix(true, knn_pred, classes),
+        knn_pred=np.asarray(knn_pred), knn_distance=knn_dist, nn1_pred=np.asarray(nn1_pred), nn1_distance=nn1_dist)
+    d, s = metrics.pair_distances(p_enc, p_lab)
+    if s.any() and (~s).any():
+        ev.verification = metrics.verification_report(d, s, name, threshold, FARS, folds=FOLDS, seed=seed)
+        ev.distances, ev.same = d, s
+    if (~known).any():
+        ts = sorted(set(OPEN_SET_THRESHOLDS) | {threshold})
+        ev.open_set = metrics.open_set_dir_far(g_enc, g_lab, p_enc, p_lab, known, ts)
+        ev.dir_at_far = _dir_at_far(ev.open_set, OPEN_SET_FARS)
+    return ev
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pairs file
+
+
+def _read_pairs_resolved(pairs_file: Path, folder: Path) -> metrics.PairList:
+    """Relative image paths resolve against the pairs file's folder, or against FOLDER when more exist there."""
+    pairs = metrics.read_pairs(pairs_file)
+
+    def missing(pl: metrics.PairList) -> int:
+        return sum(not Path(p).is_file() for p in set(pl.path1 + pl.path2))
+
+    n_missing = missing(pairs)
+    if n_missing and Path(folder).resolve() != pairs_file.resolve().parent:
+        alt = metrics.read_pairs(pairs_file, folder)
+        if missing(alt) < n_missing:
+            return alt
+    return pairs
+
+
+def _pair_distances(pairs_file: Path, folder: Path, specs: Sequence[str], names: Sequence[str],
+                    settings: FaceSettings, jobs: int | None, progress: bool
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, Any], list[str]]:
+    """Distances of the usable pairs for each encoder: ``(name -> (m,), same (m,), fold ids or None, summary,
+    notes)``. An image with several faces gives its largest face; a pair with an image without a usable face
+    (for any encoder) is left out."""
+    pairs = _read_pairs_resolved(Path(pairs_file), folder)
+    unique = sorted(set(map(str, pairs.path1 + pairs.path2)))
+    usable = np.ones(len(unique), bool)
+    reasons: dict[str, str] = {}
+    several: set[str] = set()
+    per_encoder: dict[str, np.ndarray] = {}
+    for spec, name in zip(specs, names):
+        enc, _ = resolve_encoder(spec)
+        results = process_images(unique, settings, encoder=enc, jobs=jobs, progress=progress, desc="pairs")
+        rows = np.zeros((len(unique), 128))
+        for i, r in enumerate(results):
+            if r.error is not None or r.n_faces == 0:
+                usable[i] = False
+                reasons.setdefault(unique[i], r.error or "no face found")
+                continue
+            b = np.asarray(r.boxes, np.int64)
+            largest = int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 1] - b[:, 3])))
+            if r.n_faces > 1:
+                several.add(unique[i])
+            rows[i] = r.encodings[largest]
+        per_encoder[name] = rows
+    pos = {p: i for i, p in enumerate(unique)}
+    i1 = np.array([pos[str(p)] for p in pairs.path1])
+    i2 = np.array([pos[str(p)] for p in pairs.path2])
+    keep = usable[i1] & usable[i2]
+    distances = {name: metrics.paired_distances(rows[i1[keep]], rows[i2[keep]]) for name, rows in per_encoder.items()}
+    same = pairs.same[keep]
+    folds = pairs.folds[keep] if pairs.folds is not None else None
+    summary = {"pairs": len(pairs), "used": int(keep.sum()), "dropped": int((~keep).sum()),
+               "unusable_images": [{"path": p, "reason": r} for p, r in sorted(reasons.items())],
+               "images_with_several_faces": sorted(several),
+               "folds": "from the file" if folds is not None else f"{FOLDS} stratified folds (seed)"}
+    notes = []
+    if (~keep).any():
+        notes.append(f"pairs file: {int((~keep).sum())} of {len(pairs)} pairs left out, an image has no usable "
+                     f"face ({len(reasons)} images, listed in metrics.json)")
+    if several:
+        notes.append(f"pairs file: {len(several)} images hold several faces; the largest one was used")
+    if not keep.any():
+        raise DataFolderError(f"no pair of {pairs_file} has two usable faces")
+    return distances, same, folds, summary, notes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Comparisons
+
+
+def _comparison_far(base: EncoderEvaluation) -> tuple[float | None, str | None]:
+    """1e-3 when the baseline's pairs can measure it, else the smallest measurable FAR."""
+    if base.verification is None:
+        return None, None
+    measurable = [t.far for t in base.verification.tar_at_far if t.measurable]
+    if not measurable:
+        return None, "TAR comparison skipped: no target FAR is measurable on the test pairs"
+    if any(math.isclose(f, COMPARISON_FAR) for f in measurable):
+        return COMPARISON_FAR, None
+    far = min(measurable)
+    return far, f"TAR compared at FAR {far:g}: FAR {COMPARISON_FAR:g} is not measurable on the test pairs"
+
+
+def _compare(result_encoders: list[EncoderEvaluation], probes: _Encoded, known: np.ndarray, n_boot: int,
+             seed: int) -> tuple[list[Comparison], list[str]]:
+    base = result_encoders[0]
+    true = probes.labels[known]
+    far, note = _comparison_far(base)
+    notes = [note] if note and len(result_encoders) > 1 else []
+    out = []
+    for ev in result_encoders[1:]:
+        for metric, a, b in (("knn_accuracy", ev.knn_pred, base.knn_pred),
+                             ("nn1_accuracy", ev.nn1_pred, base.nn1_pred)):
+            ci = metrics.bootstrap_identification_diff(true, a, b, n_boot=n_boot, seed=seed)
+            out.append(Comparison(ev.name, base.name, metric, getattr(ev, metric), getattr(base, metric), ci))
+        if far is None:
+            continue
+        try:
+            ci = metrics.bootstrap_tar_at_far_diff(probes.encodings[ev.name], probes.encodings[base.name],
+                                                   probes.labels, far=far, n_boot=n_boot, seed=seed)
+        except ValueError as exc:
+            notes.append(f"{ev.name} vs {base.name}: TAR comparison skipped ({exc})")
+            continue
+        out.append(Comparison(ev.name, base.name, "tar_at_far", ev.tar_at(far), base.tar_at(far), ci, far))
+    return out, notes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathLike] = ("dlib",), *,
+                    settings: FaceSettings | None = None, test_fraction: float = 0.5,
+                    test_folder: os.PathLike | str | None = None, holdout_people: int = 0,
+                    pairs_file: os.PathLike | str | None = None, seed: int = 0, n_neighbors: int | str = "auto",
+                    jobs: int | None = None, progress: bool = True, n_boot: int = 1000) -> EvaluationResult:
+    """Evaluate one or more encoders on a people folder ``FOLDER/<person>/<image>``.
+
+    :param encoders: ``'dlib'``, ``'torch'``, ``.dat`` files or ``dlibplus finetune`` folders; the first is
+        the baseline the others are compared with.
+    :param test_fraction: share of each person's images used as probes (the rest is the gallery); a person
+        with one image stays in the gallery. Ignored when ``test_folder`` is given.
+    :param test_folder: a second people folder of probes; the whole of ``folder`` is then the gallery, and
+        probes of people missing from it are strangers (open set).
+    :param holdout_people: people (chosen by ``seed``) removed from the gallery; their probes are strangers.
+    :param pairs_file: LFW ``pairs.txt`` or CSV ``path1,path2,same`` (relative paths: against the file's
+        folder, or ``folder``); its images are encoded too and scored with the 10-fold protocol.
+    :param n_neighbors: the KNN's k (``'auto'``, ``'sqrt'`` or an int), as ``train-knn``.
+    :param n_boot: bootstrap replicates of the comparison confidence intervals (95 %).
+    :raises DataFolderError: a folder is unusable, there are no probes, or too many people are held out.
+    """
+    specs = [os.fspath(e) for e in encoders]
+    if not specs:
+        raise ValueError("give at least one encoder")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, not {n_boot}")
+    settings = settings or FaceSettings()
+    names = _unique_names(specs)
+    folder = Path(folder)
+    notes: list[str] = []
+
+    main_set, dropped, main_report = _load_common(folder, specs, names, settings, jobs, progress)
+    image_reports = {"folder": main_report}
+    if test_folder is None:
+        g_idx, p_idx = split_per_person(main_set.labels, test_fraction, seed)
+        gallery, probes = main_set.subset(g_idx), main_set.subset(p_idx)
+    else:
+        gallery = main_set
+        probes, dropped_t, test_report = _load_common(Path(test_folder), specs, names, settings, jobs, progress)
+        dropped += dropped_t
+        image_reports["test_folder"] = test_report
+    if dropped:
+        notes.append(f"{len(dropped)} images are usable by some encoders but not all; left out for all "
+                     f"(listed in metrics.json)")
+    holdout = _choose_holdout(gallery.labels, probes.labels, holdout_people, seed)
+    if holdout:
+        gallery = gallery.subset(np.flatnonzero(~np.isin(gallery.labels, holdout)))
+    known = np.isin(probes.labels, gallery.labels)
+    if not known.any():
+        raise DataFolderError(f"no test image of a person in the gallery ({folder}): every person needs at least "
+                              f"two usable images, or give --test-folder")
+    strangers = sorted(set(probes.labels[~known].tolist()) - set(holdout))
+    if strangers:
+        notes.append(f"{len(strangers)} people of the test folder are not in the gallery: strangers in the open set")
+
+    log.info("%s: gallery %d images, probes %d known + %d unknown", folder, len(gallery.labels), int(known.sum()),
+             int((~known).sum()))
+    evaluations = [_evaluate_encoder(n, s, gallery, probes, known, n_neighbors, seed, THRESHOLD)
+                   for n, s in zip(names, specs)]
+    base = evaluations[0]
+    if base.verification is None:
+        notes.append("verification skipped: the test images need both same-person and different-person pairs")
+    else:
+        for t in base.verification.tar_at_far:
+            if not t.measurable:
+                notes.append(f"TAR @ FAR {t.far:g} not measurable: {t.reason}")
+        if base.verification.kfold is None:
+            notes.append(f"{FOLDS}-fold accuracy skipped: too few test pairs")
+    if base.open_set is not None:
+        for row in base.dir_at_far:
+            if row["reason"]:
+                notes.append(f"open-set DIR at false-alarm rate {row['far']:g} not measurable: {row['reason']}")
+    comparisons, cmp_notes = _compare(evaluations, probes, known, n_boot, seed)
+    notes += cmp_notes
+
+    pairs_summary = None
+    if pairs_file is not None:
+        distances, same, folds, pairs_summary, pair_notes = _pair_distances(
+            Path(pairs_file), folder, specs, names, settings, jobs, progress)
+        notes += pair_notes
+        for ev in evaluations:
+            d = distances[ev.name]
+            if same.all() or not same.any():
+                ev.pairs = None
+                continue
+            ev.pairs = metrics.verification_report(d, same, ev.name, THRESHOLD, FARS, folds=FOLDS, seed=seed,
+                                                   fold_ids=folds)
+        if evaluations[0].pairs is None:
+            notes.append("pairs file: the usable pairs need both same-person and different-person pairs")
+
+    return EvaluationResult(
+        folder=folder, test_folder=Path(test_folder) if test_folder is not None else None,
+        pairs_file=Path(pairs_file) if pairs_file is not None else None, settings=settings,
+        test_fraction=None if test_folder is not None else test_fraction, seed=seed, n_boot=n_boot,
+        threshold=THRESHOLD, encoders=evaluations, gallery_paths=gallery.paths, gallery_labels=gallery.labels,
+        probe_paths=probes.paths, probe_labels=probes.labels, known=known, holdout_people=holdout,
+        comparisons=comparisons, image_reports=image_reports, dropped_images=dropped,
+        pairs_summary=pairs_summary, notes=notes)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _f(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _signed(v: float | None, digits: int = 3) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:+.{digits}f}"
+
+
+def _rows(result: EvaluationResult) -> list[tuple[str, list[str]]]:
+    """``(label, one cell per encoder)`` of the headline numbers, shared by the console and report.md."""
+    evs = result.encoders
+    rows: list[tuple[str, list[str]]] = [
+        ("KNN accuracy", [_f(e.knn_accuracy) for e in evs]),
+        ("KNN k", [str(e.k) for e in evs]),
+        ("1-NN accuracy", [_f(e.nn1_accuracy) for e in evs]),
+    ]
+    if any(e.verification for e in evs):
+        v = [e.verification for e in evs]
+        rows += [
+            ("AUC", [_f(x.auc, 4) if x else "n/a" for x in v]),
+            ("EER", [_f(x.eer) if x else "n/a" for x in v]),
+            (f"accuracy @ {result.threshold:g}", [_f(x.accuracy_at_threshold) if x else "n/a" for x in v]),
+            (f"TAR @ {result.threshold:g}", [_f(x.tar_at_threshold) if x else "n/a" for x in v]),
+            (f"FAR @ {result.threshold:g}", [_f(x.far_at_threshold, 4) if x else "n/a" for x in v]),
+        ]
+        for far in FARS:
+            rows.append((f"TAR @ FAR {far:g}", [_f(e.tar_at(far)) for e in evs]))
+        rows.append((f"{FOLDS}-fold accuracy", [f"{_f(x.kfold.mean)} ± {_f(x.kfold.std)}" if x and x.kfold else "n/a"
+                                               for x in v]))
+    if any(e.open_set for e in evs):
+        for i, t in enumerate(evs[0].open_set.thresholds if evs[0].open_set else []):
+            if math.isclose(t, result.threshold):
+                rows.append((f"open set DIR @ {t:g}", [_f(e.open_set.dir[i]) if e.open_set else "n/a" for e in evs]))
+                rows.append((f"open set false alarms @ {t:g}",
+                             [_f(e.open_set.far[i]) if e.open_set else "n/a" for e in evs]))
+        for j, f in enumerate(OPEN_SET_FARS):
+            rows.append((f"open set DIR @ false alarms {f:g}",
+                         [_f(e.dir_at_far[j]["dir"]) if e.dir_at_far else "n/a" for e in evs]))
+    if any(e.pairs for e in evs):
+        rows.append(("pairs file AUC", [_f(e.pairs.auc, 4) if e.pairs else "n/a" for e in evs]))
+        folds = next((e.pairs.kfold.folds for e in evs if e.pairs and e.pairs.kfold), FOLDS)
+        rows.append((f"pairs file {folds}-fold accuracy", [f"{_f(e.pairs.kfold.mean)} ± {_f(e.pairs.kfold.std)}"
+                                                           if e.pairs and e.pairs.kfold else "n/a" for e in evs]))
+    return rows
+
+
+def _summary_line(result: EvaluationResult) -> str:
+    known = int(result.known.sum())
+    return (f"{result.folder}: gallery {len(result.gallery_labels)} images of "
+            f"{len(set(result.gallery_labels.tolist()))} people; probes {known} known"
+            f" + {len(result.known) - known} unknown")
+
+
+def console_table(result: EvaluationResult) -> str:
+    """A compact side-by-side table of the encoders' headline numbers, then the differences with CIs."""
+    rows = _rows(result)
+    width = max(len(label) for label, _ in rows) + 2
+    cols = [max(9, len(n) + 2, *(len(r[1][i]) + 2 for r in rows)) for i, n in enumerate(result.names)]
+    lines = [_summary_line(result), "",
+             " " * width + "".join(f"{n:>{w}}" for n, w in zip(result.names, cols))]
+    for label, cells in rows:
+        lines.append(f"{label:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
+    if result.comparisons:
+        lines.append("")
+        for c in result.comparisons:
+            lines.append(f"{c.encoder} - {c.baseline}, {c.label}: {_signed(c.ci.estimate)} "
+                         f"[{_signed(c.ci.low)}, {_signed(c.ci.high)}] (95% CI over people)")
+    return "\n".join(lines)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+    return (["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(map(esc, r)) + " |" for r in rows] + [""])
+
+
+def _confused(row) -> str:
+    return ", ".join(f"{n} ×{c}" for n, c in row.confused_with[:3]) or "—"
+
+
+def _per_person_md(result: EvaluationResult) -> list[str]:
+    evs = result.encoders
+    by_enc = [{r.name: r for r in e.identification.per_person} for e in evs]
+    people = sorted(by_enc[0], key=lambda p: (min(b[p].accuracy for b in by_enc if p in b), p))
+    header = ["person", "probes"] + [f"{e.name} accuracy" for e in evs] + [f"{e.name} taken for" for e in evs]
+    rows = []
+    for p in people[:PER_PERSON_ROWS]:
+        rows.append([p, str(by_enc[0][p].n)] + [_f(b[p].accuracy) if p in b else "n/a" for b in by_enc]
+                    + [_confused(b[p]) if p in b else "" for b in by_enc])
+    out = _md_table(header, rows)
+    if len(people) > PER_PERSON_ROWS:
+        out += [f"({len(people) - PER_PERSON_ROWS} more people in metrics.json)", ""]
+    return out
+
+
+def write_report(result: EvaluationResult, outdir: os.PathLike | str) -> dict[str, Path]:
+    """Write ``report.md``, ``metrics.json``, ``roc.png``, ``distances_<encoder>.png`` and
+    ``confusion_<encoder>.png`` into ``outdir`` (created); returns ``{file kind: path}``."""
+    from . import plots
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    far, _ = _comparison_far(result.baseline)
+
+    curves = {e.name: (e.verification.roc_far, e.verification.roc_tar) for e in result.encoders if e.verification}
+    if curves:
+        written["roc"] = plots.plot_roc(curves, out / "roc.png", title="ROC over all test-image pairs",
+                                        fars=(far,) if far else ())
+    for e in result.encoders:
+        stem = _file_part(e.name)
+        if e.distances is not None:
+            written[f"distances_{e.name}"] = plots.plot_distance_histograms(
+                e.distances, e.same, e.threshold, out / f"distances_{stem}.png",
+                title=f"{e.name}: test-image pair distances")
+        written[f"confusion_{e.name}"] = plots.plot_confusion(
+            e.confusion, e.classes, out / f"confusion_{stem}.png", title=f"{e.name}: most confused people (KNN)")
+
+    write_json(out / "metrics.json", result.to_dict())
+    written["metrics"] = out / "metrics.json"
+
+    md = [f"# Face encoder evaluation: {result.folder.name}", ""]
+    md += [f"- people folder: `{result.folder}`" + (f", probes from `{result.test_folder}`" if result.test_folder
+                                                    else f", {result.test_fraction:g} of each person's images as probes"
+                                                    f" (seed {result.seed})"),
+           f"- {_summary_line(result).split(': ', 1)[1]}",
+           f"- face settings: {', '.join(f'{k}={v}' for k, v in result.settings.to_dict().items())}",
+           "- encoders: " + ", ".join(f"**{e.name}** (`{e.spec}`)" for e in result.encoders)
+           + f"; baseline **{result.baseline.name}**; threshold {result.threshold:g}"]
+    if result.holdout_people:
+        md.append(f"- held out of the gallery (strangers): {', '.join(result.holdout_people)}")
+    md.append("")
+    md += ["## Side by side", ""]
+    md += _md_table(["metric"] + result.names, [[lab] + cells for lab, cells in _rows(result)])
+    if result.baseline.verification:
+        v = result.baseline.verification
+        md.append(f"Verification: all pairs of test images, {v.n_same} same-person and {v.n_different} "
+                  f"different-person. KNN: the train-knn classifier (closed set, known probes only).\n")
+        md += ["### Thresholds at target FAR", ""]
+        md += _md_table(["FAR"] + result.names,
+                        [[f"{f:g}"] + [_f(next((t.threshold for t in e.verification.tar_at_far
+                                                  if math.isclose(t.far, f)), None), 4) if e.verification else "n/a"
+                                       for e in result.encoders] for f in FARS])
+    if result.comparisons:
+        md += [f"## Differences from {result.baseline.name} (95% CI, bootstrap over people, {result.n_boot} draws)", ""]
+        md += _md_table(["encoder", "metric", "value", result.baseline.name, "difference", "95% CI", "draws > 0"],
+                        [[c.encoder, c.label, _f(c.value), _f(c.baseline_value), _signed(c.ci.estimate),
+                          f"[{_signed(c.ci.low)}, {_signed(c.ci.high)}]", _f(c.ci.fraction_positive, 2)]
+                         for c in result.comparisons])
+    md += ["## Per person (KNN, known probes; worst first)", ""] + _per_person_md(result)
+    if result.pairs_summary:
+        s = result.pairs_summary
+        md += ["## Pairs file", "", f"`{result.pairs_file}`: {s['used']} of {s['pairs']} pairs used; folds: "
+               f"{s['folds']}.", ""]
+    md += ["## Charts", ""]
+    md += [f"![{k}]({p.name})" for k, p in written.items() if p.suffix == ".png"] + [""]
+    if result.notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(md), encoding="utf-8")
+    written["report"] = out / "report.md"
+    return written

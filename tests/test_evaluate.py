@@ -1,0 +1,242 @@
+"""evaluate: every number in metrics.json recomputed by hand on real photos (8 kpop_idols15 people).
+
+The photos are linked (never copied) into temporary people folders. dlib and the torch replica are
+evaluated side by side: the replica equals dlib to 1e-5, so every number must agree and every difference
+CI must contain 0.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import person_images  # noqa: E402
+
+from dlibplus import metrics  # noqa: E402
+from dlibplus.data import FaceSettings, split_per_person  # noqa: E402
+from dlibplus.errors import DataFolderError  # noqa: E402
+from dlibplus.evaluate import (console_table, encoder_name, evaluate_folder, write_report)  # noqa: E402
+from dlibplus.knn import FaceKNN  # noqa: E402
+from dlibplus.people import load_people  # noqa: E402
+
+WHOLE = FaceSettings(face_box="whole")
+N_PEOPLE, PER_PERSON, N_BOOT = 8, 12, 200
+
+
+def _link_people(root: Path, pairs: list[tuple[str, Path]]) -> Path:
+    for person, path in pairs:
+        (root / person).mkdir(parents=True, exist_ok=True)
+        (root / person / path.name).symlink_to(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def kpop_pairs(faces_dir):
+    """``(person, path)`` of the first 8 people, first 12 images each."""
+    people = sorted({p for p, _ in person_images(faces_dir, "kpop_idols15")})[:N_PEOPLE]
+    return [(p, f) for p, f in person_images(faces_dir, "kpop_idols15", PER_PERSON) if p in people]
+
+
+@pytest.fixture(scope="module")
+def kpop8(tmp_path_factory, kpop_pairs):
+    return _link_people(tmp_path_factory.mktemp("kpop8"), kpop_pairs)
+
+
+@pytest.fixture(scope="module")
+def pairs_csv(tmp_path_factory, kpop8):
+    """A CSV of 30 same and 30 different pairs, paths relative to the people folder (not the CSV's)."""
+    rng = np.random.default_rng(3)
+    files = {p.name: sorted(f.relative_to(kpop8).as_posix() for f in p.iterdir()) for p in kpop8.iterdir()}
+    people = sorted(files)
+    rows = []
+    for k in range(30):
+        p = people[k % len(people)]
+        a, b = rng.choice(len(files[p]), 2, replace=False)
+        rows.append((files[p][a], files[p][b], 1))
+        p, q = rng.choice(people, 2, replace=False)
+        rows.append((files[p][rng.integers(len(files[p]))], files[q][rng.integers(len(files[q]))], 0))
+    path = tmp_path_factory.mktemp("pairs") / "pairs.csv"
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([("path1", "path2", "same")] + rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def both(kpop8, pairs_csv, tmp_path_factory):
+    """dlib and torch on the same 50/50 split, with the pairs file; report written."""
+    result = evaluate_folder(kpop8, ["dlib", "torch"], settings=WHOLE, pairs_file=pairs_csv, jobs=2,
+                             progress=False, n_boot=N_BOOT)
+    out = tmp_path_factory.mktemp("report")
+    files = write_report(result, out)
+    return result, out, files, json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dlib_people(kpop8):
+    return load_people(kpop8, settings=WHOLE, jobs=2, progress=False)
+
+
+def _all_pairs(x, labels):
+    i, j = np.triu_indices(len(x), 1)
+    return np.linalg.norm(x[i] - x[j], axis=1), labels[i] == labels[j]
+
+
+def test_knn_and_1nn_accuracy_equal_direct_computation(both, dlib_people):
+    result, _, _, js = both
+    X, y, paths = dlib_people.encodings, dlib_people.labels, dlib_people.paths
+    gallery, probes = split_per_person(y, 0.5, 0)
+    assert list(result.gallery_paths) == list(paths[gallery]) and list(result.probe_paths) == list(paths[probes])
+    assert result.known.all() and not result.holdout_people
+
+    model = FaceKNN().fit(X[gallery], y[gallery])
+    _, _, predicted = model.predict_with_distance(X[probes])
+    ident = js["results"]["dlib"]["identification"]
+    assert ident["knn_accuracy"] == pytest.approx(np.mean(predicted == y[probes]), abs=1e-12)
+    assert ident["knn_k"] == model.k_
+    assert ident["knn_pred"] == predicted.tolist()
+
+    d = np.linalg.norm(X[probes][:, None] - X[gallery][None], axis=2)
+    nearest = y[gallery][d.argmin(axis=1)]
+    assert ident["nn1_accuracy"] == pytest.approx(np.mean(nearest == y[probes]), abs=1e-12)
+
+    rows = {r["name"]: r for r in ident["report"]["per_person"]}
+    for person in set(y.tolist()):
+        mine = y[probes] == person
+        assert rows[person]["n"] == mine.sum()
+        assert rows[person]["accuracy"] == pytest.approx(np.mean(predicted[mine] == person))
+    cells = sum(c[2] for c in ident["confusion"]["cells"])
+    assert cells == len(probes)
+
+
+def test_verification_matches_sklearn_and_direct_rates(both, dlib_people):
+    result, _, _, js = both
+    X, y = dlib_people.encodings, dlib_people.labels
+    _, probes = split_per_person(y, 0.5, 0)
+    d, same = _all_pairs(X[probes], y[probes])
+    v = js["results"]["dlib"]["verification"]
+    assert v["n_pairs"] == len(d) and v["n_same"] == same.sum()
+    assert v["auc"] == pytest.approx(roc_auc_score(same, -d), abs=1e-12)
+    assert v["accuracy_at_threshold"] == pytest.approx(np.mean((d <= 0.6) == same), abs=1e-12)
+    assert v["tar_at_threshold"] == pytest.approx(np.mean(d[same] <= 0.6), abs=1e-12)
+    assert v["far_at_threshold"] == pytest.approx(np.mean(d[~same] <= 0.6), abs=1e-12)
+    by_far = {t["far"]: t for t in v["tar_at_far"]}
+    n_diff = int((~same).sum())
+    for far, t in by_far.items():
+        assert (t["tar"] is None) == (n_diff * far < 1), far  # not measurable exactly when too few pairs
+        if t["tar"] is not None:  # the reported threshold is an operating point that gives that TAR
+            assert np.mean(d[~same] <= t["threshold"]) <= far
+            assert t["tar"] == pytest.approx(np.mean(d[same] <= t["threshold"]))
+    assert v["kfold"]["folds"] == 10
+
+
+def test_dlib_and_torch_give_the_same_numbers_and_differences_contain_zero(both):
+    result, _, _, js = both
+    a, b = js["results"]["dlib"], js["results"]["torch"]
+    assert a["identification"]["knn_accuracy"] == b["identification"]["knn_accuracy"]
+    assert a["identification"]["nn1_accuracy"] == b["identification"]["nn1_accuracy"]
+    assert a["identification"]["knn_pred"] == b["identification"]["knn_pred"]
+    assert a["verification"]["auc"] == pytest.approx(b["verification"]["auc"], abs=1e-3)
+    assert a["verification"]["eer"] == pytest.approx(b["verification"]["eer"], abs=0.02)
+    assert a["pairs"]["kfold"]["mean"] == pytest.approx(b["pairs"]["kfold"]["mean"], abs=0.02)
+    metrics_compared = {c["metric"] for c in js["comparisons"]}
+    assert metrics_compared == {"knn_accuracy", "nn1_accuracy", "tar_at_far"}
+    for c in js["comparisons"]:
+        assert c["encoder"] == "torch" and c["baseline"] == "dlib"
+        assert c["ci"]["low"] <= 0 <= c["ci"]["high"], c
+        assert c["difference"] == pytest.approx(c["value"] - c["baseline_value"], abs=1e-12)
+        assert c["ci"]["n_boot"] == N_BOOT
+    tar = next(c for c in result.comparisons if c.metric == "tar_at_far")
+    # 1e-3 is not measurable on these few pairs: the smallest measurable FAR is used, and said so
+    assert tar.far == 1e-2 and any("FAR 0.001 is not measurable" in n for n in result.notes)
+
+
+def test_report_files(both):
+    result, out, files, js = both
+    for name in ("report.md", "metrics.json", "roc.png", "distances_dlib.png", "distances_torch.png",
+                 "confusion_dlib.png", "confusion_torch.png"):
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+            im.verify()
+    json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    md = (out / "report.md").read_text()
+    assert "| metric | dlib | torch |" in md and "## Differences from dlib" in md and "## Per person" in md
+    assert "TAR @ FAR 0.0001 not measurable" in md
+    assert not list(out.glob(".*")), "temporary files left behind"
+    table = console_table(result)
+    assert "dlib" in table and "torch" in table and "KNN accuracy" in table and "torch - dlib" in table
+
+
+def test_pairs_csv_gives_a_10_fold_accuracy(both, pairs_csv, kpop8, dlib_people):
+    result, _, _, js = both
+    assert js["pairs_summary"]["pairs"] == 60 and js["pairs_summary"]["used"] == 60
+    pairs = metrics.read_pairs(pairs_csv, kpop8)  # paths relative to the people folder
+    enc = dict(zip(dlib_people.paths.tolist(), dlib_people.encodings))
+    a = np.array([enc[str(p)] for p in pairs.path1])
+    b = np.array([enc[str(p)] for p in pairs.path2])
+    d = np.linalg.norm(a - b, axis=1)
+    expected = metrics.kfold_verification(d, pairs.same, folds=10, seed=0)
+    kfold = js["results"]["dlib"]["pairs"]["kfold"]
+    assert kfold["folds"] == 10 and len(kfold["accuracies"]) == 10
+    assert kfold["mean"] == pytest.approx(expected.mean, abs=1e-12)
+    assert js["results"]["dlib"]["pairs"]["auc"] == pytest.approx(roc_auc_score(pairs.same, -d), abs=1e-12)
+
+
+def test_holdout_people_are_strangers_never_in_the_gallery(kpop8, dlib_people):
+    result = evaluate_folder(kpop8, ["dlib"], settings=WHOLE, holdout_people=2, seed=1, jobs=2, progress=False,
+                             n_boot=N_BOOT)
+    held = result.holdout_people
+    assert len(held) == 2 and not set(held) & set(result.gallery_labels.tolist())
+    assert set(result.probe_labels[~result.known].tolist()) == set(held)
+    assert not any(Path(p).parent.name in held for p in result.gallery_paths)
+    # the same split as without holdout, minus the held-out people's gallery images
+    X, y, paths = dlib_people.encodings, dlib_people.labels, dlib_people.paths
+    gallery, probes = split_per_person(y, 0.5, 1)
+    gallery = gallery[~np.isin(y[gallery], held)]
+    assert list(result.gallery_paths) == list(paths[gallery]) and list(result.probe_paths) == list(paths[probes])
+
+    # open set at 0.6 by hand: nearest gallery image, right person and within 0.6 / any stranger within 0.6
+    d = np.linalg.norm(X[probes][:, None] - X[gallery][None], axis=2)
+    nearest, dist = y[gallery][d.argmin(axis=1)], d.min(axis=1)
+    known = ~np.isin(y[probes], held)
+    ev = result.baseline
+    k = list(ev.open_set.thresholds).index(0.6)
+    assert ev.open_set.dir[k] == pytest.approx(np.mean((nearest == y[probes])[known] & (dist[known] <= 0.6)))
+    assert ev.open_set.far[k] == pytest.approx(np.mean(dist[~known] <= 0.6))
+    assert ev.identification.n_probes == known.sum() and ev.identification.n_people == N_PEOPLE - 2
+    assert not result.comparisons  # one encoder: nothing to compare
+
+    with pytest.raises(DataFolderError, match="cannot hold out"):
+        evaluate_folder(kpop8, ["dlib"], settings=WHOLE, holdout_people=N_PEOPLE - 1, jobs=2, progress=False)
+
+
+def test_test_folder_gallery_is_the_folder_and_new_people_are_strangers(tmp_path, kpop_pairs, faces_dir):
+    by_person: dict[str, list[Path]] = {}
+    for person, path in kpop_pairs:
+        by_person.setdefault(person, []).append(path)
+    gallery = _link_people(tmp_path / "gallery", [(p, f) for p, fs in by_person.items() for f in fs[:6]])
+    extra = next(p for p, _ in person_images(faces_dir, "kpop_idols15") if p not in by_person)
+    extra_files = [(p, f) for p, f in person_images(faces_dir, "kpop_idols15", 4) if p == extra]
+    test = _link_people(tmp_path / "test", [(p, f) for p, fs in by_person.items() for f in fs[6:]] + extra_files)
+    result = evaluate_folder(gallery, ["dlib"], settings=WHOLE, test_folder=test, jobs=2, progress=False,
+                             n_boot=N_BOOT)
+    assert len(result.gallery_labels) == 6 * N_PEOPLE and result.test_fraction is None
+    assert set(result.probe_labels[~result.known].tolist()) == {extra}
+    assert (~result.known).sum() == 4 and result.baseline.open_set is not None
+    assert result.baseline.identification.n_probes == sum(len(fs[6:]) for fs in by_person.values())
+    assert any("not in the gallery" in n for n in result.notes)
+
+
+def test_encoder_display_names(tmp_path):
+    (tmp_path / "my_model").mkdir()
+    assert encoder_name("dlib") == "dlib" and encoder_name("torch") == "torch"
+    assert encoder_name(tmp_path / "my_model") == "my_model"
+    assert encoder_name(str(tmp_path / "weights.dat")) == "weights.dat"
