@@ -1,0 +1,110 @@
+"""Does `dlibplus finetune` beat dlib on kpop_idols15, without hurting people it never saw (lfw_dev)?
+
+Protocol (issue 4): seeded 50/50 per-person split of kpop_idols15 (whole image as the face box).
+dlib's KNN (train-knn defaults) is trained on the train half and tested on the test half; then the
+network is fine-tuned on the train half only (its own validation split taken from that half), and the
+same KNN is trained with the fine-tuned encoder. Verification: TAR at FAR over all test-half pairs.
+Generalisation: verification over pairs of lfw_dev people (10-fold accuracy and TAR@FAR), dlib vs
+fine-tuned, on the same images. Baseline and fine-tuned are measured in the same run.
+
+    python benchmarks/bench_finetune.py --heads arcface cosface --out /tmp/ft-bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dlibplus import metrics
+from dlibplus.data import FaceSettings, split_per_person
+from dlibplus.encoders import TorchEncoder
+from dlibplus.knn import FaceKNN
+from dlibplus.train import FinetuneConfig, drop_small_classes, finetune, load_chipset
+
+FACES = Path(os.environ.get("DLIBPLUS_FACES", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+
+
+def closed_set(encoder, data, train_idx, test_idx, far=1e-3) -> dict:
+    emb = encoder.encode(data.chips)
+    names = np.array(data.classes)[data.labels]
+    knn = FaceKNN().fit(emb[train_idx], names[train_idx])
+    _, _, pred = knn.predict_with_distance(emb[test_idx])
+    nearest, _ = metrics.nearest_identity(emb[train_idx], names[train_idx], emb[test_idx])
+    dist, same = metrics.pair_distances(emb[test_idx], names[test_idx])
+    tars = {f"tar@{r.far:g}": r.tar for r in metrics.tar_at_far(dist, same, (1e-2, far))}
+    return {"knn_accuracy": float(np.mean(pred == names[test_idx])), "knn_k": knn.k_,
+            "1nn_accuracy": float(np.mean(nearest == names[test_idx])), **tars,
+            "different_pairs_at_0.6": float(np.mean(dist[~same] <= 0.6)),
+            "same_pairs_at_0.6": float(np.mean(dist[same] <= 0.6))}
+
+
+def lfw_verification(encoder, lfw, max_people: int) -> dict:
+    keep = np.isin(lfw.labels, np.arange(max_people))
+    emb = encoder.encode(lfw.chips[keep])
+    dist, same = metrics.pair_distances(emb, lfw.labels[keep])
+    kf = metrics.kfold_verification(dist, same, folds=10, seed=0)
+    tars = {f"tar@{r.far:g}": r.tar for r in metrics.tar_at_far(dist, same, (1e-3, 1e-4))}
+    return {"kfold_accuracy": kf.mean, "kfold_std": kf.std, "auc": metrics.auc(dist, same),
+            "accuracy_at_0.6": metrics.accuracy_at_threshold(dist, same, 0.6), "n_images": int(keep.sum()),
+            "n_pairs": int(len(dist)), **tars}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--heads", nargs="+", default=["arcface", "cosface", "sphereface", "softmax", "combined"])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/dlibplus-bench-finetune"))
+    ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    ap.add_argument("--lfw-people", type=int, default=300, help="lfw_dev people used for the generalisation check")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra FinetuneConfig fields, e.g. --set lr=1e-4 --set freeze=3")
+    args = ap.parse_args()
+
+    extra = {}
+    for kv in args.set:
+        key, value = kv.split("=", 1)
+        extra[key] = json.loads(value) if value[:1] in "{[" else type(getattr(FinetuneConfig, key))(value)
+
+    kpop, _ = load_chipset(FACES / "kpop_idols15", FaceSettings(face_box="whole"), progress=False)
+    train_idx, test_idx = split_per_person(kpop.labels, 0.5, args.seed)
+    lfw, _ = load_chipset(FACES / "lfw_dev", FaceSettings(), progress=True)
+    lfw, _ = drop_small_classes(lfw, 2)
+    dlib_like = TorchEncoder(device="cpu")  # dlib's weights; equals dlib to ~1e-6 (tests/test_dlibnet.py)
+    results = {"dlib": {"kpop": closed_set(dlib_like, kpop, train_idx, test_idx),
+                        "lfw": lfw_verification(dlib_like, lfw, args.lfw_people)}}
+    print(json.dumps({"dlib": results["dlib"]}, indent=1), flush=True)
+
+    half = kpop.subset(train_idx)
+    inner_train, inner_val = split_per_person(half.labels, FinetuneConfig.val_fraction, args.seed)
+    for head in args.heads:
+        config = FinetuneConfig(head=head, epochs=args.epochs, seed=args.seed, **extra)
+        t0 = time.time()
+        res = finetune(half.subset(inner_train), half.subset(inner_val), args.out / head, config, progress=False,
+                       echo=lambda m: print(m, file=sys.stderr))
+        wall = time.time() - t0
+        enc = TorchEncoder.from_dat(args.out / head / "model.dat", device="cpu")
+        results[head] = {"kpop": closed_set(enc, kpop, train_idx, test_idx),
+                         "lfw": lfw_verification(enc, lfw, args.lfw_people),
+                         "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+                         "val_better_than_dlib": res.better}
+        print(json.dumps({head: results[head]}, indent=1), flush=True)
+
+    print("\n| model | KNN acc | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | "
+          "LFW TAR@1e-3 | fine-tune wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        k, l = r["kpop"], r["lfw"]
+        print(f"| {name} | {k['knn_accuracy']:.3f} | {k['1nn_accuracy']:.3f} | {k['tar@0.001']:.3f} | "
+              f"{k['tar@0.01']:.3f} | {k['different_pairs_at_0.6']:.3f} | {l['kfold_accuracy']:.4f} | "
+              f"{l['tar@0.001']:.3f} | {r.get('wall_seconds', 0):.0f} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
