@@ -123,7 +123,7 @@ FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance")
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--threshold", type=float, default=None,
               help="Distance beyond which a face is 'unknown' [default: the model's, 0.6].")
@@ -131,10 +131,13 @@ FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path),
               help="Write copies of the images with boxes and names drawn into this folder.")
 @click.option("--encoder", default=None, help="Override the encoder recorded in the model (must match training).")
+@click.option("--classifier", type=click.Choice(["knn", "head"]), default="knn", show_default=True,
+              help="knn: MODEL is a train-knn .npz. head: MODEL is a `dlibplus finetune` folder, whose own "
+                   "head names the faces (distance = 1 - cosine; strangers rejected at its calibrated threshold).")
 @click.option("--jobs", "-j", type=click.IntRange(0), default=0, help="Worker processes (default: all cores).")
 @_user_errors
-def predict(model, paths, threshold, as_json, annotate, encoder, jobs):
-    """Name the faces in PATHS (image files or folders) with a model from train-knn.
+def predict(model, paths, threshold, as_json, annotate, encoder, classifier, jobs):
+    """Name the faces in PATHS (image files or folders) with a model from train-knn (or finetune).
 
     One line per face: path,name,top,right,bottom,left,distance. "unknown" beyond the threshold,
     "no_persons_found" for an image without faces.
@@ -142,7 +145,12 @@ def predict(model, paths, threshold, as_json, annotate, encoder, jobs):
     from .data import image_paths
     from .knn import FaceKNN, predict_images
 
-    knn = FaceKNN.load(model)
+    if classifier == "head":
+        from .head_classifier import HeadClassifier
+
+        knn = HeadClassifier.load(model)
+    else:
+        knn = FaceKNN.load(model)
     files = image_paths(paths)
     if not files:
         raise click.UsageError("no image files found in the given paths")

@@ -239,8 +239,11 @@ class ResultCache:
 # --- running the pipeline over many images -------------------------------------------------------------
 
 def _pool(jobs: int):
-    # spawn: torch's and BLAS's threads do not survive fork() safely
-    return multiprocessing.get_context("spawn").Pool(jobs)
+    # fork where there is one: it works from scripts without an ``if __name__ == "__main__"`` guard
+    # (face_recognition users' scripts rarely have one) and starts fast. The workers only run dlib and
+    # numpy, never torch, so torch's thread pools in the parent do not matter to them.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(jobs)
 
 
 def resolve_jobs(jobs: int | None) -> int:
@@ -292,10 +295,10 @@ def process_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *
     jobs = min(resolve_jobs(jobs), max(len(tasks), 1))
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img",
                disable=not progress, leave=False)
+    pool = None
     try:
         if jobs <= 1:
             stream = map(_worker, tasks)
-            pool = None
         else:
             pool = _pool(jobs)
             stream = pool.imap(_worker, tasks, chunksize=1)
@@ -315,7 +318,7 @@ def process_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *
             _encode_batch(encoder, [results[j] for j in batch], num_jitters, cache, shas, batch)
     finally:
         bar.close()
-        if jobs > 1 and pool is not None:
+        if pool is not None:
             pool.terminate()
     return results  # type: ignore[return-value]
 

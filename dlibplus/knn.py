@@ -171,6 +171,9 @@ class FaceKNN:
         :raises ModelFileError: missing, truncated or not a dlibplus KNN model.
         """
         path = Path(path)
+        if path.is_dir():
+            raise ModelFileError(path, "is a folder, not a train-knn model file (a `dlibplus finetune` folder "
+                                       "classifies with --classifier head)")
         if not path.is_file():
             raise ModelFileError(path, "file not found")
         try:
