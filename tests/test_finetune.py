@@ -1,0 +1,155 @@
+"""`dlibplus finetune` end to end on real photos: outputs dlib loads, swap-in, repeatability, resume, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dlibplus.cli import main
+
+PEOPLE = ["Arin", "Chaeyong", "Chorong", "Dahyun", "Eunha"]
+# Short runs that still exercise every part: two epochs, only the last stage and fc trainable.
+FAST = ["--face-box", "whole", "--epochs", "2", "--freeze", "5", "--batch-people", "5", "--batch-images", "4",
+        "--jobs", "1"]
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory, faces_dir):
+    """5 kpop_idols15 people × 8 crops, as symlinks."""
+    root = tmp_path_factory.mktemp("people")
+    for person in PEOPLE:
+        (root / person).mkdir()
+        for src in sorted((faces_dir / "kpop_idols15" / person).iterdir())[:8]:
+            os.symlink(src, root / person / src.name)
+    return root
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(people, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "model"
+    res = run("finetune", people, "-o", out, *FAST)
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_outputs_and_dlib_loads_the_dat(trained, people):
+    import dlib
+
+    from dlibplus.encoders import load_encoder
+    from dlibplus.train import load_chipset
+    from dlibplus.data import FaceSettings
+
+    out, log = trained
+    for name in ("model.dat", "model.pt", "head.pt", "classes.json", "metadata.json", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["classes"] == PEOPLE == json.loads((out / "classes.json").read_text())
+    assert len(meta["base_model"]["sha256"]) == 64 and len(meta["data"]["train_fingerprint"]) == 64
+    assert meta["config"]["head"] == "arcface" and meta["frozen_stages"] == ["stem"] + [f"layer{i}" for i in range(1, 5)]
+    assert set(meta["validation"]) == {"dlib", "finetuned", "better_than_dlib"}
+    assert "validation" in log and ("better than dlib" in log or "NOT better" in log)
+    # the fine-tuned weights differ from dlib's, and dlib itself computes what the torch encoder computes
+    chips = load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0].chips[:12]
+    theirs = np.array([dlib.face_recognition_model_v1(str(out / "model.dat")).compute_face_descriptor(c) for c in chips])
+    ours = load_encoder(out).encode(chips)
+    original = load_encoder("torch").encode(chips)
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert np.abs(ours - original).max() > 1e-3
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert state["fc.weight"].shape == (128, 256)
+
+
+def test_calibration_puts_tolerance_at_target_far(trained):
+    meta = json.loads((trained[0] / "metadata.json").read_text())
+    cal = meta["calibration"]
+    # validation: 5 people × 2 photos → 45 pairs, 40 different: the smallest measurable FAR is used
+    assert cal["far"] == pytest.approx(1 / cal["n_different_pairs"]) and "note" in cal
+    assert cal["scale"] == pytest.approx(0.6 / cal["threshold"])
+
+
+def test_swap_in_everywhere(trained, people, tmp_path, faces_dir):
+    import dlibplus
+
+    out, _ = trained
+    model = tmp_path / "knn.npz"
+    res = run("train-knn", people, "-o", model, "--face-box", "whole", "--encoder", out, "-j", 1)
+    assert res.exit_code == 0, res.output
+    probe = sorted((faces_dir / "kpop_idols15" / "Dahyun").iterdir())[9]
+    res = run("predict", model, probe, "-j", 1, "--json")
+    row = json.loads(res.stdout)[0]
+    assert row["name"] in PEOPLE + ["unknown"] and row["distance"] >= 0
+    res = run("predict", out, probe, "--classifier", "head", "--json", "-j", 1)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["name"] in PEOPLE + ["unknown"]
+    # the Python API: face_encodings with the fine-tuned encoder equals encoding its chip directly
+    img = dlibplus.load_image_file(probe)
+    box = [(0, img.shape[1], img.shape[0], 0)]
+    enc = dlibplus.load_encoder(out)
+    a = dlibplus.face_encodings(img, box, encoder=enc)[0]
+    b = dlibplus.face_encodings(img, box, encoder=str(out))[0]
+    assert a.shape == (128,) and np.abs(a - b).max() < 1e-9
+    assert np.abs(a - np.array(dlibplus.face_encodings(img, box)[0])).max() > 1e-3
+
+
+def test_seeded_cpu_run_repeats_and_resume_matches(people, tmp_path, monkeypatch):
+    from dlibplus import augment
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run("finetune", people, "-o", a, *FAST).exit_code == 0
+    assert run("finetune", people, "-o", b, *FAST).exit_code == 0
+    wa, wb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    real = augment.augment_batch
+
+    def interrupt_in_second_epoch(chips, seed, epoch, step, slots):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(chips, seed, epoch, step, slots)
+
+    monkeypatch.setattr(augment, "augment_batch", interrupt_in_second_epoch)
+    res = run("finetune", people, "-o", c, *FAST)
+    assert res.exit_code == 130 and "--resume" in res.output
+    assert (c / "checkpoint.pt").is_file() and not (c / "model.dat").exists()
+    monkeypatch.setattr(augment, "augment_batch", real)
+    res = run("finetune", people, "-o", c, *FAST, "--resume")
+    assert res.exit_code == 0, res.output
+    wc = torch.load(c / "model.pt", weights_only=True)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_ddp_two_processes_match_one(people, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run("finetune", people, "-o", one, *FAST).exit_code == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           "-m", "dlibplus.cli", "finetune", str(people), "-o", str(two), *FAST, "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((two / "metadata.json").read_text())
+    assert meta["world_size"] == 2
+    w1, w2 = torch.load(one / "model.pt", weights_only=True), torch.load(two / "model.pt", weights_only=True)
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+
+
+def test_too_few_people_or_photos(tmp_path, faces_dir):
+    root = tmp_path / "one_person"
+    (root / "Arin").mkdir(parents=True)
+    (root / "Eunha").mkdir(parents=True)
+    for src in sorted((faces_dir / "kpop_idols15" / "Arin").iterdir())[:4]:
+        os.symlink(src, root / "Arin" / src.name)
+    src = sorted((faces_dir / "kpop_idols15" / "Eunha").iterdir())[0]
+    os.symlink(src, root / "Eunha" / src.name)
+    res = run("finetune", root, "-o", tmp_path / "out", *FAST)
+    assert res.exit_code == 2 and "at least 2 people" in res.output
+    assert not (tmp_path / "out" / "model.dat").exists()
