@@ -23,6 +23,9 @@ import numpy as np
 from . import models
 from .images import load_image_file  # noqa: F401  (re-exported)
 
+__all__ = ["load_image_file", "face_locations", "batch_face_locations", "face_landmarks", "face_encodings",
+           "compare_faces", "face_distance"]
+
 Css = tuple[int, int, int, int]  # (top, right, bottom, left), pixels
 
 

@@ -17,6 +17,8 @@ import click
 
 from . import __version__
 from .errors import DataFolderError, DlibplusError
+from .train_config import HEAD_NAMES as _TRAIN_HEADS
+from .train_config import FinetuneConfig as _FT
 
 
 def _face_options(f):
@@ -276,36 +278,36 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write the fine-tuned model into (model.dat, model.pt, head.pt, metadata.json).")
-@click.option("--head", type=click.Choice(["arcface", "cosface", "sphereface", "softmax", "combined"]),
-              default="arcface", show_default=True, help="Classification head and margin.")
+@click.option("--head", type=click.Choice(list(_TRAIN_HEADS)),
+              default=_FT.head, show_default=True, help="Classification head and margin.")
 @click.option("--margin", type=float, default=None,
               help="Head margin: radians for arcface, cosine units for cosface, integer m for sphereface.")
 @click.option("--scale", type=float, default=None, help="Head logit scale s (arcface, cosface, combined).")
-@click.option("--center-loss", type=float, default=0.0, show_default=True, help="Weight of the center loss.")
-@click.option("--triplet", type=float, default=0.0, show_default=True,
+@click.option("--center-loss", type=float, default=_FT.center_loss, show_default=True, help="Weight of the center loss.")
+@click.option("--triplet", type=float, default=_FT.triplet, show_default=True,
               help="Weight of the triplet loss (batch semi-hard mining).")
-@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
-@click.option("--batch-people", type=click.IntRange(2), default=8, show_default=True, help="P in P x K batches.")
-@click.option("--batch-images", type=click.IntRange(1), default=4, show_default=True, help="K in P x K batches.")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate of the network.")
-@click.option("--head-lr", type=float, default=1e-2, show_default=True, help="Learning rate of the head.")
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--warmup-epochs", type=float, default=2.0, show_default=True)
-@click.option("--grad-clip", type=float, default=5.0, show_default=True, help="Max gradient norm (0: off).")
-@click.option("--freeze", type=click.IntRange(0, 7), default=2, show_default=True,
+@click.option("--epochs", type=click.IntRange(1), default=_FT.epochs, show_default=True)
+@click.option("--batch-people", type=click.IntRange(2), default=_FT.people_per_batch, show_default=True, help="P in P x K batches.")
+@click.option("--batch-images", type=click.IntRange(1), default=_FT.images_per_person, show_default=True, help="K in P x K batches.")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=_FT.optimizer, show_default=True)
+@click.option("--lr", type=float, default=_FT.lr, show_default=True, help="Learning rate of the network.")
+@click.option("--head-lr", type=float, default=_FT.head_lr, show_default=True, help="Learning rate of the head.")
+@click.option("--weight-decay", type=float, default=_FT.weight_decay, show_default=True)
+@click.option("--warmup-epochs", type=float, default=_FT.warmup_epochs, show_default=True)
+@click.option("--grad-clip", type=float, default=_FT.grad_clip, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--freeze", type=click.IntRange(0, 7), default=_FT.freeze, show_default=True,
               help="Stages to freeze from the input (stem, layer1..layer5, fc).")
 @click.option("--no-augment", is_flag=True, help="Turn off dlib's jitter and colour augmentation.")
-@click.option("--val-fraction", type=float, default=0.25, show_default=True,
+@click.option("--val-fraction", type=float, default=_FT.val_fraction, show_default=True,
               help="Share of each person's photos kept for validation.")
 @click.option("--val-folder", type=click.Path(file_okay=False, path_type=Path),
               help="Validate on this people folder instead of a split.")
-@click.option("--patience", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--patience", type=click.IntRange(0), default=_FT.patience, show_default=True,
               help="Stop after this many epochs without a better validation accuracy (0: never).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=_FT.seed, show_default=True)
+@click.option("--device", default=_FT.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
-@click.option("--target-far", type=float, default=1e-3, show_default=True,
+@click.option("--target-far", type=float, default=_FT.target_far, show_default=True,
               help="False-accept rate at which distance 0.6 is calibrated.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint.pt.")
 @_face_options

@@ -14,14 +14,13 @@ processes compute what one does).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +32,7 @@ from torch import nn
 from . import __version__
 from .errors import DataFolderError, DlibplusError
 from .fileio import atomic_path, file_sha256, write_json
+from .train_config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,54 +42,6 @@ MODEL_PT = "model.pt"
 HEAD_PT = "head.pt"
 CLASSES = "classes.json"
 METADATA = "metadata.json"
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Every knob of a fine-tuning run; saved as JSON beside the weights.
-
-    Learning rates are per step; ``freeze`` counts stages from the input (stem, layer1..layer5, fc).
-    ``target_far``: the false-accept rate at which the output is calibrated to distance 0.6.
-    """
-
-    head: str = "arcface"
-    head_options: dict = field(default_factory=dict)
-    center_loss: float = 0.0
-    center_alpha: float = 0.5
-    triplet: float = 0.0
-    triplet_margin: float = 0.2
-    epochs: int = 40
-    people_per_batch: int = 8
-    images_per_person: int = 4
-    optimizer: str = "adamw"
-    lr: float = 2e-4
-    head_lr: float = 1e-2
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 2.0
-    grad_clip: float = 5.0
-    freeze: int = 2
-    augment: bool = True
-    val_fraction: float = 0.25
-    patience: int = 10
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    target_far: float = 1e-3
-
-    def __post_init__(self):
-        from .heads import HEADS
-
-        if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; choose one of {sorted(HEADS)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
-        if self.epochs < 1 or self.people_per_batch < 2 or self.images_per_person < 1:
-            raise ValueError("need epochs >= 1, people_per_batch >= 2, images_per_person >= 1")
-        if not 0 < self.target_far < 1:
-            raise ValueError(f"target_far must be in (0, 1), not {self.target_far}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
