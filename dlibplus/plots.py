@@ -7,11 +7,12 @@ reader never sees half a file, and returns the path written.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .fileio import atomic_path
 
 _DPI = 120
 
@@ -27,19 +28,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: os.PathLike | str) -> Path:
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # a plain open() (not mkstemp, whose files are 0600) so the PNG gets the usual umask permissions
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
     return target
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from ..errors import ModelFileError
+from ..fileio import atomic_path
 
 FLOAT_DIGITS = 24  # std::numeric_limits<float>::digits
 DOUBLE_DIGITS = 53  # std::numeric_limits<double>::digits
@@ -562,19 +562,8 @@ def _write_record(w: Writer, record: DatLayer, tags) -> None:
 def write_dat(net: DatNet, path: os.PathLike | str) -> None:
     """Write ``net`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
     data = dat_bytes(net)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private to the owner
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def empty_tensor() -> np.ndarray:
