@@ -286,6 +286,8 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
 @click.option("--center-loss", type=float, default=_FT.center_loss, show_default=True, help="Weight of the center loss.")
 @click.option("--triplet", type=float, default=_FT.triplet, show_default=True,
               help="Weight of the triplet loss (batch semi-hard mining).")
+@click.option("--metric-loss", type=float, default=_FT.metric_loss, show_default=True,
+              help="Weight of dlib's own pairwise hinge loss around distance 0.6 (loss_metric).")
 @click.option("--epochs", type=click.IntRange(1), default=_FT.epochs, show_default=True)
 @click.option("--batch-people", type=click.IntRange(2), default=_FT.people_per_batch, show_default=True, help="P in P x K batches.")
 @click.option("--batch-images", type=click.IntRange(1), default=_FT.images_per_person, show_default=True, help="K in P x K batches.")
@@ -312,7 +314,7 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint.pt.")
 @_face_options
 @_user_errors
-def finetune(folder, output, head, margin, scale, center_loss, triplet, epochs, batch_people, batch_images,
+def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,
              optimizer, lr, head_lr, weight_decay, warmup_epochs, grad_clip, freeze, no_augment, val_fraction,
              val_folder, patience, seed, device, no_amp, target_far, resume,
              detector, upsample, landmarks, face_box, max_side, jobs):
@@ -330,6 +332,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, epochs, 
         head_options["margin"] = int(head_options["margin"])
     try:
         config = tr.FinetuneConfig(head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
+                                   metric_loss=metric_loss,
                                    epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images,
                                    optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay,
                                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze=freeze,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CenterLoss", "TripletLoss", "pairwise_distances", "semihard_triplets", "DISTANCES"]
+__all__ = ["CenterLoss", "TripletLoss", "DlibMetricLoss", "pairwise_distances", "semihard_triplets", "DISTANCES"]
 
 #: Distance names accepted by ``TripletLoss`` and ``pairwise_distances``.
 DISTANCES = ("euclidean", "cosine")
@@ -194,3 +194,35 @@ class TripletLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, distance={self.distance!r}"
+
+
+class DlibMetricLoss(nn.Module):
+    """dlib's own training loss (``loss_metric``): a pairwise hinge around the distance threshold.
+
+    Over every pair of the batch, on raw Euclidean distances: a same-person pair pays
+    ``max(0, d − (threshold − margin))``, a different-person pair ``max(0, (threshold + margin) − d)``;
+    only the hardest different-person pairs count, as many as there are same-person pairs. The loss is
+    the sum over the counted pairs divided by their number. dlib trained its model with
+    ``threshold=0.6, margin=0.04``: this loss optimises face_recognition's "distance ≤ 0.6" rule itself.
+    """
+
+    def __init__(self, threshold: float = 0.6, margin: float = 0.04):
+        super().__init__()
+        if threshold <= 0 or margin < 0:
+            raise ValueError(f"need threshold > 0 and margin >= 0, got {threshold}, {margin}")
+        self.threshold, self.margin = float(threshold), float(margin)
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        _check_batch(embeddings, labels)
+        d = pairwise_distances(embeddings, "euclidean")
+        upper = torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)
+        same = (labels[:, None] == labels[None, :]) & upper
+        different = (labels[:, None] != labels[None, :]) & upper
+        pos = F.relu(d[same] - (self.threshold - self.margin))
+        neg = F.relu((self.threshold + self.margin) - d[different])
+        n_neg = min(int(same.sum()), neg.numel())
+        hardest = torch.topk(neg, n_neg).values if n_neg else neg[:0]
+        count = pos.numel() + hardest.numel()
+        if count == 0:
+            return embeddings.sum() * 0.0
+        return (pos.sum() + hardest.sum()) / count

@@ -114,10 +114,10 @@ class Trainee(nn.Module):
     """Backbone, head and auxiliary losses together, so DDP synchronises all their gradients."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, center: nn.Module | None, triplet: nn.Module | None,
-                 config: FinetuneConfig):
+                 metric: nn.Module | None, config: FinetuneConfig):
         super().__init__()
         self.backbone, self.head = backbone, head
-        self.center, self.triplet = center, triplet
+        self.center, self.triplet, self.metric = center, triplet, metric
         self.config = config
         # dlib's embeddings share a large common component (different people are at cosine ~0.85), so
         # angular heads see them after subtracting dlib's mean embedding. A translation leaves every
@@ -137,6 +137,10 @@ class Trainee(nn.Module):
             t = self.triplet(emb.float(), y)
             loss = loss + self.config.triplet * t
             parts["triplet"] = float(t.detach())
+        if self.metric is not None and self.config.metric_loss > 0:
+            m = self.metric(emb.float(), y)
+            loss = loss + self.config.metric_loss * m
+            parts["metric"] = float(m.detach())
         with torch.no_grad():
             cos = self.head.predict(emb.float() - self.embedding_mean)
         return loss, cos, parts
@@ -243,7 +247,7 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
 
     from . import dlibnet
     from .heads import create_head
-    from .losses import CenterLoss, TripletLoss
+    from .losses import CenterLoss, DlibMetricLoss, TripletLoss
     from .models import FACE_RECOGNITION_MODEL, model_path
     from .samplers import PKSampler
 
@@ -279,7 +283,8 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
     if center is not None:
         center.init_centers(torch.from_numpy(train_emb0).float().to(device), torch.from_numpy(train.labels).to(device))
     triplet = TripletLoss(config.triplet_margin) if config.triplet > 0 else None
-    trainee = Trainee(backbone, head, center, triplet, config)
+    metric = DlibMetricLoss() if config.metric_loss > 0 else None
+    trainee = Trainee(backbone, head, center, triplet, metric, config)
     trainee.embedding_mean.copy_(embedding_mean)
     trainee.to(device)
     ddp_model: nn.Module = trainee

@@ -21,6 +21,7 @@ class FinetuneConfig:
     center_alpha: float = 0.5
     triplet: float = 0.0
     triplet_margin: float = 0.2
+    metric_loss: float = 0.0
     epochs: int = 40
     people_per_batch: int = 8
     images_per_person: int = 4

@@ -217,3 +217,28 @@ def test_pk_with_dataloader_and_bad_arguments():
         PKSampler(labels, p=2, k=0)
     with pytest.raises(ValueError, match="rank"):
         PKSampler(labels, p=2, k=2, rank=2, world_size=2)
+
+
+def test_dlib_metric_loss_by_hand():
+    from dlibplus.losses import DlibMetricLoss
+
+    # points on a line: A at 0 and 0.5 (same person), B at 0.62 and 2.0
+    x = torch.tensor([[0.0], [0.5], [0.62], [2.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1])
+    loss = DlibMetricLoss(threshold=0.6, margin=0.04)(x, y)
+    # same pairs: d=0.5 pays 0.5-0.56<0 → 0; d=1.38 (B,B) pays 1.38-0.56=0.82
+    # different pairs: d(0.5,0.62)=0.12 → 0.64-0.12=0.52, d(0,0.62)=0.62 → 0.02, the rest beyond 0.64 → 0
+    # two same pairs → the two hardest negatives: 0.52 and 0.02
+    assert float(loss) == pytest.approx((0.0 + 0.82 + 0.52 + 0.02) / 4)
+    loss.backward()
+    # descent (−grad) pulls B(2.0) down towards B(0.62), pushes A(0.5) down, away from B(0.62),
+    # and moves B(0.62) up, away from both A's and towards B(2.0): each term contributes ±1/4
+    assert x.grad[:, 0].tolist() == pytest.approx([0.25, 0.25, -0.75, 0.25])
+
+
+def test_dlib_metric_loss_is_zero_when_separated():
+    from dlibplus.losses import DlibMetricLoss
+
+    x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+    y = torch.tensor([0, 0, 1, 1])
+    assert float(DlibMetricLoss()(x, y)) == 0.0
