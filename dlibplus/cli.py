@@ -295,6 +295,9 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
 @click.option("--lr", type=float, default=_FT.lr, show_default=True, help="Learning rate of the network.")
 @click.option("--head-lr", type=float, default=_FT.head_lr, show_default=True, help="Learning rate of the head.")
 @click.option("--weight-decay", type=float, default=_FT.weight_decay, show_default=True)
+@click.option("--anchor", type=float, default=_FT.anchor, show_default=True,
+              help="Pull towards dlib's weights each step (L2-SP; 0: off). Keeps the model good on people "
+                   "it was not trained on; lower it to adapt more to yours.")
 @click.option("--warmup-epochs", type=float, default=_FT.warmup_epochs, show_default=True)
 @click.option("--grad-clip", type=float, default=_FT.grad_clip, show_default=True, help="Max gradient norm (0: off).")
 @click.option("--freeze", type=click.IntRange(0, 7), default=_FT.freeze, show_default=True,
@@ -315,7 +318,7 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
 @_face_options
 @_user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,
-             optimizer, lr, head_lr, weight_decay, warmup_epochs, grad_clip, freeze, no_augment, val_fraction,
+             optimizer, lr, head_lr, weight_decay, anchor, warmup_epochs, grad_clip, freeze, no_augment, val_fraction,
              val_folder, patience, seed, device, no_amp, target_far, resume,
              detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
@@ -334,7 +337,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
         config = tr.FinetuneConfig(head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
                                    metric_loss=metric_loss,
                                    epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images,
-                                   optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay,
+                                   optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay, anchor=anchor,
                                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze=freeze,
                                    augment=not no_augment, val_fraction=val_fraction, patience=patience,
                                    seed=seed, device=device, amp=not no_amp, target_far=target_far)

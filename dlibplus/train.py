@@ -129,21 +129,39 @@ class Trainee(nn.Module):
         logits = self.head(emb.float() - self.embedding_mean, y)
         loss = F.cross_entropy(logits, y)
         parts = {"ce": float(loss.detach())}
-        if self.center is not None and self.config.center_loss > 0:
-            c = self.center(emb.float(), y)
+        if self.center is not None or self.triplet is not None or self.metric is not None:
+            # batch-level losses see the whole global batch, as in one process
+            batch_emb, batch_y = _gather(emb.float()), _gather(y)
+        if self.center is not None:
+            c = self.center(batch_emb, batch_y)
             loss = loss + self.config.center_loss * c
             parts["center"] = float(c.detach())
-        if self.triplet is not None and self.config.triplet > 0:
-            t = self.triplet(emb.float(), y)
+        if self.triplet is not None:
+            t = self.triplet(batch_emb, batch_y)
             loss = loss + self.config.triplet * t
             parts["triplet"] = float(t.detach())
-        if self.metric is not None and self.config.metric_loss > 0:
-            m = self.metric(emb.float(), y)
+        if self.metric is not None:
+            m = self.metric(batch_emb, batch_y)
             loss = loss + self.config.metric_loss * m
             parts["metric"] = float(m.detach())
         with torch.no_grad():
             cos = self.head.predict(emb.float() - self.embedding_mean)
         return loss, cos, parts
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """All processes' ``x`` concatenated, differentiably (the identity outside DDP).
+
+    Every process then computes the same batch-level loss; all_gather's backward sums the gradients
+    over processes, and DDP's averaging turns that back into exactly the one-process gradient.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()))
 
 
 @torch.no_grad()
@@ -300,6 +318,9 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
     else:
         optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
     people_per_batch = min(config.people_per_batch, n_classes)  # a small folder: every person in each batch
+    # L2-SP, decoupled: every step pulls the trainable weights back towards dlib's by lr·anchor of the
+    # way, so the network adapts to these people without forgetting the faces it was trained on.
+    anchors = [(p, p.detach().clone()) for p in backbone.parameters() if p.requires_grad] if config.anchor > 0 else []
     sampler = PKSampler(train.labels, people_per_batch, config.images_per_person, seed=config.seed,
                         rank=0, world_size=1)  # global batches: each process takes its slice below
     steps_per_epoch = len(sampler)
@@ -363,6 +384,11 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
                     torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
+                if anchors:
+                    pull = min(1.0, scheduler.get_last_lr()[0] * config.anchor)
+                    with torch.no_grad():
+                        for p, p0 in anchors:
+                            p.lerp_(p0, pull)
                 scheduler.step()
                 head.step()
                 seen += len(idx)

@@ -19,7 +19,7 @@ class FinetuneConfig:
     head_options: dict = field(default_factory=dict)
     center_loss: float = 0.0
     center_alpha: float = 0.5
-    triplet: float = 0.0
+    triplet: float = 1.0
     triplet_margin: float = 0.2
     metric_loss: float = 0.0
     epochs: int = 40
@@ -29,6 +29,7 @@ class FinetuneConfig:
     lr: float = 2e-5
     head_lr: float = 1e-2
     weight_decay: float = 1e-4
+    anchor: float = 3000.0
     warmup_epochs: float = 2.0
     grad_clip: float = 5.0
     freeze: int = 0
