@@ -28,8 +28,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: os.PathLike | str) -> Path:
     target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png")
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png")
     return target
 
 
