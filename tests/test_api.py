@@ -207,3 +207,15 @@ def test_unreadable_files_name_the_file(tmp_path, faces_dir):
         dlibplus.load_image_file(tmp_path / "missing.jpg")
     # file objects work too
     assert dlibplus.load_image_file(io.BytesIO(data)).shape[2] == 3
+
+
+def test_huge_images(tmp_path):
+    # a decompression bomb (400 Mpx) is refused with the file named, before it eats the memory
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)
+    with pytest.raises(ImageReadError, match="bomb.png.*too large"):
+        dlibplus.load_image_file(bomb)
+    # a big but legitimate photo loads
+    big = tmp_path / "big.png"
+    Image.new("RGB", (6000, 4000), (90, 120, 150)).save(big)
+    assert dlibplus.load_image_file(big).shape == (4000, 6000, 3)

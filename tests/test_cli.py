@@ -144,3 +144,21 @@ def test_encode_writes_npz(tmp_path, faces_dir):
     img = fr.load_image_file(str(folder / "examples__two_people.jpg"))
     ref = np.array(fr.face_encodings(img))
     assert np.abs(np.sort(ref, axis=0) - np.sort(np.load(out)["encodings"][:2], axis=0)).max() < 1e-6
+
+
+def test_huge_image_is_shrunk_and_bomb_skipped(tmp_path, faces_dir):
+    root = tmp_path / "people"
+    (root / "Aaron").mkdir(parents=True)
+    src = Image.open(faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg")
+    src.resize((3000, 3000)).save(root / "Aaron" / "huge.jpg")  # 9 Mpx of one face
+    Image.new("1", (20000, 20000)).save(root / "Aaron" / "bomb.png")
+    report = tmp_path / "r.json"
+    res = run("train-knn", root, "-o", tmp_path / "m.npz", "--max-side", "800", "--report", report, "-j", 1)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(report.read_text())["people"]["Aaron"]
+    assert rep["used"] == 1
+    assert [s["path"].endswith("bomb.png") and "too large" in s["reason"] for s in rep["skipped"]] == [True]
+    # boxes are reported in the original image's pixels, not the shrunk copy's
+    res = run("predict", tmp_path / "m.npz", root / "Aaron" / "huge.jpg", "--json", "-j", 1)
+    row = json.loads(res.stdout)[0]
+    assert row["name"] == "Aaron" and row["right"] - row["left"] > 800
