@@ -140,16 +140,14 @@ def face_encodings(face_image: np.ndarray, known_face_locations: Sequence[Css] |
         net = models.face_recognition_model()
         return [np.array(net.compute_face_descriptor(face_image, shape, num_jitters)) for shape in shapes]
 
-    from .align import get_face_chip, landmarks_to_array
+    from .data import face_chips
     from .encoders import load_encoder
 
     if isinstance(encoder, str):
         encoder = load_encoder(encoder)
     if not shapes:
         return []
-    # One chip per call, as face_recognition does: dlib's chip depends on the other faces in a call.
-    chips = np.stack([get_face_chip(face_image, landmarks_to_array(s)) for s in shapes])
-    return list(_encode_jittered(encoder, chips, num_jitters))
+    return list(_encode_jittered(encoder, face_chips(face_image, shapes), num_jitters))
 
 
 def _encode_jittered(encoder: Any, chips: np.ndarray, num_jitters: int) -> np.ndarray:

@@ -137,6 +137,19 @@ def find_faces(img: np.ndarray, settings: FaceSettings) -> tuple[list, list]:
     return boxes, api._raw_face_landmarks(img, boxes, settings.landmarks)
 
 
+def face_chips(img: np.ndarray, shapes: Sequence) -> np.ndarray:
+    """dlib's aligned 150×150 chips (n, 150, 150, 3) uint8 of the faces with these landmark shapes.
+
+    One dlib call per face, as face_recognition does: dlib's chip of a face depends on the other faces
+    of the same call (they share one bounding box and pyramid), see :mod:`dlibplus.align`.
+    """
+    import dlib
+
+    if not shapes:
+        return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    return np.stack([dlib.get_face_chip(img, s, CHIP_SIZE, 0.25) for s in shapes])
+
+
 def _process_one(path: Path, settings: FaceSettings, mode: str, num_jitters: int) -> ImageFaces:
     """Run the pipeline on one image. ``mode``: ``"chips"`` or ``"dlib"`` (encode with dlib here)."""
     import dlib
@@ -152,10 +165,7 @@ def _process_one(path: Path, settings: FaceSettings, mode: str, num_jitters: int
     boxes, shapes = find_faces(img, settings)
     result = ImageFaces(path, boxes=_rescale_boxes(boxes, scale, full.shape))
     if mode == "chips":
-        result.chips = np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        if shapes:
-            # One call per face, as face_recognition does (dlib's chip depends on the call's other faces).
-            result.chips = np.stack([dlib.get_face_chip(img, s, CHIP_SIZE, 0.25) for s in shapes])
+        result.chips = face_chips(img, shapes)
     else:
         # A fresh model per image when jittering, so the random jitter depends on the image alone.
         net = models.face_recognition_model() if num_jitters <= 1 else dlib.face_recognition_model_v1(

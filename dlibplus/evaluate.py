@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -310,9 +309,7 @@ def _evaluate_encoder(name: str, spec: str, gallery: _Encoded, probes: _Encoded,
     g_enc, g_lab = gallery.encodings[name], gallery.labels
     p_enc, p_lab = probes.encodings[name], probes.labels
     true = p_lab[known]
-    with warnings.catch_warnings():  # scikit-learn's "more classes than half the samples" hint: normal here
-        warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
-        knn = FaceKNN(n_neighbors, threshold=threshold).fit(g_enc, g_lab)
+    knn = FaceKNN(n_neighbors, threshold=threshold).fit(g_enc, g_lab)
     _, knn_dist, knn_pred = knn.predict_with_distance(p_enc[known])
     nn1_pred, nn1_dist = metrics.nearest_identity(g_enc, g_lab, p_enc[known])
     classes = knn.classes_

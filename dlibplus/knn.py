@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,7 +118,11 @@ class FaceKNN:
                 raise ValueError(f"n_neighbors must be >= 1, not {self.k_}")
         self.k_ = min(self.k_, len(X))
         self.clf_ = KNeighborsClassifier(n_neighbors=self.k_, algorithm=self.algorithm, weights="distance")
-        self.clf_.fit(X, y)
+        with warnings.catch_warnings():
+            # scikit-learn hints that more classes than half the samples looks like regression; a face
+            # gallery with one or two photos per person is exactly that, and fine
+            warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
+            self.clf_.fit(X, y)
         self.metadata_ = dict(metadata or {})
         return self
 
