@@ -661,6 +661,13 @@ def write_report(result: EvaluationResult, outdir: os.PathLike | str) -> dict[st
     if curves:
         written["roc"] = plots.plot_roc(curves, out / "roc.png", title="ROC over all test-image pairs",
                                         fars=(far,) if far else ())
+    open_curves = {e.name: (e.open_set.curve_far, e.open_set.curve_dir) for e in result.encoders
+                   if e.open_set is not None and e.open_set.n_unknown and e.open_set.n_known}
+    if open_curves:
+        written["open_set"] = plots.plot_roc(
+            open_curves, out / "open_set.png", title="open set: held-out strangers vs known people",
+            xlabel="false-alarm rate (strangers given a name)",
+            ylabel="detection and identification rate (known people named right)")
     for e in result.encoders:
         stem = _file_part(e.name)
         if e.distances is not None:

@@ -38,8 +38,13 @@ def plot_roc(
     path: os.PathLike | str,
     title: str = "ROC",
     fars: Sequence[float] = (),
+    xlabel: str = "false accept rate (FAR)",
+    ylabel: str = "true accept rate (TAR)",
 ) -> Path:
     """All encoders' ROC curves on one chart: TAR against FAR on a log axis.
+
+    The open-set curve (detection-and-identification rate against false-alarm rate) is drawn the same way,
+    with its own axis labels.
 
     Args:
         curves: name -> ``(far, tar)`` arrays, e.g. from ``metrics.roc_curve_distances`` or a
@@ -67,8 +72,8 @@ def plot_roc(
     ax.set_ylim(0.0, 1.01)
     for f in fars:
         ax.axvline(f, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("false accept rate (FAR)")
-    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")

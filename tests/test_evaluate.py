@@ -190,7 +190,7 @@ def test_pairs_csv_gives_a_10_fold_accuracy(both, pairs_csv, kpop8, dlib_people)
     assert js["results"]["dlib"]["pairs"]["auc"] == pytest.approx(roc_auc_score(pairs.same, -d), abs=1e-12)
 
 
-def test_holdout_people_are_strangers_never_in_the_gallery(kpop8, dlib_people):
+def test_holdout_people_are_strangers_never_in_the_gallery(kpop8, dlib_people, tmp_path):
     result = evaluate_folder(kpop8, ["dlib"], settings=WHOLE, holdout_people=2, seed=1, jobs=2, progress=False,
                              n_boot=N_BOOT)
     held = result.holdout_people
@@ -213,6 +213,9 @@ def test_holdout_people_are_strangers_never_in_the_gallery(kpop8, dlib_people):
     assert ev.open_set.far[k] == pytest.approx(np.mean(dist[~known] <= 0.6))
     assert ev.identification.n_probes == known.sum() and ev.identification.n_people == N_PEOPLE - 2
     assert not result.comparisons  # one encoder: nothing to compare
+    chart = write_report(result, tmp_path / "report")["open_set"]
+    with Image.open(chart) as im:
+        im.verify()
 
     with pytest.raises(DataFolderError, match="cannot hold out"):
         evaluate_folder(kpop8, ["dlib"], settings=WHOLE, holdout_people=N_PEOPLE - 1, jobs=2, progress=False)
