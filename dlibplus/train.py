@@ -486,17 +486,25 @@ def calibrate(val_emb: np.ndarray, val_y: np.ndarray, target_far: float) -> dict
 
 
 def head_open_set_threshold(head, val_emb: np.ndarray, val_y: np.ndarray, far: float) -> dict[str, Any]:
-    """Cosine threshold below which ``predict --classifier head`` says "unknown": the cosine that a
-    validation face reaches with a wrong person's class weight at rate ``far``."""
+    """Cosine threshold below which ``predict --classifier head`` says "unknown".
+
+    A stranger is named when their best cosine over all trained people passes the threshold, so each
+    validation face stands in for a stranger through its best cosine among the *other* people; the
+    threshold lets through a fraction ``far`` of those (with fewer than ``1 / far`` faces: none of them).
+    """
     with torch.no_grad():
         cos = head.predict(torch.from_numpy(val_emb).float().to(next(head.parameters()).device)).cpu().numpy()
-    wrong = np.ones_like(cos, dtype=bool)
-    wrong[np.arange(len(val_y)), val_y] = False
-    impostor = np.sort(cos[wrong])[::-1]
+    rows = np.arange(len(val_y))
+    others = cos.copy()
+    others[rows, val_y] = -np.inf
+    impostor = np.sort(others.max(axis=1))[::-1]  # best wrong-person cosine of each face, highest first
     k = int(np.floor(far * len(impostor)))
-    threshold = float(impostor[min(k, len(impostor) - 1)]) if len(impostor) else 0.0
-    genuine = cos[np.arange(len(val_y)), val_y]
-    return {"cosine_threshold": threshold, "far": far, "validation_accept_rate": float(np.mean(genuine > threshold))}
+    # accept cos >= threshold: just above the (k+1)-th highest impostor, so that k of them pass
+    threshold = float(np.nextafter(impostor[k], np.inf)) if len(impostor) else 0.0
+    genuine = cos[rows, val_y]
+    return {"cosine_threshold": threshold, "far": far, "n_validation_faces": int(len(val_y)),
+            "validation_accept_rate": float(np.mean(genuine >= threshold)),
+            "validation_false_alarm_rate": float(np.mean(impostor >= threshold))}
 
 
 def _versions() -> dict[str, str]:

@@ -153,3 +153,32 @@ def test_too_few_people_or_photos(tmp_path, faces_dir):
     res = run("finetune", root, "-o", tmp_path / "out", *FAST)
     assert res.exit_code == 2 and "at least 2 people" in res.output
     assert not (tmp_path / "out" / "model.dat").exists()
+
+
+def test_head_open_set_threshold_by_hand():
+    from dlibplus.train import head_open_set_threshold
+
+    class FixedCosines(torch.nn.Module):
+        """A head whose cosines are given: rows are faces, columns people."""
+
+        def __init__(self, cos):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.cos = torch.tensor(cos)
+
+        def predict(self, emb):
+            return self.cos
+
+    cos = [[0.9, 0.5, 0.1],   # person 0: best wrong cosine 0.5
+           [0.7, 0.8, 0.2],   # person 1: 0.7
+           [0.3, 0.6, 0.95],  # person 2: 0.6
+           [0.2, 0.4, 0.35]]  # person 0, weakly: 0.4
+    y = np.array([0, 1, 2, 0])
+    emb = np.zeros((4, 128))
+    # FAR 0.25 of 4 faces: one impostor may pass, so the threshold sits just above the second highest (0.6)
+    r = head_open_set_threshold(FixedCosines(cos), emb, y, 0.25)
+    assert r["cosine_threshold"] == pytest.approx(0.6) and r["cosine_threshold"] > 0.6
+    assert r["validation_false_alarm_rate"] == 0.25 and r["validation_accept_rate"] == 0.75
+    # FAR 1e-3 with 4 faces: no impostor passes
+    r = head_open_set_threshold(FixedCosines(cos), emb, y, 1e-3)
+    assert r["cosine_threshold"] > 0.7 and r["validation_false_alarm_rate"] == 0.0
