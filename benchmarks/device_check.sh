@@ -15,6 +15,7 @@ for device in cuda cpu; do
     start=$(date +%s)
     dlibplus finetune "$faces/kpop_idols15" --face-box whole --epochs 5 --device "$device" -o "$out/ft-$device" \
         > "$out/finetune_$device.txt" 2>&1
-    echo "finetune 5 epochs on $device: $(( $(date +%s) - start )) s, exit $?" | tee -a "$out/summary.txt"
+    rc=$?
+    echo "finetune 5 epochs on $device: $(( $(date +%s) - start )) s, exit $rc" | tee -a "$out/summary.txt"
     tail -8 "$out/finetune_$device.txt" | tee -a "$out/summary.txt"
 done
