@@ -352,7 +352,9 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
     if val_folder is not None:
         val_data, _ = tr.load_chipset(val_folder, settings, jobs=jobs, progress=is_main)
         train_set, dropped = tr.drop_small_classes(data, 1)
-        val_set = _align_classes(val_data, train_set.classes)
+        val_set, unknown = tr.restrict_to_classes(val_data, train_set.classes)
+        for name in unknown:
+            click.echo(f"warning: validation person {name} is not in the training folder and is left out", err=True)
     else:
         data, dropped = tr.drop_small_classes(data, 2)
         train_idx, val_idx = split_per_person(data.labels, val_fraction, seed)
@@ -368,24 +370,6 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
     if is_main:
         for line in tr.summary_lines(result, target_far):
             click.echo(line, err=True)
-
-
-def _align_classes(val, classes):
-    """Validation chips re-labelled into the training classes; people unknown to training are dropped."""
-    import numpy as np
-
-    from .train import ChipSet
-
-    index = {c: i for i, c in enumerate(classes)}
-    keep = [i for i, label in enumerate(val.labels) if val.classes[label] in index]
-    unknown = sorted({val.classes[label] for label in val.labels} - set(classes))
-    for name in unknown:
-        click.echo(f"warning: validation person {name} is not in the training folder and is left out", err=True)
-    if not keep:
-        raise DataFolderError("no validation photo belongs to a person of the training folder")
-    keep = np.array(keep)
-    return ChipSet(val.chips[keep], np.array([index[val.classes[val.labels[i]]] for i in keep]), list(classes),
-                   [val.paths[i] for i in keep])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import DataFolderError, DlibplusError, ImageReadError
-from .fileio import atomic_path, file_sha256, settings_key
+from .fileio import atomic_path, file_sha256, settings_key, write_json
 from .images import is_image_file
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,6 @@ class ResultCache:
         entry = self._path(sha)
         if not self.folder.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
-            from .fileio import write_json
-
             write_json(self.folder / "settings.json", self.settings)
         with atomic_path(entry) as tmp:
             with open(tmp, "wb") as f:

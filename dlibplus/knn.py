@@ -143,12 +143,13 @@ class FaceKNN:
             return [], np.zeros(0), np.zeros(0, dtype=str)
         threshold = self.threshold if threshold is None else threshold
         pred = self.clf_.predict(X)
+        from .metrics import nearest_identity
+
         dist = np.empty(len(X))
         for c in np.unique(pred):
             rows = pred == c
             gallery = self.encodings_[self.labels_ == c]
-            d = np.linalg.norm(X[rows, None, :] - gallery[None], axis=2)
-            dist[rows] = d.min(axis=1)
+            dist[rows] = nearest_identity(gallery, np.zeros(len(gallery)), X[rows])[1]
         people = self.classes_[pred]
         names = [str(p) if d <= threshold else UNKNOWN for p, d in zip(people, dist)]
         return names, dist, people

@@ -190,8 +190,8 @@ def validation_metrics(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.n
     over the validation pairs (AUC, TAR at ``far`` and 1e-2 where measurable)."""
     from . import metrics
 
-    d = np.linalg.norm(val_emb[:, None] - train_emb[None], axis=2)
-    acc = float(np.mean(train_y[d.argmin(axis=1)] == val_y))
+    nearest, _ = metrics.nearest_identity(train_emb, train_y, val_emb)
+    acc = float(np.mean(nearest == val_y))
     dist, same = metrics.pair_distances(val_emb, val_y)
     out: dict[str, Any] = {"identification_1nn": acc, "n_val": int(len(val_y))}
     if same.any() and (~same).any():
@@ -215,6 +215,21 @@ def load_chipset(folder: os.PathLike | str, settings, *, jobs: int | None = None
     classes = sorted(set(people.labels.tolist()))
     labels = np.searchsorted(classes, people.labels).astype(np.int64)
     return ChipSet(people.chips, labels, classes, people.paths.tolist()), people
+
+
+def restrict_to_classes(data: ChipSet, classes: list[str]) -> tuple[ChipSet, list[str]]:
+    """``data`` re-labelled into ``classes`` (a training set's), and the people of ``data`` not among them,
+    whose photos are left out.
+
+    :raises DataFolderError: no photo of ``data`` belongs to one of ``classes``.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    keep = np.array([i for i, label in enumerate(data.labels) if data.classes[label] in index], dtype=np.int64)
+    unknown = sorted({data.classes[label] for label in data.labels} - set(classes))
+    if not len(keep):
+        raise DataFolderError("no validation photo belongs to a person of the training folder")
+    labels = np.array([index[data.classes[data.labels[i]]] for i in keep], dtype=np.int64)
+    return ChipSet(data.chips[keep], labels, list(classes), [data.paths[i] for i in keep]), unknown
 
 
 def drop_small_classes(data: ChipSet, minimum: int = 2) -> tuple[ChipSet, list[str]]:
