@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union
 
 import numpy as np
 
-from . import models
+from . import fileio, models
 from .errors import ModelFileError
 
 if TYPE_CHECKING:
@@ -69,11 +69,7 @@ def as_chips(chips: Chips) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return fileio.file_sha256(path)  # size and mtime key the cache: a changed file is hashed again
 
 
 def file_sha256(path: os.PathLike | str) -> str:
