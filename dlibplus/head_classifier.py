@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -75,7 +74,3 @@ class HeadClassifier:
 
     def predict(self, encodings: np.ndarray, threshold: float | None = None) -> list[str]:
         return self.predict_with_distance(encodings, threshold)[0]
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return {"classes": self.classes_.tolist(), "threshold": self.threshold}
