@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -344,13 +343,15 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
     settings = _settings(detector, upsample, landmarks, face_box, max_side)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    data, people = tr.load_chipset(folder, settings, jobs=jobs, progress=is_main)
+    dist_info = tr.init_distributed(device)  # under torchrun: rank 0 aligns and caches, the others read
+    is_main = dist_info.main
+    with tr.main_process_first(dist_info):
+        data, people = tr.load_chipset(folder, settings, jobs=jobs, progress=is_main)
+        val_data = tr.load_chipset(val_folder, settings, jobs=jobs, progress=is_main)[0] if val_folder else None
     if is_main:
         for line in people.report_lines():
             click.echo(line, err=True)
-    if val_folder is not None:
-        val_data, _ = tr.load_chipset(val_folder, settings, jobs=jobs, progress=is_main)
+    if val_data is not None:
         train_set, dropped = tr.drop_small_classes(data, 1)
         val_set, unknown = tr.restrict_to_classes(val_data, train_set.classes)
         for name in unknown:

@@ -13,6 +13,7 @@ processes compute what one does).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -98,6 +99,24 @@ def init_distributed(device: str) -> Dist:
     if use_cuda:
         torch.cuda.set_device(local)
     return Dist(rank, world, local)
+
+
+@contextlib.contextmanager
+def main_process_first(dist_info: Dist):
+    """Run the block on rank 0 first, then on the other ranks.
+
+    Around ``load_chipset`` under ``torchrun``: rank 0 detects, aligns and caches the chips while the
+    others wait; they then read the cache instead of repeating the work.
+    """
+    import torch.distributed as dist
+
+    if dist_info.active and not dist_info.main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if dist_info.active and dist_info.main:
+            dist.barrier()
 
 
 def _resolve_device(device: str) -> torch.device:
