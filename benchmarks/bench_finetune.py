@@ -8,6 +8,11 @@ Generalisation: verification over pairs of lfw_dev people (10-fold accuracy and 
 fine-tuned, on the same images. Baseline and fine-tuned are measured in the same run.
 
     python benchmarks/bench_finetune.py --heads arcface cosface --out /tmp/ft-bench
+    python benchmarks/bench_finetune.py --heads arcface cosface --seeds 0 1 2   # run-to-run spread
+
+``--seeds``: each seed is one fine-tuning run (its own validation split inside the train half, batches
+and augmentation); the kpop train/test split stays the issue's (``--split-seed``). With several seeds the
+table gets a mean ± standard deviation row per head.
 """
 from __future__ import annotations
 
@@ -65,7 +70,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/dlibplus-bench-finetune"))
     ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
     ap.add_argument("--lfw-people", type=int, default=300, help="lfw_dev people used for the generalisation check")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one fine-tuning run per seed")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the kpop 50/50 train/test split")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra FinetuneConfig fields, e.g. --set lr=1e-4 --set freeze=3")
     args = ap.parse_args()
@@ -76,7 +82,7 @@ def main() -> None:
         extra[key] = json.loads(value) if value[:1] in "{[" else type(getattr(FinetuneConfig, key))(value)
 
     kpop, _ = load_chipset(FACES / "kpop_idols15", FaceSettings(face_box="whole"), progress=False)
-    train_idx, test_idx = split_per_person(kpop.labels, 0.5, args.seed)
+    train_idx, test_idx = split_per_person(kpop.labels, 0.5, args.split_seed)
     lfw, _ = load_chipset(FACES / "lfw_dev", FaceSettings(), progress=True)
     lfw, _ = drop_small_classes(lfw, 2)
     dlib_like = TorchEncoder(device="cpu")  # dlib's weights; equals dlib to ~1e-6 (tests/test_dlibnet.py)
@@ -85,28 +91,39 @@ def main() -> None:
     print(json.dumps({"dlib": results["dlib"]}, indent=1), flush=True)
 
     half = kpop.subset(train_idx)
-    inner_train, inner_val = split_per_person(half.labels, FinetuneConfig.val_fraction, args.seed)
     for head in args.heads:
-        config = FinetuneConfig(head=head, epochs=args.epochs, seed=args.seed, **extra)
-        t0 = time.time()
-        res = finetune(half.subset(inner_train), half.subset(inner_val), args.out / head, config, progress=False,
-                       echo=lambda m: print(m, file=sys.stderr))
-        wall = time.time() - t0
-        enc = TorchEncoder.from_dat(args.out / head / "model.dat", device="cpu")
-        results[head] = {"kpop": closed_set(enc, kpop, train_idx, test_idx),
-                         "lfw": lfw_verification(enc, lfw, args.lfw_people),
-                         "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
-                         "val_better_than_dlib": res.better}
-        print(json.dumps({head: results[head]}, indent=1), flush=True)
+        for seed in args.seeds:
+            inner_train, inner_val = split_per_person(half.labels, FinetuneConfig.val_fraction, seed)
+            config = FinetuneConfig(head=head, epochs=args.epochs, seed=seed, **extra)
+            name = head if len(args.seeds) == 1 else f"{head} seed {seed}"
+            out = args.out / name.replace(" ", "_")
+            t0 = time.time()
+            res = finetune(half.subset(inner_train), half.subset(inner_val), out, config, progress=False,
+                           echo=lambda m: print(m, file=sys.stderr))
+            wall = time.time() - t0
+            enc = TorchEncoder.from_dat(out / "model.dat", device="cpu")
+            results[name] = {"head": head, "seed": seed, "kpop": closed_set(enc, kpop, train_idx, test_idx),
+                             "lfw": lfw_verification(enc, lfw, args.lfw_people),
+                             "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+                             "val_better_than_dlib": res.better}
+            print(json.dumps({name: results[name]}, indent=1), flush=True)
 
+    columns = [("kpop", "knn_accuracy", 3), ("kpop", "1nn_accuracy", 3), ("kpop", "tar@0.001", 3),
+               ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3), ("lfw", "kfold_accuracy", 4),
+               ("lfw", "tar@0.001", 3)]
     print("\n| model | KNN acc | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | "
           "LFW TAR@1e-3 | fine-tune wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        k, l = r["kpop"], r["lfw"]
-        print(f"| {name} | {k['knn_accuracy']:.3f} | {k['1nn_accuracy']:.3f} | {k['tar@0.001']:.3f} | "
-              f"{k['tar@0.01']:.3f} | {k['different_pairs_at_0.6']:.3f} | {l['kfold_accuracy']:.4f} | "
-              f"{l['tar@0.001']:.3f} | {r.get('wall_seconds', 0):.0f} |")
+        cells = [f"{r[part][key]:.{digits}f}" for part, key, digits in columns]
+        print(f"| {name} | {' | '.join(cells)} | {r.get('wall_seconds', 0):.0f} |")
+    if len(args.seeds) > 1:
+        for head in args.heads:
+            runs = [r for r in results.values() if r.get("head") == head]
+            cells = [f"{np.mean([r[part][key] for r in runs]):.{digits}f} ± "
+                     f"{np.std([r[part][key] for r in runs], ddof=1):.{digits}f}" for part, key, digits in columns]
+            wall = np.mean([r["wall_seconds"] for r in runs])
+            print(f"| {head}, mean ± sd of {len(runs)} | {' | '.join(cells)} | {wall:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
 

@@ -62,7 +62,8 @@ def _user_errors(f):
 
 
 ENCODER_HELP = "Encoder: dlib (face_recognition's), torch (the exact PyTorch replica), a .dat file or a " \
-               "`dlibplus finetune` output folder."
+               "`dlibplus finetune` output folder; append +flip (e.g. dlib+flip) to average each face with " \
+               "its mirror image (test-time flip: better accuracy, twice the encoding time)."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -56,11 +56,14 @@ PER_PERSON_ROWS = 100  # rows of the per-person table in report.md (metrics.json
 
 
 def encoder_name(spec: str | os.PathLike) -> str:
-    """Display name: ``'dlib'``, ``'torch'``, else the folder or file name of the path."""
-    s = os.fspath(spec)
+    """Display name: ``'dlib'``, ``'torch'``, else the folder or file name of the path; ``+flip`` kept."""
+    from .encoders import FLIP_SUFFIX, split_flip
+
+    s, flip = split_flip(os.fspath(spec))
+    suffix = FLIP_SUFFIX if flip else ""
     if s in ("dlib", "torch"):
-        return s
-    return Path(s).resolve().name or s
+        return s + suffix
+    return (Path(s).resolve().name or s) + suffix
 
 
 def _unique_names(specs: Sequence[str]) -> list[str]:

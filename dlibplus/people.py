@@ -21,13 +21,16 @@ from .errors import DataFolderError
 
 def resolve_encoder(spec: str | None):
     """``(encoder, spec)``: ``'dlib'``/``None`` → ``(None, 'dlib')`` (dlib itself, in worker processes);
-    ``'torch'``, a ``.dat`` file or a fine-tuned model folder → a loaded encoder."""
+    ``'torch'``, a ``.dat`` file or a fine-tuned model folder, each optionally followed by ``+flip`` →
+    a loaded encoder, and the spec with an absolute path (what model metadata records)."""
     if spec is None or spec == "dlib":
         return None, "dlib"
-    from .encoders import load_encoder
+    from .encoders import FLIP_SUFFIX, load_encoder, split_flip
 
-    if spec != "torch":
-        spec = str(Path(spec).resolve())
+    base, flip = split_flip(str(spec))
+    if base not in ("dlib", "torch"):
+        base = str(Path(base).resolve())
+    spec = base + (FLIP_SUFFIX if flip else "")
     return load_encoder(spec), spec
 
 

@@ -162,3 +162,25 @@ def test_huge_image_is_shrunk_and_bomb_skipped(tmp_path, faces_dir):
     res = run("predict", tmp_path / "m.npz", root / "Aaron" / "huge.jpg", "--json", "-j", 1)
     row = json.loads(res.stdout)[0]
     assert row["name"] == "Aaron" and row["right"] - row["left"] > 800
+
+
+def test_train_knn_with_flip_records_it_and_predict_uses_it(people_dir, tmp_path, faces_dir):
+    from dlibplus.encoders import load_encoder
+    from dlibplus.knn import FaceKNN
+
+    model = tmp_path / "flip.npz"
+    assert run("train-knn", people_dir, "-o", model, "--encoder", "dlib+flip", "-j", 1).exit_code == 0
+    knn = FaceKNN.load(model)
+    assert knn.metadata_["encoder"] == "dlib+flip"
+    probe = sorted((faces_dir / "lfw_dev/Adrien_Brody").iterdir())[3]
+    res = run("predict", model, probe, "--json", "-j", 1)
+    row = json.loads(res.stdout)[0]
+    assert row["name"] == "Adrien_Brody"
+    from dlibplus import api
+    image = api.load_image_file(probe)
+    expected = api.face_encodings(image, encoder=load_encoder("dlib+flip"))[0]
+    dist = np.linalg.norm(knn.encodings_ - expected, axis=1).min()
+    # predict encoded the probe with the flip encoder the model records (distance rounded to 6 places)
+    assert row["distance"] == pytest.approx(dist, abs=1e-6)
+    plain = api.face_encodings(image)[0]
+    assert abs(np.linalg.norm(knn.encodings_ - plain, axis=1).min() - dist) > 1e-4

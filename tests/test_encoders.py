@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import REPO, person_images
 from dlibplus import encoders, models
 from dlibplus.dlibnet import load_dat, save_dat
-from dlibplus.encoders import DlibEncoder, TorchEncoder, load_encoder
+from dlibplus.encoders import DlibEncoder, FlipEncoder, TorchEncoder, load_encoder, split_flip
 from dlibplus.errors import ModelFileError
 
 TOL = 1e-5  # max |torch - dlib| per descriptor component
@@ -158,3 +158,29 @@ def test_load_encoder(tmp_path):
 def test_importing_encoders_does_not_import_torch():
     code = "import sys, dlibplus.encoders; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_flip_encoder_averages_dlib_on_the_mirror_image(chips, dlib_reference, tmp_path):
+    net = models.face_recognition_model()
+    mirrored = [np.ascontiguousarray(np.fliplr(c)) for c in chips[:6]]
+    dlib_mirror = np.array([np.asarray(d) for d in net.compute_face_descriptor(mirrored)])
+    expected = (dlib_reference[:6] + dlib_mirror) / 2
+    flip = load_encoder("dlib+flip")
+    assert isinstance(flip, FlipEncoder) and isinstance(flip.base, DlibEncoder)
+    np.testing.assert_allclose(flip.encode(chips[:6]), expected, rtol=0, atol=1e-12)
+    # the mirror changes the descriptor (faces are not symmetric), so flip is a different encoder
+    assert np.abs(dlib_mirror - dlib_reference[:6]).max() > 1e-3
+    assert flip.identity["settings"]["flip"] is True and flip.identity != DlibEncoder().identity
+    torch_flip = load_encoder("torch+flip", device="cpu")
+    assert np.abs(torch_flip.encode(chips[:6]) - expected).max() <= TOL
+    assert flip.encode([]).shape == (0, 128)
+
+
+def test_flip_suffix_parsing(tmp_path):
+    assert split_flip("dlib+flip") == ("dlib", True) and split_flip("dlib") == ("dlib", False)
+    assert split_flip(str(tmp_path / "model") + "+flip") == (str(tmp_path / "model"), True)
+    odd = tmp_path / "weights+flip"  # an existing path that merely ends in the suffix is a path
+    odd.mkdir()
+    assert split_flip(str(odd)) == (str(odd), False)
+    with pytest.raises(ModelFileError, match="no such file"):
+        load_encoder(str(tmp_path / "missing") + "+flip")

@@ -243,3 +243,5 @@ def test_encoder_display_names(tmp_path):
     assert encoder_name("dlib") == "dlib" and encoder_name("torch") == "torch"
     assert encoder_name(tmp_path / "my_model") == "my_model"
     assert encoder_name(str(tmp_path / "weights.dat")) == "weights.dat"
+    assert encoder_name("dlib+flip") == "dlib+flip"
+    assert encoder_name(str(tmp_path / "my_model") + "+flip") == "my_model+flip"

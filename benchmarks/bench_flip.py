@@ -1,0 +1,48 @@
+"""Test-time flip (``--encoder dlib+flip``): does averaging each face with its mirror image help?
+
+Same protocol as bench_finetune.py: kpop_idols15 seeded 50/50 split (KNN accuracy, TAR at FAR over
+the test-half pairs) and 300 lfw_dev people (balanced 10-fold accuracy). Each encoder is measured
+plain and inside a FlipEncoder, in the same run, on the same chips.
+
+    python benchmarks/bench_flip.py                       # dlib's weights (through the exact replica)
+    python benchmarks/bench_flip.py /tmp/ftb3/arcface_seed_0   # also fine-tuned model folders
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench_finetune import FACES, closed_set, lfw_verification
+
+from dlibplus.data import FaceSettings, split_per_person
+from dlibplus.encoders import FlipEncoder, TorchEncoder, load_encoder
+from dlibplus.train import drop_small_classes, load_chipset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", type=Path, help="fine-tuned model folders to measure besides dlib")
+    ap.add_argument("--lfw-people", type=int, default=300)
+    args = ap.parse_args()
+
+    kpop, _ = load_chipset(FACES / "kpop_idols15", FaceSettings(face_box="whole"), progress=False)
+    train_idx, test_idx = split_per_person(kpop.labels, 0.5, 0)
+    lfw, _ = load_chipset(FACES / "lfw_dev", FaceSettings(), progress=False)
+    lfw, _ = drop_small_classes(lfw, 2)
+    encoders = {"dlib": TorchEncoder(device="cpu")}  # dlib's weights; equals dlib to ~1e-6
+    encoders.update({m.name: load_encoder(m, device="cpu") for m in args.models})
+    print("| encoder | flip | KNN acc | 1-NN acc | TAR@1e-3 | TAR@1e-2 | lfw 10-fold acc | lfw TAR@1e-3 |")
+    print("|---|---|---|---|---|---|---|---|")
+    results = {}
+    for name, enc in encoders.items():
+        for flip, e in (("no", enc), ("yes", FlipEncoder(enc))):
+            k, l = closed_set(e, kpop, train_idx, test_idx), lfw_verification(e, lfw, args.lfw_people)
+            results[f"{name} flip={flip}"] = {"kpop": k, "lfw": l}
+            print(f"| {name} | {flip} | {k['knn_accuracy']:.3f} | {k['1nn_accuracy']:.3f} | {k['tar@0.001']:.3f} | "
+                  f"{k['tar@0.01']:.3f} | {l['kfold_accuracy']:.4f} | {l['tar@0.001']:.3f} |", flush=True)
+    Path("/tmp/dlibplus-bench-flip.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
