@@ -229,7 +229,7 @@ def test_dlib_metric_loss_by_hand():
     # same pairs: d=0.5 pays 0.5-0.56<0 → 0; d=1.38 (B,B) pays 1.38-0.56=0.82
     # different pairs: d(0.5,0.62)=0.12 → 0.64-0.12=0.52, d(0,0.62)=0.62 → 0.02, the rest beyond 0.64 → 0
     # two same pairs → the two hardest negatives: 0.52 and 0.02
-    assert float(loss) == pytest.approx((0.0 + 0.82 + 0.52 + 0.02) / 4)
+    assert float(loss.detach()) == pytest.approx((0.0 + 0.82 + 0.52 + 0.02) / 4)
     loss.backward()
     # descent (−grad) pulls B(2.0) down towards B(0.62), pushes A(0.5) down, away from B(0.62),
     # and moves B(0.62) up, away from both A's and towards B(2.0): each term contributes ±1/4
