@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 CHIP_SIZE = 150
 DESCRIPTOR_SIZE = 128
 FINETUNED_MODEL_NAME = "model.dat"  # what ``dlibplus finetune --output DIR`` writes into DIR
+FINETUNED_METADATA = "metadata.json"
 FLIP_SUFFIX = "+flip"  # an encoder spec ending in this gets test-time flip
 
 Chips = Union[np.ndarray, Sequence[np.ndarray]]
@@ -212,32 +213,55 @@ class TorchEncoder:
                 f"half={self.half}, channels_last={self.channels_last})")
 
 
-class FlipEncoder:
-    """Test-time flip: each descriptor is the mean of ``base``'s descriptors of the chip and of its
-    left-right mirror image (as peers evaluate on LFW). Opt-in: the descriptors are no longer dlib's.
+def mirror(chips: np.ndarray) -> np.ndarray:
+    """Left-right mirror images of chips (n, H, W, 3), contiguous."""
+    return np.ascontiguousarray(np.asarray(chips)[:, :, ::-1])
 
-    Measured on kpop_idols15 and lfw_dev (BENCHMARKS.md): with dlib's network, KNN accuracy and lfw
-    verification both rise, for twice the encoding time.
+
+class FlipEncoder:
+    """Test-time flip: each descriptor is ``scale`` times the mean of ``base``'s descriptors of the chip
+    and of its left-right mirror image (as peers evaluate on LFW). Opt-in: the descriptors are no longer
+    dlib's.
+
+    Averaging shrinks distances, so at a fixed tolerance more different-person pairs pass. ``scale``
+    undoes that for a fine-tuned model: ``dlibplus finetune`` calibrates the flipped output too, and
+    ``load_encoder("DIR+flip")`` applies that scale, so 0.6 stays at the target false-accept rate. With
+    dlib's own network (``"dlib+flip"``) there is nothing to calibrate against, and ``scale`` is 1.
+    Measured on kpop_idols15 and lfw_dev in BENCHMARKS.md.
     """
 
-    def __init__(self, base: "Encoder"):
-        self.base = base
+    def __init__(self, base: "Encoder", scale: float = 1.0):
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, not {scale}")
+        self.base, self.scale = base, float(scale)
 
     def encode(self, chips: Chips) -> np.ndarray:
         """(n, 128) float64 descriptors of uint8 RGB chips (n, 150, 150, 3)."""
         array = as_chips(chips)
         if not len(array):
             return np.zeros((0, DESCRIPTOR_SIZE))
-        mirrored = np.ascontiguousarray(array[:, :, ::-1])
-        return (np.asarray(self.base.encode(array), np.float64) + np.asarray(self.base.encode(mirrored), np.float64)) / 2
+        both = np.asarray(self.base.encode(array), np.float64) + np.asarray(self.base.encode(mirror(array)), np.float64)
+        return both * (self.scale / 2)
 
     @property
     def identity(self) -> dict[str, Any]:
         base = self.base.identity
-        return {**base, "settings": {**base["settings"], "flip": True}}
+        return {**base, "settings": {**base["settings"], "flip": True, "flip_scale": self.scale}}
 
     def __repr__(self) -> str:
-        return f"FlipEncoder({self.base!r})"
+        return f"FlipEncoder({self.base!r}, scale={self.scale})"
+
+
+def finetuned_flip_scale(folder: Path) -> float:
+    """The flip calibration ``dlibplus finetune`` stored in ``folder/metadata.json`` (1.0 when none)."""
+    import json
+
+    try:
+        meta = json.loads((folder / FINETUNED_METADATA).read_text())
+    except (OSError, ValueError):
+        return 1.0
+    scale = (meta.get("calibration_flip") or {}).get("scale") if isinstance(meta, dict) else None
+    return float(scale) if isinstance(scale, (int, float)) and scale > 0 else 1.0
 
 
 def split_flip(spec: str) -> tuple[str, bool]:
@@ -262,14 +286,16 @@ def load_encoder(spec: os.PathLike | str, **options) -> DlibEncoder | TorchEncod
     ``"dlib"``: :class:`DlibEncoder` of dlib's model; ``"torch"``: :class:`TorchEncoder` of dlib's
     weights; a path to a ``.dat`` file: :class:`TorchEncoder` of that file; a folder holding
     ``model.dat`` (what ``dlibplus finetune --output DIR`` writes): :class:`TorchEncoder` of it.
-    Any of these followed by ``+flip``: that encoder inside a :class:`FlipEncoder`.
+    Any of these followed by ``+flip``: that encoder inside a :class:`FlipEncoder` (for a fine-tuned
+    folder, with the flip calibration its metadata holds).
     ``options`` go to the encoder's constructor. Anything else raises ModelFileError (a path that
     is not a usable model) or ValueError.
     """
     if isinstance(spec, str):
         base, flip = split_flip(spec)
         if flip:
-            return FlipEncoder(load_encoder(base, **options))
+            scale = finetuned_flip_scale(Path(base)) if Path(base).is_dir() else 1.0
+            return FlipEncoder(load_encoder(base, **options), scale)
     if isinstance(spec, str) and spec in ("dlib", "torch"):
         return DlibEncoder(**options) if spec == "dlib" else TorchEncoder.from_dat(None, **options)
     if not isinstance(spec, (str, os.PathLike)):

@@ -465,6 +465,12 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
     with torch.no_grad():
         backbone.fc.weight.mul_(calibration["scale"])
     train_emb, val_emb = train_emb * calibration["scale"], val_emb * calibration["scale"]
+    # test-time flip (`--encoder DIR+flip`) averages each face with its mirror image, which shrinks
+    # distances: calibrate that output too, relative to the calibrated network's
+    from .encoders import mirror
+
+    calibration_flip = calibrate((val_emb + embed(backbone, mirror(val.chips), device)) / 2, val.labels,
+                                 config.target_far)
     finetuned_val = validation_metrics(train_emb, train.labels, val_emb, val.labels, config.target_far)
     better = _score(finetuned_val) > _score(dlib_val)
     # the head sees embeddings minus dlib's mean, in the calibrated units from here on
@@ -482,7 +488,7 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
                                                "n_train": int(len(train.labels)), "n_val": int(len(val.labels))},
             "best_epoch": best_epoch + 1, "epochs_run": len(history),
             "validation": {"dlib": dlib_val, "finetuned": finetuned_val, "better_than_dlib": better},
-            "calibration": calibration, "head_open_set": open_set,
+            "calibration": calibration, "calibration_flip": calibration_flip, "head_open_set": open_set,
             "history": history, "wall_seconds": result.wall_seconds,
             "device": str(device), "world_size": dist_info.world_size,
             "versions": _versions(), **(extra_metadata or {}),

@@ -77,6 +77,30 @@ def test_calibration_puts_tolerance_at_target_far(trained):
     assert cal["scale"] == pytest.approx(0.6 / cal["threshold"])
 
 
+def test_flip_output_is_calibrated_too(trained, people):
+    """``DIR+flip`` averages each face with its mirror image; finetune calibrated that output as well,
+    so on the validation photos its far at distance 0.6 is the calibrated one."""
+    from dlibplus import metrics
+    from dlibplus.data import FaceSettings, split_per_person
+    from dlibplus.encoders import FlipEncoder, load_encoder
+    from dlibplus.train import load_chipset
+
+    out, _ = trained
+    cal = json.loads((out / "metadata.json").read_text())["calibration_flip"]
+    flip = load_encoder(f"{out}+flip", device="cpu")
+    assert isinstance(flip, FlipEncoder) and flip.scale == pytest.approx(cal["scale"]) and flip.scale != 1.0
+    data = load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0]
+    _, val_idx = split_per_person(data.labels, 0.25, 0)  # the CLI's default validation split
+    chips = data.chips[val_idx]
+    plain = load_encoder(out, device="cpu")
+    expected = cal["scale"] * (plain.encode(chips) + plain.encode(chips[:, :, ::-1].copy())) / 2
+    emb = flip.encode(chips)
+    assert np.abs(emb - expected).max() < 1e-9
+    dist, same = metrics.pair_distances(emb, data.labels[val_idx])
+    allowed = round(cal["far"] * (~same).sum())
+    assert (dist[~same] <= 0.6 - 1e-6).sum() <= allowed <= (dist[~same] <= 0.6 + 1e-6).sum()
+
+
 def test_swap_in_everywhere(trained, people, tmp_path, faces_dir):
     import dlibplus
 
