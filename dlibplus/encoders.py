@@ -253,15 +253,22 @@ class FlipEncoder:
 
 
 def finetuned_flip_scale(folder: Path) -> float:
-    """The flip calibration ``dlibplus finetune`` stored in ``folder/metadata.json`` (1.0 when none)."""
+    """The flip calibration ``dlibplus finetune`` stored in ``folder/metadata.json``; 1.0, with a
+    warning, when the folder has none (a model made before flip calibration existed)."""
     import json
+    import warnings
 
     try:
         meta = json.loads((folder / FINETUNED_METADATA).read_text())
     except (OSError, ValueError):
-        return 1.0
-    scale = (meta.get("calibration_flip") or {}).get("scale") if isinstance(meta, dict) else None
-    return float(scale) if isinstance(scale, (int, float)) and scale > 0 else 1.0
+        meta = None
+    cal = meta.get("calibration_flip") if isinstance(meta, dict) else None
+    scale = cal.get("scale") if isinstance(cal, dict) else None
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+        return float(scale)
+    warnings.warn(f"{folder / FINETUNED_METADATA} holds no flip calibration: with +flip, distance 0.6 is not "
+                  "calibrated (fine-tune again to get one)", stacklevel=3)
+    return 1.0
 
 
 def split_flip(spec: str) -> tuple[str, bool]:

@@ -184,3 +184,10 @@ def test_flip_suffix_parsing(tmp_path):
     assert split_flip(str(odd)) == (str(odd), False)
     with pytest.raises(ModelFileError, match="no such file"):
         load_encoder(str(tmp_path / "missing") + "+flip")
+
+
+def test_flip_on_a_folder_without_flip_calibration_warns(tmp_path):
+    save_dat(load_dat(), tmp_path / "model.dat")  # a model folder with no metadata.json
+    with pytest.warns(UserWarning, match="no flip calibration"):
+        enc = load_encoder(f"{tmp_path}+flip", device="cpu")
+    assert isinstance(enc, FlipEncoder) and enc.scale == 1.0
