@@ -21,7 +21,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -276,6 +276,7 @@ class FinetuneResult:
     better: bool
     best_epoch: int
     wall_seconds: float
+    finetuned_flip_val: dict = field(default_factory=dict)  # with test-time flip (``DIR+flip``)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -469,16 +470,19 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
     # distances: calibrate that output too, relative to the calibrated network's
     from .encoders import mirror
 
-    calibration_flip = calibrate((val_emb + embed(backbone, mirror(val.chips), device)) / 2, val.labels,
-                                 config.target_far)
+    val_flip = (val_emb + embed(backbone, mirror(val.chips), device)) / 2
+    calibration_flip = calibrate(val_flip, val.labels, config.target_far)
+    train_flip = (train_emb + embed(backbone, mirror(train.chips), device)) / 2
     finetuned_val = validation_metrics(train_emb, train.labels, val_emb, val.labels, config.target_far)
+    # so the user sees on their own photos whether `+flip` is worth its second pass
+    finetuned_flip_val = validation_metrics(train_flip, train.labels, val_flip, val.labels, config.target_far)
     better = _score(finetuned_val) > _score(dlib_val)
     # the head sees embeddings minus dlib's mean, in the calibrated units from here on
     head_mean = trainee.embedding_mean.cpu().numpy().astype(np.float64) * calibration["scale"]
     open_set = head_open_set_threshold(head, val_emb - head_mean, val.labels, config.target_far)
 
     result = FinetuneResult(output, history, dlib_val, finetuned_val, calibration, better, best_epoch + 1,
-                            time.time() - t_start)
+                            time.time() - t_start, finetuned_flip_val)
     if dist_info.main:
         meta = {
             "format": "dlibplus-finetuned", "format_version": 1,
@@ -487,7 +491,8 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
             "classes": train.classes, "data": {"train_fingerprint": train.fingerprint(),
                                                "n_train": int(len(train.labels)), "n_val": int(len(val.labels))},
             "best_epoch": best_epoch + 1, "epochs_run": len(history),
-            "validation": {"dlib": dlib_val, "finetuned": finetuned_val, "better_than_dlib": better},
+            "validation": {"dlib": dlib_val, "finetuned": finetuned_val, "finetuned_flip": finetuned_flip_val,
+                           "better_than_dlib": better},
             "calibration": calibration, "calibration_flip": calibration_flip, "head_open_set": open_set,
             "history": history, "wall_seconds": result.wall_seconds,
             "device": str(device), "world_size": dist_info.world_size,
@@ -591,11 +596,11 @@ def summary_lines(result: FinetuneResult, far: float) -> list[str]:
                      f"{h.get('auc', float('nan')):>8.4f} {h['seconds']:>6.1f}")
     lines.append("")
     keys = ["identification_1nn", "auc", "tar@far=0.01", f"tar@far={far:g}"]
-    lines.append(f"{'validation':<22}{'dlib':>10}{'fine-tuned':>12}")
+    lines.append(f"{'validation':<22}{'dlib':>10}{'fine-tuned':>12}{'with +flip':>12}")
     for k in dict.fromkeys(keys):
-        a, b = result.dlib_val.get(k), result.finetuned_val.get(k)
+        a, b, c = result.dlib_val.get(k), result.finetuned_val.get(k), result.finetuned_flip_val.get(k)
         fmt = (lambda v: "n/a" if v is None else f"{v:.3f}")
-        lines.append(f"{k:<22}{fmt(a):>10}{fmt(b):>12}")
+        lines.append(f"{k:<22}{fmt(a):>10}{fmt(b):>12}{fmt(c):>12}")
     cal = result.calibration
     if cal.get("threshold") is not None:
         lines.append(f"calibration: distance 0.6 now sits at validation FAR {cal['far']:.2g} "

@@ -56,8 +56,8 @@ def test_outputs_and_dlib_loads_the_dat(trained, people):
     assert meta["classes"] == PEOPLE == json.loads((out / "classes.json").read_text())
     assert len(meta["base_model"]["sha256"]) == 64 and len(meta["data"]["train_fingerprint"]) == 64
     assert meta["config"]["head"] == "arcface" and meta["frozen_stages"] == ["stem"] + [f"layer{i}" for i in range(1, 5)]
-    assert set(meta["validation"]) == {"dlib", "finetuned", "better_than_dlib"}
-    assert "validation" in log and ("better than dlib" in log or "NOT better" in log)
+    assert set(meta["validation"]) == {"dlib", "finetuned", "finetuned_flip", "better_than_dlib"}
+    assert "validation" in log and ("better than dlib" in log or "NOT better" in log) and "with +flip" in log
     # the fine-tuned weights differ from dlib's, and dlib itself computes what the torch encoder computes
     chips = load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0].chips[:12]
     theirs = np.array([dlib.face_recognition_model_v1(str(out / "model.dat")).compute_face_descriptor(c) for c in chips])
@@ -99,6 +99,12 @@ def test_flip_output_is_calibrated_too(trained, people):
     dist, same = metrics.pair_distances(emb, data.labels[val_idx])
     allowed = round(cal["far"] * (~same).sum())
     assert (dist[~same] <= 0.6 - 1e-6).sum() <= allowed <= (dist[~same] <= 0.6 + 1e-6).sum()
+    # the run's "with +flip" validation column is what this encoder measures on the same split
+    train_idx = np.setdiff1d(np.arange(len(data.labels)), val_idx)
+    nearest, _ = metrics.nearest_identity(flip.encode(data.chips[train_idx]), data.labels[train_idx], emb)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["validation"]["finetuned_flip"]["identification_1nn"] == pytest.approx(
+        np.mean(nearest == data.labels[val_idx]))
 
 
 def test_swap_in_everywhere(trained, people, tmp_path, faces_dir):
