@@ -9,6 +9,7 @@ fine-tuned, on the same images. Baseline and fine-tuned are measured in the same
 
     python benchmarks/bench_finetune.py --heads arcface cosface --out /tmp/ft-bench
     python benchmarks/bench_finetune.py --heads arcface cosface --seeds 0 1 2   # run-to-run spread
+    python benchmarks/bench_finetune.py --heads arcface --train-fraction 0.5    # fewer photos per person
 
 ``--seeds``: each seed is one fine-tuning run (its own validation split inside the train half, batches
 and augmentation); the kpop train/test split stays the issue's (``--split-seed``). With several seeds the
@@ -72,6 +73,9 @@ def main() -> None:
     ap.add_argument("--lfw-people", type=int, default=300, help="lfw_dev people used for the generalisation check")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one fine-tuning run per seed")
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the kpop 50/50 train/test split")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="fine-tune on this share of each person's train-half photos (a learning curve); the "
+                         "KNN gallery and the test half stay the same")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra FinetuneConfig fields, e.g. --set lr=1e-4 --set freeze=3")
     args = ap.parse_args()
@@ -91,6 +95,10 @@ def main() -> None:
     print(json.dumps({"dlib": results["dlib"]}, indent=1), flush=True)
 
     half = kpop.subset(train_idx)
+    if args.train_fraction < 1:
+        kept, _ = split_per_person(half.labels, 1 - args.train_fraction, args.split_seed)
+        half = half.subset(np.sort(kept))
+        print(f"fine-tuning on {len(kept)} of {len(train_idx)} train-half photos", file=sys.stderr)
     for head in args.heads:
         for seed in args.seeds:
             inner_train, inner_val = split_per_person(half.labels, FinetuneConfig.val_fraction, seed)
