@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,15 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import faces_root, run_dlibplus
+
 STAGES = ("decode", "detect", "landmarks", "chips", "encode")
 STAGE_NAMES = {"decode": "image decode", "detect": "HOG detection", "landmarks": "landmarks (5 points)",
                "chips": "chip extraction", "encode": "network encode"}
-
-
-def faces_root() -> Path:
-    env = os.environ.get("DLIBPLUS_FACES")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "faces"
 
 
 def default_sources(limit_people: int, with_fr: bool) -> list[Path]:
@@ -133,14 +128,8 @@ def cli_total(sources, encoder: str, tmp: Path, upsample: int, jobs: int) -> tup
     """Wall seconds of ``dlibplus encode SOURCES`` with a fresh cache, the command, and faces written."""
     cache = Path(tempfile.mkdtemp(prefix=f"cache-{encoder}-", dir=tmp))
     out = tmp / f"{encoder}.npz"
-    cmd = [sys.executable, "-m", "dlibplus.cli", "encode", *map(str, sources), "--output", str(out),
-           "--encoder", encoder, "--upsample", str(upsample), "--jobs", str(jobs)]
-    env = {**os.environ, "DLIBPLUS_CACHE": str(cache)}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"dlibplus encode failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    wall, _, cmd = run_dlibplus(["encode", *map(str, sources), "--output", str(out), "--encoder", encoder,
+                                 "--upsample", str(upsample), "--jobs", str(jobs)], cache)
     with np.load(out, allow_pickle=False) as z:
         n_faces = len(z["encodings"])
     shown = cmd if len(sources) <= 4 else cmd[:6] + [f"... ({len(sources)} folders)"] + cmd[4 + len(sources):]

@@ -17,11 +17,11 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import REPO, faces_root
+
 sys.path.insert(0, str(REPO))
 
 import dlib  # noqa: E402
@@ -29,11 +29,6 @@ from PIL import Image  # noqa: E402
 
 from dlibplus import models  # noqa: E402
 from dlibplus.encoders import DlibEncoder, TorchEncoder  # noqa: E402
-
-
-def faces_root() -> Path:
-    env = os.environ.get("DLIBPLUS_FACES")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "faces"
 
 
 def aligned_chips(set_name: str, count: int) -> np.ndarray:

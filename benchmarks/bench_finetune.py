@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchlib import faces_root
 from dlibplus import metrics
 from dlibplus.data import FaceSettings, split_per_person
 from dlibplus.encoders import TorchEncoder
 from dlibplus.knn import FaceKNN
 from dlibplus.train import FinetuneConfig, drop_small_classes, finetune, load_chipset
 
-FACES = Path(os.environ.get("DLIBPLUS_FACES", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+FACES = faces_root()
 
 
 def closed_set(encoder, data, train_idx, test_idx, far=1e-3) -> dict:
@@ -65,6 +65,16 @@ def lfw_verification(encoder, lfw, max_people: int) -> dict:
             "n_pairs": int(len(dist)), **tars}
 
 
+def load_sets(split_seed: int = 0, progress: bool = True):
+    """``(kpop, train_idx, test_idx, lfw)``: kpop_idols15 chips and its seeded 50/50 per-person split, and
+    the lfw_dev chips of people with at least 2 photos."""
+    kpop, _ = load_chipset(FACES / "kpop_idols15", FaceSettings(face_box="whole"), progress=False)
+    train_idx, test_idx = split_per_person(kpop.labels, 0.5, split_seed)
+    lfw, _ = load_chipset(FACES / "lfw_dev", FaceSettings(), progress=progress)
+    lfw, _ = drop_small_classes(lfw, 2)
+    return kpop, train_idx, test_idx, lfw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heads", nargs="+", default=["arcface", "cosface", "sphereface", "softmax", "combined"])
@@ -85,10 +95,7 @@ def main() -> None:
         key, value = kv.split("=", 1)
         extra[key] = json.loads(value) if value[:1] in "{[" else type(getattr(FinetuneConfig, key))(value)
 
-    kpop, _ = load_chipset(FACES / "kpop_idols15", FaceSettings(face_box="whole"), progress=False)
-    train_idx, test_idx = split_per_person(kpop.labels, 0.5, args.split_seed)
-    lfw, _ = load_chipset(FACES / "lfw_dev", FaceSettings(), progress=True)
-    lfw, _ = drop_small_classes(lfw, 2)
+    kpop, train_idx, test_idx, lfw = load_sets(args.split_seed)
     dlib_like = TorchEncoder(device="cpu")  # dlib's weights; equals dlib to ~1e-6 (tests/test_dlibnet.py)
     results = {"dlib": {"kpop": closed_set(dlib_like, kpop, train_idx, test_idx),
                         "lfw": lfw_verification(dlib_like, lfw, args.lfw_people)}}

@@ -13,11 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from bench_finetune import FACES, closed_set, lfw_verification
+from bench_finetune import closed_set, lfw_verification, load_sets
 
-from dlibplus.data import FaceSettings, split_per_person
 from dlibplus.encoders import FlipEncoder, TorchEncoder, load_encoder
-from dlibplus.train import drop_small_classes, load_chipset
 
 
 def main() -> None:
@@ -26,10 +24,7 @@ def main() -> None:
     ap.add_argument("--lfw-people", type=int, default=300)
     args = ap.parse_args()
 
-    kpop, _ = load_chipset(FACES / "kpop_idols15", FaceSettings(face_box="whole"), progress=False)
-    train_idx, test_idx = split_per_person(kpop.labels, 0.5, 0)
-    lfw, _ = load_chipset(FACES / "lfw_dev", FaceSettings(), progress=False)
-    lfw, _ = drop_small_classes(lfw, 2)
+    kpop, train_idx, test_idx, lfw = load_sets(progress=False)
     encoders = {"dlib": TorchEncoder(device="cpu")}  # dlib's weights; equals dlib to ~1e-6
     models = {m.name: m for m in args.models}  # a model folder's flip output has its own calibration
     encoders.update({name: load_encoder(m, device="cpu") for name, m in models.items()})

@@ -32,7 +32,6 @@ import os
 import platform
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,15 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import faces_root, run_dlibplus
+
 TOLERANCE = 1e-6
 THRESHOLD = 0.6
 EXAMPLE_IMAGE = re.compile(r".*\.(jpg|jpeg|png)", re.IGNORECASE)  # the example's file filter
-
-
-def faces_root() -> Path:
-    env = os.environ.get("DLIBPLUS_FACES")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "faces"
 
 
 def people_folder(folder: Path, limit: int | None, tmp: Path) -> Path:
@@ -120,14 +115,8 @@ def run_baseline(folder: Path) -> dict:
 # --- (b), (c) dlibplus train-knn ----------------------------------------------------------------------------
 
 def run_train_knn(folder: Path, model: Path, report: Path, cache: Path, jobs: int) -> dict:
-    cmd = [sys.executable, "-m", "dlibplus.cli", "train-knn", str(folder), "--output", str(model),
-           "--report", str(report)] + (["--jobs", str(jobs)] if jobs else [])
-    env = {**os.environ, "DLIBPLUS_CACHE": str(cache)}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"train-knn failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    wall, proc, cmd = run_dlibplus(["train-knn", str(folder), "--output", str(model), "--report", str(report)]
+                                   + (["--jobs", str(jobs)] if jobs else []), cache)
     last = [line for line in proc.stderr.splitlines() if line.startswith("trained on")]
     return {"wall_s": wall, "command": f"DLIBPLUS_CACHE={shlex.quote(str(cache))} {shlex.join(cmd)}",
             "summary": last[-1] if last else ""}
