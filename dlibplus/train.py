@@ -31,18 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .encoders import FINETUNED_METADATA, FINETUNED_MODEL_NAME, mirror
 from .errors import DataFolderError, DlibplusError
 from .fileio import atomic_path, file_sha256, write_json
 from .train_config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
+# The output folder. model.dat and metadata.json are named in encoders.py, which reads them (torch-free).
 CHECKPOINT = "checkpoint.pt"
-MODEL_DAT = "model.dat"
+MODEL_DAT = FINETUNED_MODEL_NAME
 MODEL_PT = "model.pt"
 HEAD_PT = "head.pt"
 CLASSES = "classes.json"
-METADATA = "metadata.json"
+METADATA = FINETUNED_METADATA
 
 
 @dataclass
@@ -468,8 +470,6 @@ def finetune(train: ChipSet, val: ChipSet, output: os.PathLike | str, config: Fi
     train_emb, val_emb = train_emb * calibration["scale"], val_emb * calibration["scale"]
     # test-time flip (`--encoder DIR+flip`) averages each face with its mirror image, which shrinks
     # distances: calibrate that output too, relative to the calibrated network's
-    from .encoders import mirror
-
     val_flip = (val_emb + embed(backbone, mirror(val.chips), device)) / 2
     calibration_flip = calibrate(val_flip, val.labels, config.target_far)
     train_flip = (train_emb + embed(backbone, mirror(train.chips), device)) / 2
