@@ -53,6 +53,13 @@ class PairsFileError(DlibplusError):
 # JSON helper
 
 
+class JSONFields:
+    """Mixin for result dataclasses: ``to_dict()`` gives every field, JSON-ready (see ``_jsonable``)."""
+
+    def to_dict(self) -> dict:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
 def _jsonable(obj: Any) -> Any:
     """Plain Python types for ``json.dumps(..., allow_nan=False)``: NaN and +-inf become ``None``."""
     if hasattr(obj, "to_dict") and dataclasses.is_dataclass(obj):
@@ -326,7 +333,7 @@ def accuracy_at_threshold(distances: Any, same: Any, threshold: float = DEFAULT_
 
 
 @dataclass(frozen=True)
-class TarAtFar:
+class TarAtFar(JSONFields):
     """TAR at a target FAR, or why it cannot be measured.
 
     ``tar`` and ``threshold`` are ``None`` when there are fewer than ``1 / far`` different-person pairs: then
@@ -345,9 +352,6 @@ class TarAtFar:
     @property
     def measurable(self) -> bool:
         return self.tar is not None
-
-    def to_dict(self) -> dict:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def _check_fars(fars: Sequence[float] | float) -> tuple[float, ...]:
@@ -409,7 +413,7 @@ def threshold_at_far(distances: Any, same: Any, far: float) -> float:
 
 
 @dataclass(frozen=True)
-class KFoldResult:
+class KFoldResult(JSONFields):
     """Per-fold accuracies and thresholds of :func:`kfold_verification`; ``std`` is the population std
     (``ddof=0``), as in the LFW evaluation scripts of facenet and insightface."""
 
@@ -420,9 +424,6 @@ class KFoldResult:
     threshold_mean: float
     folds: int
     seed: int | None
-
-    def to_dict(self) -> dict:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def _best_threshold_sorted(ds: np.ndarray, ss: np.ndarray) -> tuple[float, float]:
@@ -802,7 +803,7 @@ def nearest_identity(
 
 
 @dataclass(frozen=True)
-class OpenSetResult:
+class OpenSetResult(JSONFields):
     """Open-set identification at thresholds ``t``.
 
     - ``dir``: detection-and-identification rate, known probes whose nearest gallery encoding has the right
@@ -823,9 +824,6 @@ class OpenSetResult:
     curve_thresholds: np.ndarray
     curve_dir: np.ndarray
     curve_far: np.ndarray
-
-    def to_dict(self) -> dict:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def open_set_dir_far(
@@ -877,7 +875,7 @@ def open_set_dir_far(
 
 
 @dataclass(frozen=True)
-class BootstrapResult:
+class BootstrapResult(JSONFields):
     """Percentile confidence interval of a statistic (usually a difference A - B) under resampling of people.
 
     ``fraction_positive`` is the share of valid replicates with a statistic > 0 (A better, for a difference
@@ -895,9 +893,6 @@ class BootstrapResult:
     n_valid: int
     n_people: int
     seed: int | None
-
-    def to_dict(self) -> dict:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def bootstrap_over_people(
@@ -1086,7 +1081,7 @@ def _thin_curve(far: np.ndarray, tar: np.ndarray, max_points: int) -> tuple[np.n
 
 
 @dataclass
-class VerificationReport:
+class VerificationReport(JSONFields):
     """The verification numbers of one encoder on one set of pairs (``to_dict()`` is JSON-ready).
 
     ``roc_far``/``roc_tar`` is the ROC thinned for plotting. ``identification``, ``open_set`` and
@@ -1112,9 +1107,6 @@ class VerificationReport:
     identification: IdentificationReport | None = None
     open_set: OpenSetResult | None = None
     comparisons: dict[str, BootstrapResult] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def verification_report(
