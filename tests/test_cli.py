@@ -165,6 +165,7 @@ def test_huge_image_is_shrunk_and_bomb_skipped(tmp_path, faces_dir):
 
 
 def test_train_knn_with_flip_records_it_and_predict_uses_it(people_dir, tmp_path, faces_dir):
+    from dlibplus import api
     from dlibplus.encoders import load_encoder
     from dlibplus.knn import FaceKNN
 
@@ -176,7 +177,6 @@ def test_train_knn_with_flip_records_it_and_predict_uses_it(people_dir, tmp_path
     res = run("predict", model, probe, "--json", "-j", 1)
     row = json.loads(res.stdout)[0]
     assert row["name"] == "Adrien_Brody"
-    from dlibplus import api
     image = api.load_image_file(probe)
     expected = api.face_encodings(image, encoder=load_encoder("dlib+flip"))[0]
     dist = np.linalg.norm(knn.encodings_ - expected, axis=1).min()

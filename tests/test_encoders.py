@@ -160,7 +160,7 @@ def test_importing_encoders_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
-def test_flip_encoder_averages_dlib_on_the_mirror_image(chips, dlib_reference, tmp_path):
+def test_flip_encoder_averages_dlib_on_the_mirror_image(chips, dlib_reference):
     net = models.face_recognition_model()
     mirrored = [np.ascontiguousarray(np.fliplr(c)) for c in chips[:6]]
     dlib_mirror = np.array([np.asarray(d) for d in net.compute_face_descriptor(mirrored)])
