@@ -254,20 +254,24 @@ class FlipEncoder:
 
 def finetuned_flip_scale(folder: Path) -> float:
     """The flip calibration ``dlibplus finetune`` stored in ``folder/metadata.json``; 1.0, with a
-    warning, when the folder has none (a model made before flip calibration existed)."""
+    warning that says why, when there is none."""
     import json
     import warnings
 
+    path = folder / FINETUNED_METADATA
     try:
-        meta = json.loads((folder / FINETUNED_METADATA).read_text())
-    except (OSError, ValueError):
-        meta = None
-    cal = meta.get("calibration_flip") if isinstance(meta, dict) else None
-    scale = cal.get("scale") if isinstance(cal, dict) else None
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
-        return float(scale)
-    warnings.warn(f"{folder / FINETUNED_METADATA} holds no flip calibration: with +flip, distance 0.6 is not "
-                  "calibrated (fine-tune again to get one)", stacklevel=3)
+        meta = json.loads(path.read_text())
+        cal = meta.get("calibration_flip") if isinstance(meta, dict) else None
+        scale = cal.get("scale") if isinstance(cal, dict) else None
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+            return float(scale)
+        why = f"{path} has none (a model made before flip calibration existed)"
+    except FileNotFoundError:
+        why = f"{path} is missing"
+    except (OSError, ValueError) as exc:
+        why = f"{path} cannot be read: {exc}"
+    warnings.warn(f"{folder} has no flip calibration ({why}): with +flip, distance 0.6 is not calibrated "
+                  "(fine-tune again to get one)", stacklevel=3)
     return 1.0
 
 
