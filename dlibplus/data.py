@@ -152,8 +152,6 @@ def face_chips(img: np.ndarray, shapes: Sequence) -> np.ndarray:
 
 def _process_one(path: Path, settings: FaceSettings, mode: str, num_jitters: int) -> ImageFaces:
     """Run the pipeline on one image. ``mode``: ``"chips"`` or ``"dlib"`` (encode with dlib here)."""
-    import dlib
-
     from . import models
     from .images import load_image_file
 
@@ -168,8 +166,7 @@ def _process_one(path: Path, settings: FaceSettings, mode: str, num_jitters: int
         result.chips = face_chips(img, shapes)
     else:
         # A fresh model per image when jittering, so the random jitter depends on the image alone.
-        net = models.face_recognition_model() if num_jitters <= 1 else dlib.face_recognition_model_v1(
-            str(models.model_path(models.FACE_RECOGNITION_MODEL)))
+        net = models.face_recognition_model() if num_jitters <= 1 else models.new_face_recognition_model()
         encs = [np.array(net.compute_face_descriptor(img, s, num_jitters)) for s in shapes]
         result.encodings = np.array(encs, np.float64).reshape(len(encs), 128)
     return result

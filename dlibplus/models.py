@@ -79,6 +79,11 @@ def shape_predictor(model: str):
 
 @functools.lru_cache(maxsize=None)
 def face_recognition_model():
+    return new_face_recognition_model()
+
+
+def new_face_recognition_model():
+    """A fresh, uncached copy of dlib's face network (with its own jitter random state)."""
     import dlib
 
     return _load(dlib.face_recognition_model_v1, FACE_RECOGNITION_MODEL)

@@ -184,3 +184,27 @@ def test_train_knn_with_flip_records_it_and_predict_uses_it(people_dir, tmp_path
     assert row["distance"] == pytest.approx(dist, abs=1e-6)
     plain = api.face_encodings(image)[0]
     assert abs(np.linalg.norm(knn.encodings_ - plain, axis=1).min() - dist) > 1e-4
+
+
+def test_jittered_encoding_with_a_corrupt_face_model_names_the_file(tmp_path, faces_dir):
+    """--jitters N loads a fresh network per image; a corrupt one must be reported as such, not turn
+    into "every image was skipped"."""
+    import subprocess
+    import sys
+
+    from dlibplus import models
+
+    for name in (models.POSE_5, models.FACE_RECOGNITION_MODEL):
+        src = models.model_path(name)
+        content = src.read_bytes()
+        (tmp_path / name).write_bytes(content if name == models.POSE_5 else content[:5000])
+    people = tmp_path / "people" / "biden"
+    people.mkdir(parents=True)
+    os.symlink(faces_dir / "face_recognition/biden/examples__biden.jpg", people / "biden.jpg")
+    env = dict(os.environ, DLIBPLUS_MODELS=str(tmp_path), DLIBPLUS_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "dlibplus.cli", "train-knn", str(tmp_path / "people"), "-o",
+                           str(tmp_path / "m.npz"), "--jitters", "2", "-j", "1"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 1 and "bad model file" in proc.stderr  # exit 1: a model error, not a folder one
+    assert models.FACE_RECOGNITION_MODEL in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.npz").exists()
