@@ -5,9 +5,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from .fileio import atomic_path
+from .images import load_image_file
+from .knn import UNKNOWN
 
 
 def annotate_image(path: os.PathLike | str, predictions: Sequence, out_dir: os.PathLike | str) -> Path:
@@ -17,14 +19,13 @@ def annotate_image(path: os.PathLike | str, predictions: Sequence, out_dir: os.P
     :return: the written file's path.
     """
     path = Path(path)
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+    im = Image.fromarray(load_image_file(path))  # the pixels the faces were found in (EXIF, alpha, 16-bit)
     draw = ImageDraw.Draw(im)
     width = max(2, round(max(im.size) / 400))
     font = ImageFont.load_default(size=max(12, 7 * width))
     for p in predictions:
         top, right, bottom, left = p.box
-        colour = (220, 40, 40) if p.name == "unknown" else (40, 200, 80)
+        colour = (220, 40, 40) if p.name == UNKNOWN else (40, 200, 80)
         draw.rectangle(((left, top), (right, bottom)), outline=colour, width=width)
         label = f"{p.name} ({p.distance:.2f})"
         x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=font)
