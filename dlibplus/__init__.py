@@ -13,7 +13,7 @@ from .api import (
     load_image_file,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "load_image_file", "face_locations", "batch_face_locations", "face_landmarks", "face_encodings",

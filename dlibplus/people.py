@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .data import FaceSettings, ImageFaces, process_images, scan_people
 from .errors import DataFolderError
 

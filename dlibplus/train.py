@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .encoders import FINETUNED_METADATA, FINETUNED_MODEL_NAME, mirror
 from .errors import DataFolderError, DlibplusError
 from .fileio import atomic_path, file_sha256, write_json

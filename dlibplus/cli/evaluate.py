@@ -1,0 +1,49 @@
+"""``dlibplus evaluate``: compare encoders on a people folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import ENCODER_HELP, face_options, face_settings, user_errors
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--encoder", "encoders", multiple=True, default=("dlib",), show_default=True,
+              help=ENCODER_HELP + " Repeat to compare encoders; the first is the baseline.")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write report.md, metrics.json and the PNG charts into.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="Share of each person's images used as probes; the rest is the gallery.")
+@click.option("--test-folder", type=click.Path(file_okay=False, path_type=Path),
+              help="A people folder of probes; FOLDER is then the whole gallery (--test-fraction is ignored).")
+@click.option("--holdout-people", type=click.IntRange(0), default=0, show_default=True,
+              help="People (chosen by --seed) left out of the gallery: their probes are strangers (open set).")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="LFW pairs.txt or CSV path1,path2,same (paths relative to the file or FOLDER): "
+                   "adds the LFW 10-fold verification protocol.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the split, the held-out people and the bootstrap.")
+@click.option("--n-boot", type=click.IntRange(1), default=1000, show_default=True,
+              help="Bootstrap draws for the confidence intervals of the differences from the baseline.")
+@face_options
+@user_errors
+def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_people, pairs_file, seed, n_boot,
+             detector, upsample, landmarks, face_box, max_side, jobs):
+    """Compare encoders on FOLDER/<person>/<image>: identification, open set, verification, per person.
+
+    Every encoder is measured on the same images and split; each is compared with the first (dlib by
+    default), with bootstrap-over-people confidence intervals. Writes report.md, metrics.json and PNG
+    charts into --report.
+    """
+    from ..evaluate import console_table, evaluate_folder, write_report
+
+    result = evaluate_folder(folder, encoders, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
+                             test_fraction=test_fraction, test_folder=test_folder, holdout_people=holdout_people,
+                             pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot)
+    click.echo(console_table(result))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    files = write_report(result, report)
+    click.echo(f"report written to {files['report']} (metrics.json and charts in {report})", err=True)

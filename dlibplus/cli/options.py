@@ -1,0 +1,54 @@
+"""Options and error handling shared by every ``dlibplus`` command."""
+from __future__ import annotations
+
+import functools
+
+import click
+
+from ..errors import DataFolderError, DlibplusError
+
+ENCODER_HELP = "Encoder: dlib (face_recognition's), torch (the exact PyTorch replica), a .dat file or a " \
+               "`dlibplus finetune` output folder; append +flip (e.g. dlib+flip) to average each face with " \
+               "its mirror image (test-time flip: better accuracy, twice the encoding time)."
+
+
+def face_options(f):
+    """Options that decide how faces are found and aligned (shared by every command that scans)."""
+    options = [
+        click.option("--detector", type=click.Choice(["hog", "cnn"]), default="hog", show_default=True,
+                     help="Face detector: hog (fast on CPU) or cnn (dlib's MMOD, more accurate, slow on CPU)."),
+        click.option("--upsample", type=click.IntRange(0, 4), default=1, show_default=True,
+                     help="Times to upsample each image before detection (finds smaller faces)."),
+        click.option("--landmarks", type=click.Choice(["small", "large"]), default="small", show_default=True,
+                     help="Landmark model for alignment: small (5 points, face_recognition's default) or large (68)."),
+        click.option("--face-box", type=click.Choice(["detect", "whole"]), default="detect", show_default=True,
+                     help="'whole' uses the whole image as the face box: for folders of tight face crops."),
+        click.option("--max-side", type=click.IntRange(0), default=0, show_default=True,
+                     help="Shrink images longer than this many pixels before detection (0: never)."),
+        click.option("--jobs", "-j", type=click.IntRange(0), default=0,
+                     help="Worker processes for detection and encoding (default: all cores)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def face_settings(detector, upsample, landmarks, face_box, max_side):
+    """The :class:`~dlibplus.faces.FaceSettings` of the options :func:`face_options` added."""
+    from ..data import FaceSettings
+
+    return FaceSettings(detector=detector, upsample=upsample, landmarks=landmarks, face_box=face_box,
+                        max_side=max_side)
+
+
+def user_errors(f):
+    """Turn dlibplus's own errors into click's: one line, exit 1 (2 for an unusable folder)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except DataFolderError as exc:
+            raise click.UsageError(str(exc)) from None
+        except DlibplusError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper

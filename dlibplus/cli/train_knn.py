@@ -1,0 +1,53 @@
+"""``dlibplus train-knn``: encode a people folder and fit a k-NN."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import ENCODER_HELP, face_options, face_settings, user_errors
+
+
+@click.command("train-knn")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Model file to write (.npz).")
+@click.option("--n-neighbors", default="auto", show_default=True,
+              help="k: 'auto' (leave-one-out choice), 'sqrt' (the example's round(sqrt(n))) or a number.")
+@click.option("--algorithm", type=click.Choice(["ball_tree", "kd_tree", "brute", "auto"]), default="ball_tree",
+              show_default=True, help="scikit-learn neighbour search.")
+@click.option("--threshold", type=float, default=0.6, show_default=True,
+              help="Distance beyond which a face is 'unknown' (stored in the model).")
+@click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
+              help="Jittered copies averaged per face (1 = none; 100 is 100x slower).")
+@click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write what was used and skipped, per person, as JSON.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
+@face_options
+@user_errors
+def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encoder, report, no_cache,
+              detector, upsample, landmarks, face_box, max_side, jobs):
+    """Train a k-NN face classifier on FOLDER/<person>/<image>.
+
+    Images with no face or several faces are skipped and listed at the end.
+    """
+    from ..fileio import write_json
+    from ..knn import FaceKNN
+    from ..people import load_people
+
+    if n_neighbors not in ("auto", "sqrt"):
+        try:
+            n_neighbors = int(n_neighbors)
+        except ValueError:
+            raise click.BadParameter("must be 'auto', 'sqrt' or a whole number", param_hint="--n-neighbors")
+    people = load_people(folder, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
+                         encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache)
+    for line in people.report_lines():
+        click.echo(line, err=True)
+    if report:
+        write_json(report, people.report())
+    model = FaceKNN(n_neighbors, algorithm, threshold).fit(people.encodings, people.labels, people.metadata())
+    model.save(output)
+    click.echo(f"trained on {len(people.labels)} faces of {len(model.classes_)} people, k={model.k_} "
+               f"({model.n_neighbors}); model written to {output}", err=True)
