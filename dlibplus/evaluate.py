@@ -1,4 +1,4 @@
-"""``dlibplus evaluate``: is an encoder better than dlib on *your* photos?
+"""``dlibplus evaluate``: is an encoder better than dlib on *your* photos? The protocol, and its results.
 
 Every encoder is measured on the same images, with the same split, by the same functions of
 :mod:`dlibplus.metrics`:
@@ -17,15 +17,14 @@ Every encoder is measured on the same images, with the same split, by the same f
   identification accuracy and in TAR at FAR 1e-3 (or the smallest measurable FAR) with a bootstrap-over-
   people confidence interval.
 
-:func:`evaluate_folder` computes; :func:`write_report` writes ``report.md``, ``metrics.json`` and PNG
-charts; :func:`console_table` is the terminal summary.
+:func:`evaluate_folder` computes and returns an :class:`EvaluationResult` (``to_dict()`` is the content of
+``metrics.json``); :mod:`dlibplus.report` renders it (report.md, the console table, the charts).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,9 +34,10 @@ import numpy as np
 from . import metrics
 from .data import FaceSettings, process_images, split_per_person
 from .errors import DataFolderError
-from .fileio import atomic_path, write_json
+from .jsonutil import jsonable
 from .knn import FaceKNN
-from .metrics import (BootstrapResult, IdentificationReport, OpenSetResult, VerificationReport, _jsonable)
+from .metrics import BootstrapResult, DirAtFar, IdentificationReport, OpenSetResult, VerificationReport
+from .pairs_file import read_pairs_resolved
 from .people import load_people, resolve_encoder
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ COMPARISON_FAR = 1e-3
 OPEN_SET_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
 OPEN_SET_FARS = (0.1, 0.01)  # false-alarm rates at which the DIR is read off the open-set curve
 FOLDS = 10
-PER_PERSON_ROWS = 100  # rows of the per-person table in report.md (metrics.json has them all)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -67,6 +66,7 @@ def encoder_name(spec: str | os.PathLike) -> str:
 
 
 def _unique_names(specs: Sequence[str]) -> list[str]:
+    """One display name per spec, ``-2``, ``-3`` … appended to repeats."""
     names: list[str] = []
     for spec in specs:
         base = name = encoder_name(spec)
@@ -75,11 +75,6 @@ def _unique_names(specs: Sequence[str]) -> list[str]:
             name, k = f"{base}-{k}", k + 1
         names.append(name)
     return names
-
-
-def _file_part(name: str) -> str:
-    """``name`` made safe for a file name (``distances_<name>.png``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "encoder"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,17 +94,10 @@ class Comparison:
     ci: BootstrapResult
     far: float | None = None
 
-    @property
-    def label(self) -> str:
-        return f"TAR @ FAR {self.far:g}" if self.far is not None else _METRIC_LABELS.get(self.metric, self.metric)
-
     def to_dict(self) -> dict:
         return {"encoder": self.encoder, "baseline": self.baseline, "metric": self.metric, "far": self.far,
-                "value": _jsonable(self.value), "baseline_value": _jsonable(self.baseline_value),
-                "difference": _jsonable(self.ci.estimate), "ci": self.ci.to_dict()}
-
-
-_METRIC_LABELS = {"knn_accuracy": "KNN accuracy", "nn1_accuracy": "1-NN accuracy"}
+                "value": jsonable(self.value), "baseline_value": jsonable(self.baseline_value),
+                "difference": jsonable(self.ci.estimate), "ci": self.ci.to_dict()}
 
 
 @dataclass
@@ -118,8 +106,13 @@ class EncoderEvaluation:
 
     :ivar knn_pred: (p_known,) the train-knn classifier's person for each known probe (closed set: never
         "unknown"). :ivar nn1_pred: (p_known,) the nearest gallery image's person.
+    :ivar knn_distance, nn1_distance: (p_known,) float64 distances (encoding units) behind those predictions.
     :ivar confusion: (c, c) int64 counts, rows = true, columns = KNN prediction, in ``classes`` order.
-    :ivar distances, same: (m,) all probe-image pairs (``None`` when verification was impossible).
+    :ivar open_set, dir_at_far: with unknown probes only: DIR and false-alarm rates at the thresholds, and the
+        DIR at each of ``OPEN_SET_FARS``.
+    :ivar verification: all pairs of probe images; :ivar pairs: the pairs file's pairs (``None`` without one).
+    :ivar distances, same: (m,) float64 / bool, all probe-image pairs in ``pdist`` order (``None`` when
+        verification was impossible).
     """
 
     name: str
@@ -138,12 +131,13 @@ class EncoderEvaluation:
     nn1_distance: np.ndarray = field(repr=False)
     verification: VerificationReport | None = None
     open_set: OpenSetResult | None = None
-    dir_at_far: list[dict] = field(default_factory=list)
+    dir_at_far: list[DirAtFar] = field(default_factory=list)
     pairs: VerificationReport | None = None
     distances: np.ndarray | None = field(default=None, repr=False)
     same: np.ndarray | None = field(default=None, repr=False)
 
     def tar_at(self, far: float) -> float | None:
+        """TAR over the probe pairs at target ``far``; ``None`` when not measured or not measurable."""
         if self.verification is None:
             return None
         for t in self.verification.tar_at_far:
@@ -167,7 +161,8 @@ class EncoderEvaluation:
                 "nn1_pred": self.nn1_pred.tolist(), "nn1_distance": self.nn1_distance.tolist(),
             },
             "verification": self.verification.to_dict() if self.verification else None,
-            "open_set": ({**self.open_set.to_dict(), "dir_at_far": self.dir_at_far} if self.open_set else None),
+            "open_set": ({**self.open_set.to_dict(), "dir_at_far": [r.to_dict() for r in self.dir_at_far]}
+                         if self.open_set else None),
             "pairs": self.pairs.to_dict() if self.pairs else None,
         }
 
@@ -178,6 +173,8 @@ class EvaluationResult:
 
     ``gallery_*`` and ``probe_*`` give the split (paths and people); ``known`` (p,) is True for probes of a
     person in the gallery. ``dropped_images`` are usable by some encoders but not all, so left out for all.
+    ``comparison_far`` is the FAR the TAR comparisons are made at (``None``: no verification, or nothing
+    measurable). ``to_dict()`` is the content of ``metrics.json``.
     """
 
     folder: Path
@@ -200,6 +197,7 @@ class EvaluationResult:
     dropped_images: list[str] = field(default_factory=list)
     pairs_summary: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    comparison_far: float | None = None
 
     @property
     def baseline(self) -> EncoderEvaluation:
@@ -210,7 +208,7 @@ class EvaluationResult:
         return [e.name for e in self.encoders]
 
     def to_dict(self) -> dict:
-        return _jsonable({
+        return jsonable({
             "folder": str(self.folder), "test_folder": str(self.test_folder) if self.test_folder else None,
             "pairs_file": str(self.pairs_file) if self.pairs_file else None,
             "face_settings": self.settings.to_dict(), "test_fraction": self.test_fraction, "seed": self.seed,
@@ -288,33 +286,17 @@ def _choose_holdout(gallery_labels: np.ndarray, probe_labels: np.ndarray, n: int
 # Per encoder
 
 
-def _dir_at_far(result: OpenSetResult, fars: Sequence[float]) -> list[dict]:
-    """DIR at each target false-alarm rate: the largest threshold whose false-alarm rate stays <= far."""
-    out = []
-    for f in fars:
-        if result.n_unknown * f < 1 - 1e-9:
-            out.append({"far": f, "dir": None, "threshold": None, "achieved_far": None,
-                        "reason": f"false-alarm rate {f:g} needs at least {math.ceil(1 / f - 1e-9)} unknown "
-                                  f"probes, only {result.n_unknown}"})
-            continue
-        ok = np.nonzero(result.curve_far <= f * (1 + 1e-9))[0]
-        if ok.size == 0:  # even the smallest distance is a false alarm: accept nothing
-            out.append({"far": f, "dir": 0.0, "threshold": None, "achieved_far": 0.0, "reason": None})
-            continue
-        k = ok[-1]
-        out.append({"far": f, "dir": float(result.curve_dir[k]), "threshold": float(result.curve_thresholds[k]),
-                    "achieved_far": float(result.curve_far[k]), "reason": None})
-    return out
-
-
 def _evaluate_encoder(name: str, spec: str, gallery: _Encoded, probes: _Encoded, known: np.ndarray,
                       n_neighbors: int | str, seed: int, threshold: float) -> EncoderEvaluation:
+    """Every number of one encoder on the split: ``known`` (p,) bool marks the probes of gallery people."""
     g_enc, g_lab = gallery.encodings[name], gallery.labels
     p_enc, p_lab = probes.encodings[name], probes.labels
     true = p_lab[known]
     knn = FaceKNN(n_neighbors, threshold=threshold).fit(g_enc, g_lab)
     _, knn_dist, knn_pred = knn.predict_with_distance(p_enc[known])
-    nn1_pred, nn1_dist = metrics.nearest_identity(g_enc, g_lab, p_enc[known])
+    # one nearest-neighbour search for every probe: the known ones give 1-NN, all of them the open set
+    nearest, nearest_dist = metrics.nearest_identity(g_enc, g_lab, p_enc)
+    nn1_pred, nn1_dist = nearest[known], nearest_dist[known]
     classes = knn.classes_
     ev = EncoderEvaluation(
         name=name, spec=spec, threshold=threshold, k=int(knn.k_), loo_accuracy=dict(knn.loo_scores_),
@@ -329,28 +311,13 @@ def _evaluate_encoder(name: str, spec: str, gallery: _Encoded, probes: _Encoded,
         ev.distances, ev.same = d, s
     if (~known).any():
         ts = sorted(set(OPEN_SET_THRESHOLDS) | {threshold})
-        ev.open_set = metrics.open_set_dir_far(g_enc, g_lab, p_enc, p_lab, known, ts)
-        ev.dir_at_far = _dir_at_far(ev.open_set, OPEN_SET_FARS)
+        ev.open_set = metrics.open_set_from_nearest(nearest, nearest_dist, p_lab, known, ts)
+        ev.dir_at_far = metrics.dir_at_far(ev.open_set, OPEN_SET_FARS)
     return ev
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Pairs file
-
-
-def _read_pairs_resolved(pairs_file: Path, folder: Path) -> metrics.PairList:
-    """Relative image paths resolve against the pairs file's folder, or against FOLDER when more exist there."""
-    pairs = metrics.read_pairs(pairs_file)
-
-    def missing(pl: metrics.PairList) -> int:
-        return sum(not Path(p).is_file() for p in set(pl.path1 + pl.path2))
-
-    n_missing = missing(pairs)
-    if n_missing and Path(folder).resolve() != pairs_file.resolve().parent:
-        alt = metrics.read_pairs(pairs_file, folder)
-        if missing(alt) < n_missing:
-            return alt
-    return pairs
 
 
 def _pair_distances(pairs_file: Path, folder: Path, specs: Sequence[str], names: Sequence[str],
@@ -359,7 +326,7 @@ def _pair_distances(pairs_file: Path, folder: Path, specs: Sequence[str], names:
     """Distances of the usable pairs for each encoder: ``(name -> (m,), same (m,), fold ids or None, summary,
     notes)``. An image with several faces gives its largest face; a pair with an image without a usable face
     (for any encoder) is left out."""
-    pairs = _read_pairs_resolved(Path(pairs_file), folder)
+    pairs = read_pairs_resolved(pairs_file, folder)
     unique = sorted(set(map(str, pairs.path1 + pairs.path2)))
     usable = np.ones(len(unique), bool)
     reasons: dict[str, str] = {}
@@ -421,11 +388,16 @@ def _comparison_far(base: EncoderEvaluation) -> tuple[float | None, str | None]:
 
 def _compare(result_encoders: list[EncoderEvaluation], probes: _Encoded, known: np.ndarray, n_boot: int,
              seed: int) -> tuple[list[Comparison], list[str]]:
+    """Each encoder against the first: identification accuracies and TAR at the comparison FAR, with CIs.
+
+    The TAR statistic is built once per encoder, from the probe-pair distances its verification already
+    computed (the baseline's once for all comparisons)."""
     base = result_encoders[0]
     true = probes.labels[known]
     far, note = _comparison_far(base)
     notes = [note] if note and len(result_encoders) > 1 else []
     out = []
+    base_tar = None
     for ev in result_encoders[1:]:
         for metric, a, b in (("knn_accuracy", ev.knn_pred, base.knn_pred),
                              ("nn1_accuracy", ev.nn1_pred, base.nn1_pred)):
@@ -434,8 +406,12 @@ def _compare(result_encoders: list[EncoderEvaluation], probes: _Encoded, known: 
         if far is None:
             continue
         try:
-            ci = metrics.bootstrap_tar_at_far_diff(probes.encodings[ev.name], probes.encodings[base.name],
-                                                   probes.labels, far=far, n_boot=n_boot, seed=seed)
+            if base_tar is None:
+                base_tar = metrics.WeightedTar.from_labels(probes.encodings[base.name], probes.labels, far,
+                                                           distances=base.distances)
+            tar = metrics.WeightedTar.from_labels(probes.encodings[ev.name], probes.labels, far,
+                                                  distances=ev.distances)
+            ci = metrics.bootstrap_tar_diff(tar, base_tar, n_boot=n_boot, seed=seed)
         except ValueError as exc:
             notes.append(f"{ev.name} vs {base.name}: TAR comparison skipped ({exc})")
             continue
@@ -516,8 +492,8 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
             notes.append(f"{FOLDS}-fold accuracy skipped: too few test pairs")
     if base.open_set is not None:
         for row in base.dir_at_far:
-            if row["reason"]:
-                notes.append(f"open-set DIR at false-alarm rate {row['far']:g} not measurable: {row['reason']}")
+            if row.reason:
+                notes.append(f"open-set DIR at false-alarm rate {row.far:g} not measurable: {row.reason}")
     comparisons, cmp_notes = _compare(evaluations, probes, known, n_boot, seed)
     notes += cmp_notes
 
@@ -543,184 +519,4 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
         threshold=THRESHOLD, encoders=evaluations, gallery_paths=gallery.paths, gallery_labels=gallery.labels,
         probe_paths=probes.paths, probe_labels=probes.labels, known=known, holdout_people=holdout,
         comparisons=comparisons, image_reports=image_reports, dropped_images=dropped,
-        pairs_summary=pairs_summary, notes=notes)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Output
-
-
-def _f(v: float | None, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:.{digits}f}"
-
-
-def _signed(v: float | None, digits: int = 3) -> str:
-    if v is None or not math.isfinite(v):
-        return "n/a"
-    return f"{v:+.{digits}f}"
-
-
-def _rows(result: EvaluationResult) -> list[tuple[str, list[str]]]:
-    """``(label, one cell per encoder)`` of the headline numbers, shared by the console and report.md."""
-    evs = result.encoders
-    rows: list[tuple[str, list[str]]] = [
-        ("KNN accuracy", [_f(e.knn_accuracy) for e in evs]),
-        ("KNN k", [str(e.k) for e in evs]),
-        ("1-NN accuracy", [_f(e.nn1_accuracy) for e in evs]),
-    ]
-    if any(e.verification for e in evs):
-        v = [e.verification for e in evs]
-        rows += [
-            ("AUC", [_f(x.auc, 4) if x else "n/a" for x in v]),
-            ("EER", [_f(x.eer) if x else "n/a" for x in v]),
-            (f"accuracy @ {result.threshold:g}", [_f(x.accuracy_at_threshold) if x else "n/a" for x in v]),
-            (f"TAR @ {result.threshold:g}", [_f(x.tar_at_threshold) if x else "n/a" for x in v]),
-            (f"FAR @ {result.threshold:g}", [_f(x.far_at_threshold, 4) if x else "n/a" for x in v]),
-        ]
-        for far in FARS:
-            rows.append((f"TAR @ FAR {far:g}", [_f(e.tar_at(far)) for e in evs]))
-        rows.append((f"{FOLDS}-fold accuracy", [f"{_f(x.kfold.mean)} ± {_f(x.kfold.std)}" if x and x.kfold else "n/a"
-                                               for x in v]))
-    if any(e.open_set for e in evs):
-        for i, t in enumerate(evs[0].open_set.thresholds if evs[0].open_set else []):
-            if math.isclose(t, result.threshold):
-                rows.append((f"open set DIR @ {t:g}", [_f(e.open_set.dir[i]) if e.open_set else "n/a" for e in evs]))
-                rows.append((f"open set false alarms @ {t:g}",
-                             [_f(e.open_set.far[i]) if e.open_set else "n/a" for e in evs]))
-        for j, f in enumerate(OPEN_SET_FARS):
-            rows.append((f"open set DIR @ false alarms {f:g}",
-                         [_f(e.dir_at_far[j]["dir"]) if e.dir_at_far else "n/a" for e in evs]))
-    if any(e.pairs for e in evs):
-        rows.append(("pairs file AUC", [_f(e.pairs.auc, 4) if e.pairs else "n/a" for e in evs]))
-        folds = next((e.pairs.kfold.folds for e in evs if e.pairs and e.pairs.kfold), FOLDS)
-        rows.append((f"pairs file {folds}-fold accuracy", [f"{_f(e.pairs.kfold.mean)} ± {_f(e.pairs.kfold.std)}"
-                                                           if e.pairs and e.pairs.kfold else "n/a" for e in evs]))
-    return rows
-
-
-def _summary_line(result: EvaluationResult) -> str:
-    known = int(result.known.sum())
-    return (f"{result.folder}: gallery {len(result.gallery_labels)} images of "
-            f"{len(set(result.gallery_labels.tolist()))} people; probes {known} known"
-            f" + {len(result.known) - known} unknown")
-
-
-def console_table(result: EvaluationResult) -> str:
-    """A compact side-by-side table of the encoders' headline numbers, then the differences with CIs."""
-    rows = _rows(result)
-    width = max(len(label) for label, _ in rows) + 2
-    cols = [max(9, len(n) + 2, *(len(r[1][i]) + 2 for r in rows)) for i, n in enumerate(result.names)]
-    lines = [_summary_line(result), "",
-             " " * width + "".join(f"{n:>{w}}" for n, w in zip(result.names, cols))]
-    for label, cells in rows:
-        lines.append(f"{label:<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
-    if result.comparisons:
-        lines.append("")
-        for c in result.comparisons:
-            lines.append(f"{c.encoder} - {c.baseline}, {c.label}: {_signed(c.ci.estimate)} "
-                         f"[{_signed(c.ci.low)}, {_signed(c.ci.high)}] (95% CI over people)")
-    return "\n".join(lines)
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|")
-    return (["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(map(esc, r)) + " |" for r in rows] + [""])
-
-
-def _confused(row) -> str:
-    return ", ".join(f"{n} ×{c}" for n, c in row.confused_with[:3]) or "—"
-
-
-def _per_person_md(result: EvaluationResult) -> list[str]:
-    evs = result.encoders
-    by_enc = [{r.name: r for r in e.identification.per_person} for e in evs]
-    people = sorted(by_enc[0], key=lambda p: (min(b[p].accuracy for b in by_enc if p in b), p))
-    header = ["person", "probes"] + [f"{e.name} accuracy" for e in evs] + [f"{e.name} taken for" for e in evs]
-    rows = []
-    for p in people[:PER_PERSON_ROWS]:
-        rows.append([p, str(by_enc[0][p].n)] + [_f(b[p].accuracy) if p in b else "n/a" for b in by_enc]
-                    + [_confused(b[p]) if p in b else "" for b in by_enc])
-    out = _md_table(header, rows)
-    if len(people) > PER_PERSON_ROWS:
-        out += [f"({len(people) - PER_PERSON_ROWS} more people in metrics.json)", ""]
-    return out
-
-
-def write_report(result: EvaluationResult, outdir: os.PathLike | str) -> dict[str, Path]:
-    """Write ``report.md``, ``metrics.json``, ``roc.png``, ``distances_<encoder>.png`` and
-    ``confusion_<encoder>.png`` into ``outdir`` (created); returns ``{file kind: path}``."""
-    from . import plots
-
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    far, _ = _comparison_far(result.baseline)
-
-    curves = {e.name: (e.verification.roc_far, e.verification.roc_tar) for e in result.encoders if e.verification}
-    if curves:
-        written["roc"] = plots.plot_roc(curves, out / "roc.png", title="ROC over all test-image pairs",
-                                        fars=(far,) if far else ())
-    open_curves = {e.name: (e.open_set.curve_far, e.open_set.curve_dir) for e in result.encoders
-                   if e.open_set is not None and e.open_set.n_unknown and e.open_set.n_known}
-    if open_curves:
-        written["open_set"] = plots.plot_roc(
-            open_curves, out / "open_set.png", title="open set: held-out strangers vs known people",
-            xlabel="false-alarm rate (strangers given a name)",
-            ylabel="detection and identification rate (known people named right)")
-    for e in result.encoders:
-        stem = _file_part(e.name)
-        if e.distances is not None:
-            written[f"distances_{e.name}"] = plots.plot_distance_histograms(
-                e.distances, e.same, e.threshold, out / f"distances_{stem}.png",
-                title=f"{e.name}: test-image pair distances")
-        written[f"confusion_{e.name}"] = plots.plot_confusion(
-            e.confusion, e.classes, out / f"confusion_{stem}.png", title=f"{e.name}: most confused people (KNN)")
-
-    write_json(out / "metrics.json", result.to_dict())
-    written["metrics"] = out / "metrics.json"
-
-    md = [f"# Face encoder evaluation: {result.folder.name}", ""]
-    md += [f"- people folder: `{result.folder}`" + (f", probes from `{result.test_folder}`" if result.test_folder
-                                                    else f", {result.test_fraction:g} of each person's images as probes"
-                                                    f" (seed {result.seed})"),
-           f"- {_summary_line(result).split(': ', 1)[1]}",
-           f"- face settings: {', '.join(f'{k}={v}' for k, v in result.settings.to_dict().items())}",
-           "- encoders: " + ", ".join(f"**{e.name}** (`{e.spec}`)" for e in result.encoders)
-           + f"; baseline **{result.baseline.name}**; threshold {result.threshold:g}"]
-    if result.holdout_people:
-        md.append(f"- held out of the gallery (strangers): {', '.join(result.holdout_people)}")
-    md.append("")
-    md += ["## Side by side", ""]
-    md += _md_table(["metric"] + result.names, [[lab] + cells for lab, cells in _rows(result)])
-    if result.baseline.verification:
-        v = result.baseline.verification
-        md.append(f"Verification: all pairs of test images, {v.n_same} same-person and {v.n_different} "
-                  f"different-person. KNN: the train-knn classifier (closed set, known probes only).\n")
-        md += ["### Thresholds at target FAR", ""]
-        md += _md_table(["FAR"] + result.names,
-                        [[f"{f:g}"] + [_f(next((t.threshold for t in e.verification.tar_at_far
-                                                  if math.isclose(t.far, f)), None), 4) if e.verification else "n/a"
-                                       for e in result.encoders] for f in FARS])
-    if result.comparisons:
-        md += [f"## Differences from {result.baseline.name} (95% CI, bootstrap over people, {result.n_boot} draws)", ""]
-        md += _md_table(["encoder", "metric", "value", result.baseline.name, "difference", "95% CI", "draws > 0"],
-                        [[c.encoder, c.label, _f(c.value), _f(c.baseline_value), _signed(c.ci.estimate),
-                          f"[{_signed(c.ci.low)}, {_signed(c.ci.high)}]", _f(c.ci.fraction_positive, 2)]
-                         for c in result.comparisons])
-    md += ["## Per person (KNN, known probes; worst first)", ""] + _per_person_md(result)
-    if result.pairs_summary:
-        s = result.pairs_summary
-        md += ["## Pairs file", "", f"`{result.pairs_file}`: {s['used']} of {s['pairs']} pairs used; folds: "
-               f"{s['folds']}.", ""]
-    md += ["## Charts", ""]
-    md += [f"![{k}]({p.name})" for k, p in written.items() if p.suffix == ".png"] + [""]
-    if result.notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("\n".join(md), encoding="utf-8")
-    written["report"] = out / "report.md"
-    return written
+        pairs_summary=pairs_summary, notes=notes, comparison_far=_comparison_far(base)[0])

@@ -1,4 +1,5 @@
-"""PNG charts of the numbers in :mod:`dlibplus.metrics`.
+"""PNG charts of the numbers in :mod:`dlibplus.metrics` (drawn for ``dlibplus evaluate`` by
+:mod:`dlibplus.report`).
 
 matplotlib is imported on first use, and only its Agg canvas: no pyplot, no global backend switch, no window.
 Every function writes its PNG atomically (a temporary file in the same folder, then ``os.replace``), so a

@@ -22,9 +22,11 @@ from conftest import person_images  # noqa: E402
 from dlibplus import metrics  # noqa: E402
 from dlibplus.data import FaceSettings, split_per_person  # noqa: E402
 from dlibplus.errors import DataFolderError  # noqa: E402
-from dlibplus.evaluate import (console_table, encoder_name, evaluate_folder, write_report)  # noqa: E402
+from dlibplus.evaluate import encoder_name, evaluate_folder  # noqa: E402
 from dlibplus.knn import FaceKNN  # noqa: E402
+from dlibplus.pairs_file import read_pairs  # noqa: E402
 from dlibplus.people import load_people  # noqa: E402
+from dlibplus.report import console_table, write_report  # noqa: E402
 
 WHOLE = FaceSettings(face_box="whole")
 N_PEOPLE, PER_PERSON, N_BOOT = 8, 12, 200
@@ -86,6 +88,20 @@ def dlib_people(kpop8):
 def _all_pairs(x, labels):
     i, j = np.triu_indices(len(x), 1)
     return np.linalg.norm(x[i] - x[j], axis=1), labels[i] == labels[j]
+
+
+def _kfold_mean(d, same, fold_ids):
+    """LFW-protocol accuracy by brute force: per fold, try every cut between two training distances (and
+    below all, and at the largest), keep the strictest of the most accurate, score the held-out fold."""
+    accuracies = []
+    for k in np.unique(fold_ids):
+        test = fold_ids == k
+        u = np.unique(d[~test])
+        cuts = np.r_[np.nextafter(u[0], -np.inf), (u[:-1] + u[1:]) / 2, u[-1]]
+        train_acc = [np.mean((d[~test] <= t) == same[~test]) for t in cuts]
+        t = cuts[int(np.argmax(train_acc))]
+        accuracies.append(np.mean((d[test] <= t) == same[test]))
+    return float(np.mean(accuracies))
 
 
 def test_knn_and_1nn_accuracy_equal_direct_computation(both, dlib_people):
@@ -178,15 +194,15 @@ def test_report_files(both):
 def test_pairs_csv_gives_a_10_fold_accuracy(both, pairs_csv, kpop8, dlib_people):
     result, _, _, js = both
     assert js["pairs_summary"]["pairs"] == 60 and js["pairs_summary"]["used"] == 60
-    pairs = metrics.read_pairs(pairs_csv, kpop8)  # paths relative to the people folder
+    pairs = read_pairs(pairs_csv, kpop8)  # paths relative to the people folder
     enc = dict(zip(dlib_people.paths.tolist(), dlib_people.encodings))
     a = np.array([enc[str(p)] for p in pairs.path1])
     b = np.array([enc[str(p)] for p in pairs.path2])
     d = np.linalg.norm(a - b, axis=1)
-    expected = metrics.kfold_verification(d, pairs.same, folds=10, seed=0)
+    expected = _kfold_mean(d, pairs.same, metrics.stratified_folds(pairs.same, 10, seed=0))
     kfold = js["results"]["dlib"]["pairs"]["kfold"]
     assert kfold["folds"] == 10 and len(kfold["accuracies"]) == 10
-    assert kfold["mean"] == pytest.approx(expected.mean, abs=1e-12)
+    assert kfold["mean"] == pytest.approx(expected, abs=1e-12)
     assert js["results"]["dlib"]["pairs"]["auc"] == pytest.approx(roc_auc_score(pairs.same, -d), abs=1e-12)
 
 
@@ -211,6 +227,17 @@ def test_holdout_people_are_strangers_never_in_the_gallery(kpop8, dlib_people, t
     k = list(ev.open_set.thresholds).index(0.6)
     assert ev.open_set.dir[k] == pytest.approx(np.mean((nearest == y[probes])[known] & (dist[known] <= 0.6)))
     assert ev.open_set.far[k] == pytest.approx(np.mean(dist[~known] <= 0.6))
+    # one nearest-neighbour search serves both: 1-NN of the known probes is the same nearest image
+    assert ev.nn1_pred.tolist() == nearest[known].tolist()
+    np.testing.assert_allclose(ev.nn1_distance, dist[known], atol=1e-9)
+    # DIR at each false-alarm rate: the largest threshold whose false alarms stay within the rate
+    hit = known & (nearest == y[probes])
+    for row in ev.dir_at_far:
+        if (~known).sum() * row.far < 1:
+            assert row.dir is None and row.reason
+            continue
+        t = max(t for t in np.r_[-1.0, np.unique(dist)] if np.mean(dist[~known] <= t) <= row.far)
+        assert row.dir == pytest.approx(np.sum(hit & (dist <= t)) / known.sum())
     assert ev.identification.n_probes == known.sum() and ev.identification.n_people == N_PEOPLE - 2
     assert not result.comparisons  # one encoder: nothing to compare
     chart = write_report(result, tmp_path / "report")["open_set"]

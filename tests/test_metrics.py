@@ -1,9 +1,12 @@
-"""dlibplus.metrics against scikit-learn and against cases worked out by hand; dlibplus.plots writes PNGs."""
+"""dlibplus.metrics against scikit-learn, brute-force loops and cases worked out by hand; dlibplus.pairs_file
+reads pairs files; dlibplus.jsonutil makes JSON; dlibplus.plots writes PNGs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,9 @@ from sklearn import metrics as skm
 
 from dlibplus import metrics as M
 from dlibplus import plots
+from dlibplus.jsonutil import JSONFields, jsonable
+from dlibplus.metrics import distances as metrics_distances
+from dlibplus.pairs_file import PairsFileError, read_pairs, read_pairs_resolved
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -52,7 +58,7 @@ def test_pair_distances_match_explicit_loop():
 def test_pair_distances_blocked_equals_unblocked(monkeypatch):
     x, labels = _people(n_people=9, per_person=5)
     full = M.pair_distances(x, labels)
-    monkeypatch.setattr(M, "_BLOCK_ELEMENTS", 7)  # one or two rows per block
+    monkeypatch.setattr(metrics_distances, "_BLOCK_ELEMENTS", 7)  # one or two rows per block
     blocked = M.pair_distances(x, labels)
     np.testing.assert_allclose(blocked[0], full[0], atol=1e-12)
     np.testing.assert_array_equal(blocked[1], full[1])
@@ -249,11 +255,18 @@ def test_kfold_seeded_split_is_stratified_and_deterministic():
     b = M.kfold_verification(d, same, folds=10, seed=3)
     assert a == b and len(a.accuracies) == 10 and a.seed == 3
     assert 0.8 < a.mean <= 1.0
-    # Each fold's accuracy follows from its training threshold
+    # Each fold's threshold is a best one on the other folds (brute force over every cut), placed halfway
+    # between two training distances (or at an end), and the fold's accuracy is measured at it
     for k in range(10):
         test = ids == k
-        t, _ = M.best_accuracy_threshold(d[~test], same[~test])
-        assert a.thresholds[k] == t
+        train_d, train_s = d[~test], same[~test]
+        grid = np.unique(np.r_[train_d, train_d - 1e-9])
+        best = max(np.mean((train_d <= t) == train_s) for t in grid)
+        t = a.thresholds[k]
+        assert np.mean((train_d <= t) == train_s) == pytest.approx(best)
+        u = np.unique(train_d)
+        i = np.searchsorted(u, t)
+        assert t < u[0] or t == u[-1] or t == pytest.approx((u[i - 1] + u[i]) / 2)
         assert a.accuracies[k] == pytest.approx(np.mean((d[test] <= t) == same[test]))
 
 
@@ -265,42 +278,57 @@ def test_read_lfw_pairs(tmp_path):
            "Bob\t1\t2\nCarl\t1\t2\nAlice\t2\tCarl\t3\nBob\t1\tCarl\t2\n"
     path = tmp_path / "pairs.txt"
     path.write_text(text)
-    pairs = M.read_pairs(path, images_root=tmp_path / "lfw")
+    pairs = read_pairs(path, images_root=tmp_path / "lfw")
     assert len(pairs) == 8
     assert pairs.path1[0] == tmp_path / "lfw" / "Alice" / "Alice_0001.jpg"
     assert pairs.path2[1] == tmp_path / "lfw" / "Bob" / "Bob_0012.jpg"
     assert pairs.path2[3] == tmp_path / "lfw" / "Alice" / "Alice_0003.jpg"
     np.testing.assert_array_equal(pairs.same, [1, 1, 0, 0, 1, 1, 0, 0])
     np.testing.assert_array_equal(pairs.folds, [0, 0, 0, 0, 1, 1, 1, 1])
-    assert M.read_pairs(path).path1[0] == tmp_path / "Alice" / "Alice_0001.jpg"
+    assert read_pairs(path).path1[0] == tmp_path / "Alice" / "Alice_0001.jpg"
 
 
 def test_read_lfw_pairs_errors(tmp_path):
     path = tmp_path / "pairs.txt"
     path.write_text("1\t2\nAlice\t1\t2\n")
-    with pytest.raises(M.PairsFileError, match="announces"):
-        M.read_pairs(path)
+    with pytest.raises(PairsFileError, match="announces"):
+        read_pairs(path)
     path.write_text("1\t1\nAlice\t1\t2\nAlice\tx\tBob\t1\n")
-    with pytest.raises(M.PairsFileError, match="line 3"):
-        M.read_pairs(path)
-    with pytest.raises(M.PairsFileError, match="missing.txt"):
-        M.read_pairs(tmp_path / "missing.txt")
+    with pytest.raises(PairsFileError, match="line 3"):
+        read_pairs(path)
+    with pytest.raises(PairsFileError, match="missing.txt"):
+        read_pairs(tmp_path / "missing.txt")
 
 
 def test_read_csv_pairs(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("path1,path2,same\n# a comment\na/1.jpg,a/2.jpg,1\na/1.jpg,b/1.jpg,false\n/abs/x.jpg,b/2.jpg,yes\n")
-    pairs = M.read_pairs(path)
+    pairs = read_pairs(path)
     assert pairs.path1[0] == tmp_path / "a" / "1.jpg"
     assert str(pairs.path1[2]) == "/abs/x.jpg"
     np.testing.assert_array_equal(pairs.same, [True, False, True])
     assert pairs.folds is None
     path.write_text("a.jpg,b.jpg,1\nc.jpg,d.jpg,maybe\n")
-    with pytest.raises(M.PairsFileError, match="line 2"):
-        M.read_pairs(path)
+    with pytest.raises(PairsFileError, match="line 2"):
+        read_pairs(path)
     path.write_text("path1,path2,same\n")
-    with pytest.raises(M.PairsFileError, match="no pairs"):
-        M.read_pairs(path)
+    with pytest.raises(PairsFileError, match="no pairs"):
+        read_pairs(path)
+
+
+def test_read_pairs_resolved_prefers_the_root_where_the_images_are(tmp_path):
+    people = tmp_path / "people"
+    (people / "a").mkdir(parents=True)
+    for name in ("1.jpg", "2.jpg"):
+        (people / "a" / name).write_bytes(b"")
+    listing = tmp_path / "lists" / "pairs.csv"
+    listing.parent.mkdir()
+    listing.write_text("a/1.jpg,a/2.jpg,1\n")
+    assert read_pairs_resolved(listing, people).path1[0] == people / "a" / "1.jpg"
+    (listing.parent / "a").mkdir()
+    for name in ("1.jpg", "2.jpg"):
+        (listing.parent / "a" / name).write_bytes(b"")
+    assert read_pairs_resolved(listing, people).path1[0] == listing.parent / "a" / "1.jpg"  # the file's folder first
 
 
 # ---------------------------------------------------------------------------------------------------- identification
@@ -374,6 +402,55 @@ def test_open_set_by_hand():
     json.dumps(result.to_dict(), allow_nan=False)
 
 
+def _open_set_data(seed: int = 0):
+    """20 people of 6 images: 3 of each enrolled, except the first 8 people, strangers (48 unknown probes)."""
+    x, labels = _people(seed=seed, n_people=20, per_person=6, spread=0.5)
+    gallery = np.arange(labels.size) % 6 < 3
+    strangers = np.isin(labels, np.unique(labels)[:8])
+    gallery &= ~strangers
+    probes = ~gallery
+    return x[gallery], labels[gallery], x[probes], labels[probes], ~strangers[probes]
+
+
+def test_open_set_from_nearest_equals_open_set_dir_far():
+    g, gl, q, ql, known = _open_set_data()
+    full = M.open_set_dir_far(g, gl, q, ql, known, thresholds=(0.5, 0.8, 1.1))
+    pred, dist = M.nearest_identity(g, gl, q)
+    reused = M.open_set_from_nearest(pred, dist, ql, known, thresholds=(0.5, 0.8, 1.1))
+    for name in ("thresholds", "dir", "far", "curve_thresholds", "curve_dir", "curve_far"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(full, name))
+    assert (reused.rank1, reused.n_known, reused.n_unknown) == (full.rank1, full.n_known, full.n_unknown)
+
+
+def test_dir_at_far_against_brute_force():
+    g, gl, q, ql, known = _open_set_data()
+    result = M.open_set_dir_far(g, gl, q, ql, known)
+    # brute force: every probe's nearest gallery image by direct differences, every distance tried as threshold
+    d = np.linalg.norm(q[:, None] - g[None], axis=2)
+    nearest, dist = gl[d.argmin(axis=1)], d.min(axis=1)
+    hit = known & (nearest == ql)
+    n_unknown = int((~known).sum())
+    for far, row in zip((0.2, 0.05, 0.01), M.dir_at_far(result, (0.2, 0.05, 0.01))):
+        assert row.far == far
+        if n_unknown * far < 1:
+            assert row.dir is None and row.threshold is None and row.achieved_far is None
+            assert f"needs at least {math.ceil(1 / far)} unknown probes, only {n_unknown}" in row.reason
+            continue
+        ok = [t for t in np.unique(dist) if np.mean(dist[~known] <= t) <= far]
+        assert ok, "the data are meant to have an operating point"
+        t = max(ok)
+        assert row.reason is None and row.threshold == pytest.approx(t, abs=1e-9)
+        assert row.dir == pytest.approx(np.sum(hit & (dist <= t)) / known.sum())
+        assert row.achieved_far == pytest.approx(np.mean(dist[~known] <= t))
+    # the two closest probes of all are strangers (both at distance 0, 50 strangers): a budget of 1.5 false
+    # alarms cannot be met by any threshold -> accept nothing
+    q2 = np.r_[q, g[:1], g[:1]]
+    ql2, known2 = np.r_[ql, ["stranger", "stranger"]], np.r_[known, False, False]
+    (row,) = M.dir_at_far(M.open_set_dir_far(g, gl, q2, ql2, known2), (0.03,))
+    assert (row.dir, row.threshold, row.achieved_far, row.reason) == (0.0, None, 0.0, None)
+    json.dumps([r.to_dict() for r in M.dir_at_far(result, (0.2, 0.01))], allow_nan=False)
+
+
 # ---------------------------------------------------------------------------------------------------- bootstrap
 
 
@@ -404,6 +481,24 @@ def test_bootstrap_over_people_counts():
     assert result.estimate == 1.0 and 0 <= result.low <= result.high <= 4
 
 
+def _brute_pairs(x, labels):
+    """All pairs i < j by direct differences (not the Gram matrix): ``(distances, same)``."""
+    labels = np.asarray(labels)
+    i, j = np.triu_indices(len(x), 1)
+    return np.linalg.norm(x[i] - x[j], axis=1), labels[i] == labels[j]
+
+
+def _brute_tar(d, same, far):
+    """TAR at the largest distance threshold whose FAR is <= far, trying every distance as the threshold;
+    None when there are fewer than 1 / far different-person pairs."""
+    diff = np.sort(d[~same])
+    if diff.size * far < 1 - 1e-9:
+        return None
+    ts = np.unique(d)
+    ok = ts[np.searchsorted(diff, ts, side="right") <= far * diff.size * (1 + 1e-9)]
+    return float(np.mean(d[same] <= ok.max())) if ok.size else 0.0
+
+
 def _explicit_resample_tar(x, labels, counts, far):
     """TAR@FAR recomputed from scratch on the resampled people (copies distinct, no pairs between copies)."""
     people = np.unique(labels)
@@ -418,10 +513,10 @@ def _explicit_resample_tar(x, labels, counts, far):
             copy += 1
     xs = np.concatenate(xs)
     copy_ids, person_ids = np.array(copy_ids), np.array(person_ids)
-    d, same = M.pair_distances(xs, copy_ids)
-    _, person_same = M.pair_distances(xs, person_ids)
+    d, same = _brute_pairs(xs, copy_ids)
+    _, person_same = _brute_pairs(xs, person_ids)
     keep = same | ~person_same
-    return M.tar_at_far(d[keep], same[keep], far)[0].tar
+    return _brute_tar(d[keep], same[keep], far)
 
 
 def test_weighted_tar_equals_explicit_resampling():
@@ -429,12 +524,12 @@ def test_weighted_tar_equals_explicit_resampling():
     _, codes = np.unique(labels, return_inverse=True)
     rng = np.random.default_rng(0)
     for far in (0.1, 0.02):
-        full = M._WeightedTar(x, codes, 10, far)
-        small = M._WeightedTar(x, codes, 10, far, keep=40)  # only the 40 smallest different pairs
-        two_pass = M._WeightedTar(x, codes, 10, far)
+        full = M.WeightedTar(x, codes, 10, far)
+        small = M.WeightedTar(x, codes, 10, far, keep=40)  # only the 40 smallest different pairs
+        two_pass = M.WeightedTar(x, codes, 10, far)
         two_pass.head_factor, two_pass.head_slack = 0.0, 3  # always needs the second pass
-        d, same = M.pair_distances(x, labels)
-        assert full(np.ones(10)) == M.tar_at_far(d, same, far)[0].tar
+        d, same = _brute_pairs(x, labels)
+        assert full(np.ones(10)) == pytest.approx(_brute_tar(d, same, far), abs=1e-12)
         n_small_valid = 0
         for _ in range(6):
             counts = np.bincount(rng.integers(0, 10, 10), minlength=10)
@@ -454,15 +549,36 @@ def test_bootstrap_tar_at_far_diff():
     rng = np.random.default_rng(9)
     noisy = x + 0.4 * rng.normal(size=x.shape)  # a worse encoder
     result = M.bootstrap_tar_at_far_diff(x, noisy, labels, far=0.01, n_boot=200, seed=1)
-    d_a, same = M.pair_distances(x, labels)
-    d_b, _ = M.pair_distances(noisy, labels)
-    expect = M.tar_at_far(d_a, same, 0.01)[0].tar - M.tar_at_far(d_b, same, 0.01)[0].tar
+    d_a, same = _brute_pairs(x, labels)
+    d_b, _ = _brute_pairs(noisy, labels)
+    expect = _brute_tar(d_a, same, 0.01) - _brute_tar(d_b, same, 0.01)
     assert result.estimate == pytest.approx(expect)
     assert result.low <= result.estimate <= result.high
     assert result.low > 0
     assert M.bootstrap_tar_at_far_diff(x, noisy, labels, far=0.01, n_boot=200, seed=1) == result
     with pytest.raises(ValueError, match="cannot be measured"):
         M.bootstrap_tar_at_far_diff(x, noisy, labels, far=1e-5, n_boot=10)
+
+
+def test_weighted_tar_reuses_given_distances_and_gives_the_same_bootstrap():
+    x, labels = _people(seed=5, n_people=30, per_person=4, dim=8, spread=0.5)
+    noisy = x + 0.4 * np.random.default_rng(9).normal(size=x.shape)
+    d_x, _ = M.pair_distances(x, labels)
+    d_noisy, _ = M.pair_distances(noisy, labels)
+    computed = M.WeightedTar.from_labels(x, labels, 0.01)
+    given = M.WeightedTar.from_labels(x, labels, 0.01, distances=d_x)
+    for name in ("same_d", "same_p", "diff_d", "diff_i", "diff_j", "sizes"):
+        np.testing.assert_array_equal(getattr(given, name), getattr(computed, name))
+    # the given distances are used as they are, not recomputed
+    shifted = M.WeightedTar.from_labels(x, labels, 0.01, distances=d_x + 1.0)
+    np.testing.assert_allclose(shifted.same_d, computed.same_d + 1.0)
+    expect = M.bootstrap_tar_at_far_diff(x, noisy, labels, far=0.01, n_boot=100, seed=2)
+    base = M.WeightedTar.from_labels(noisy, labels, 0.01, distances=d_noisy)
+    assert M.bootstrap_tar_diff(given, base, n_boot=100, seed=2) == expect
+    with pytest.raises(ValueError, match="shape"):
+        M.WeightedTar.from_labels(x, labels, 0.01, distances=d_x[:-1])
+    with pytest.raises(ValueError, match="same images"):
+        M.bootstrap_tar_diff(given, M.WeightedTar.from_labels(x, labels, 0.02), n_boot=10)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -478,15 +594,32 @@ def test_verification_report_to_json():
     assert report.tar_at_far[-1].tar is None  # ~2100 different pairs: 1e-4 is not measurable
     assert report.roc_far.size <= 100 and report.roc_far[0] == 0 and report.roc_far[-1] == 1
     assert np.all(np.diff(report.roc_far) >= 0) and np.all(np.diff(report.roc_tar) >= 0)
-    boot = M.bootstrap_identification_diff([0, 0, 1], [0, 0, 1], [0, 1, 1], n_boot=20)
-    report.comparisons["identification vs dlib"] = boot
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["name"] == "dlib"
     assert data["tar_at_far"][-1]["tar"] is None and "10000" in data["tar_at_far"][-1]["reason"]
     assert data["kfold"]["folds"] == 10
-    assert data["comparisons"]["identification vs dlib"]["n_boot"] == 20
     small = M.verification_report([0.1, 0.9, 0.2], [True, False, False])
     assert small.kfold is None
+
+
+def test_jsonable():
+    @dataclasses.dataclass
+    class Inner:
+        value: float
+
+    @dataclasses.dataclass
+    class Outer(JSONFields):
+        values: np.ndarray
+        inner: Inner
+        where: Path
+
+    obj = {1: (np.float32(0.5), np.int64(3), np.bool_(True), float("nan"), -np.inf, None, "s"),
+           "outer": Outer(np.array([[1.0, np.nan], [2.0, 3.0]]), Inner(np.float64(2.5)), Path("a/b"))}
+    data = jsonable(obj)
+    assert data == {"1": [0.5, 3, True, None, None, None, "s"],
+                    "outer": {"values": [[1.0, None], [2.0, 3.0]], "inner": {"value": 2.5}, "where": "a/b"}}
+    assert type(data["1"][1]) is int and type(data["1"][2]) is bool
+    json.dumps(data, allow_nan=False)
 
 
 def test_pair_distances_scale_smoke():

@@ -37,7 +37,8 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
     default), with bootstrap-over-people confidence intervals. Writes report.md, metrics.json and PNG
     charts into --report.
     """
-    from ..evaluate import console_table, evaluate_folder, write_report
+    from ..evaluate import evaluate_folder
+    from ..report import console_table, write_report
 
     result = evaluate_folder(folder, encoders, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
                              test_fraction=test_fraction, test_folder=test_folder, holdout_people=holdout_people,
