@@ -282,6 +282,50 @@ def _choose_holdout(gallery_labels: np.ndarray, probe_labels: np.ndarray, n: int
     return sorted(str(p) for p in rng.choice(candidates, size=n, replace=False))
 
 
+@dataclass
+class _Split:
+    """Gallery and probes (``known`` (p,) bool: probe of a gallery person), and what was said on the way."""
+
+    gallery: _Encoded
+    probes: _Encoded
+    known: np.ndarray
+    holdout: list[str]
+    dropped: list[str]
+    image_reports: dict[str, Any]
+    notes: list[str]
+
+
+def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[str], names: Sequence[str],
+           settings: FaceSettings, test_fraction: float, holdout_people: int, seed: int, jobs: int | None,
+           progress: bool) -> _Split:
+    """Encode, split into gallery and probes (or take ``test_folder``'s), hold people out of the gallery."""
+    notes: list[str] = []
+    main_set, dropped, main_report = _load_common(folder, specs, names, settings, jobs, progress)
+    image_reports = {"folder": main_report}
+    if test_folder is None:
+        g_idx, p_idx = split_per_person(main_set.labels, test_fraction, seed)
+        gallery, probes = main_set.subset(g_idx), main_set.subset(p_idx)
+    else:
+        gallery = main_set
+        probes, dropped_t, test_report = _load_common(Path(test_folder), specs, names, settings, jobs, progress)
+        dropped += dropped_t
+        image_reports["test_folder"] = test_report
+    if dropped:
+        notes.append(f"{len(dropped)} images are usable by some encoders but not all; left out for all "
+                     f"(listed in metrics.json)")
+    holdout = _choose_holdout(gallery.labels, probes.labels, holdout_people, seed)
+    if holdout:
+        gallery = gallery.subset(np.flatnonzero(~np.isin(gallery.labels, holdout)))
+    known = np.isin(probes.labels, gallery.labels)
+    if not known.any():
+        raise DataFolderError(f"no test image of a person in the gallery ({folder}): every person needs at least "
+                              f"two usable images, or give --test-folder")
+    strangers = sorted(set(probes.labels[~known].tolist()) - set(holdout))
+    if strangers:
+        notes.append(f"{len(strangers)} people of the test folder are not in the gallery: strangers in the open set")
+    return _Split(gallery, probes, known, holdout, dropped, image_reports, notes)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Per encoder
 
@@ -314,6 +358,24 @@ def _evaluate_encoder(name: str, spec: str, gallery: _Encoded, probes: _Encoded,
         ev.open_set = metrics.open_set_from_nearest(nearest, nearest_dist, p_lab, known, ts)
         ev.dir_at_far = metrics.dir_at_far(ev.open_set, OPEN_SET_FARS)
     return ev
+
+
+def _measurability_notes(base: EncoderEvaluation) -> list[str]:
+    """What the baseline could not measure on these probes (the others share its pairs and strangers)."""
+    notes = []
+    if base.verification is None:
+        notes.append("verification skipped: the test images need both same-person and different-person pairs")
+    else:
+        for t in base.verification.tar_at_far:
+            if not t.measurable:
+                notes.append(f"TAR @ FAR {t.far:g} not measurable: {t.reason}")
+        if base.verification.kfold is None:
+            notes.append(f"{FOLDS}-fold accuracy skipped: too few test pairs")
+    if base.open_set is not None:
+        for row in base.dir_at_far:
+            if row.reason:
+                notes.append(f"open-set DIR at false-alarm rate {row.far:g} not measurable: {row.reason}")
+    return notes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -367,6 +429,24 @@ def _pair_distances(pairs_file: Path, folder: Path, specs: Sequence[str], names:
     if not keep.any():
         raise DataFolderError(f"no pair of {pairs_file} has two usable faces")
     return distances, same, folds, summary, notes
+
+
+def _score_pairs_file(pairs_file: Path, folder: Path, specs: Sequence[str], names: Sequence[str],
+                      settings: FaceSettings, jobs: int | None, progress: bool, evaluations: list[EncoderEvaluation],
+                      seed: int) -> tuple[dict[str, Any], list[str]]:
+    """Set each evaluation's ``pairs`` report (the 10-fold protocol over the pairs file); returns the file's
+    summary and notes."""
+    distances, same, folds, summary, notes = _pair_distances(pairs_file, folder, specs, names, settings, jobs,
+                                                             progress)
+    for ev in evaluations:
+        if same.all() or not same.any():
+            ev.pairs = None
+            continue
+        ev.pairs = metrics.verification_report(distances[ev.name], same, ev.name, THRESHOLD, FARS, folds=FOLDS,
+                                               seed=seed, fold_ids=folds)
+    if evaluations[0].pairs is None:
+        notes.append("pairs file: the usable pairs need both same-person and different-person pairs")
+    return summary, notes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -451,72 +531,29 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
     settings = settings or FaceSettings()
     names = _unique_names(specs)
     folder = Path(folder)
-    notes: list[str] = []
-
-    main_set, dropped, main_report = _load_common(folder, specs, names, settings, jobs, progress)
-    image_reports = {"folder": main_report}
-    if test_folder is None:
-        g_idx, p_idx = split_per_person(main_set.labels, test_fraction, seed)
-        gallery, probes = main_set.subset(g_idx), main_set.subset(p_idx)
-    else:
-        gallery = main_set
-        probes, dropped_t, test_report = _load_common(Path(test_folder), specs, names, settings, jobs, progress)
-        dropped += dropped_t
-        image_reports["test_folder"] = test_report
-    if dropped:
-        notes.append(f"{len(dropped)} images are usable by some encoders but not all; left out for all "
-                     f"(listed in metrics.json)")
-    holdout = _choose_holdout(gallery.labels, probes.labels, holdout_people, seed)
-    if holdout:
-        gallery = gallery.subset(np.flatnonzero(~np.isin(gallery.labels, holdout)))
-    known = np.isin(probes.labels, gallery.labels)
-    if not known.any():
-        raise DataFolderError(f"no test image of a person in the gallery ({folder}): every person needs at least "
-                              f"two usable images, or give --test-folder")
-    strangers = sorted(set(probes.labels[~known].tolist()) - set(holdout))
-    if strangers:
-        notes.append(f"{len(strangers)} people of the test folder are not in the gallery: strangers in the open set")
+    split = _split(folder, test_folder, specs, names, settings, test_fraction, holdout_people, seed, jobs, progress)
+    gallery, probes, known = split.gallery, split.probes, split.known
+    notes = list(split.notes)
 
     log.info("%s: gallery %d images, probes %d known + %d unknown", folder, len(gallery.labels), int(known.sum()),
              int((~known).sum()))
     evaluations = [_evaluate_encoder(n, s, gallery, probes, known, n_neighbors, seed, THRESHOLD)
                    for n, s in zip(names, specs)]
-    base = evaluations[0]
-    if base.verification is None:
-        notes.append("verification skipped: the test images need both same-person and different-person pairs")
-    else:
-        for t in base.verification.tar_at_far:
-            if not t.measurable:
-                notes.append(f"TAR @ FAR {t.far:g} not measurable: {t.reason}")
-        if base.verification.kfold is None:
-            notes.append(f"{FOLDS}-fold accuracy skipped: too few test pairs")
-    if base.open_set is not None:
-        for row in base.dir_at_far:
-            if row.reason:
-                notes.append(f"open-set DIR at false-alarm rate {row.far:g} not measurable: {row.reason}")
+    notes += _measurability_notes(evaluations[0])
     comparisons, cmp_notes = _compare(evaluations, probes, known, n_boot, seed)
     notes += cmp_notes
 
     pairs_summary = None
     if pairs_file is not None:
-        distances, same, folds, pairs_summary, pair_notes = _pair_distances(
-            Path(pairs_file), folder, specs, names, settings, jobs, progress)
+        pairs_summary, pair_notes = _score_pairs_file(Path(pairs_file), folder, specs, names, settings, jobs,
+                                                      progress, evaluations, seed)
         notes += pair_notes
-        for ev in evaluations:
-            d = distances[ev.name]
-            if same.all() or not same.any():
-                ev.pairs = None
-                continue
-            ev.pairs = metrics.verification_report(d, same, ev.name, THRESHOLD, FARS, folds=FOLDS, seed=seed,
-                                                   fold_ids=folds)
-        if evaluations[0].pairs is None:
-            notes.append("pairs file: the usable pairs need both same-person and different-person pairs")
 
     return EvaluationResult(
         folder=folder, test_folder=Path(test_folder) if test_folder is not None else None,
         pairs_file=Path(pairs_file) if pairs_file is not None else None, settings=settings,
         test_fraction=None if test_folder is not None else test_fraction, seed=seed, n_boot=n_boot,
         threshold=THRESHOLD, encoders=evaluations, gallery_paths=gallery.paths, gallery_labels=gallery.labels,
-        probe_paths=probes.paths, probe_labels=probes.labels, known=known, holdout_people=holdout,
-        comparisons=comparisons, image_reports=image_reports, dropped_images=dropped,
-        pairs_summary=pairs_summary, notes=notes, comparison_far=_comparison_far(base)[0])
+        probe_paths=probes.paths, probe_labels=probes.labels, known=known, holdout_people=split.holdout,
+        comparisons=comparisons, image_reports=split.image_reports, dropped_images=split.dropped,
+        pairs_summary=pairs_summary, notes=notes, comparison_far=_comparison_far(evaluations[0])[0])
