@@ -1,0 +1,246 @@
+"""Group face encodings by person without labels: chinese whispers (dlib's) and DBSCAN, on a
+neighbour graph from :class:`~dlibplus.gallery.GalleryIndex`, plus the measures of how well it worked.
+
+Both methods see the same graph: an edge between two faces closer than ``threshold`` (Euclidean,
+0.5 by default for dlib's encodings, as dlib's ``face_clustering.py`` example), found among each face's
+``max_neighbors`` nearest faces by the gallery index (exact up to 100k faces, IVF above), so the work
+grows as n·k rather than n²: 100k faces cluster in a few minutes on two cores.
+
+- **chinese whispers** (:func:`chinese_whispers`): dlib's ``chinese_whispers`` (every node starts in
+  its own cluster; visited in random order, a node takes the label with the largest summed edge weight
+  among its neighbours and itself, ties to the smallest label), iterated until no label changes or
+  ``iterations`` passes. ``weighting="dlib"`` gives every edge weight 1, exactly as
+  ``dlib.chinese_whispers_clustering``; the default ``"similarity"`` weights an edge by
+  ``1 - (d / threshold)²``, so a face's close neighbours outvote its borderline ones. Measured on LFW
+  (every face of 4,387 photos, BENCHMARKS.md) that is what lifts pairwise F from dlib's level.
+- **DBSCAN** (scikit-learn's, ``metric="precomputed"`` on the sparse graph): ``eps = threshold``;
+  faces with fewer than ``min_samples`` neighbours within it and no core neighbour are noise.
+
+Faces left alone (a cluster of one, or DBSCAN noise) get :data:`UNCLUSTERED` (-1). Clusters are
+numbered 0, 1, … by decreasing size (ties: by their first face), so cluster 0 is the biggest.
+
+Quality (:func:`pairwise_scores`): pairwise precision (of the pairs put together, the share that are
+one person), recall (of the same-person pairs, the share put together), their F-measure, scikit-learn's
+adjusted Rand index, and the number of clusters against the number of people. Unclustered faces count
+as clusters of one.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+UNCLUSTERED = -1
+METHODS = ("chinese-whispers", "dbscan")
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_NEIGHBORS = 100
+WEIGHTINGS = ("similarity", "dlib")
+
+
+# --- the neighbour graph ----------------------------------------------------------------------------
+
+def neighbor_graph(encodings, threshold: float = DEFAULT_THRESHOLD, *, max_neighbors: int = DEFAULT_NEIGHBORS,
+                   index=None, batch: int = 4096, progress: Callable[[int], None] | None = None):
+    """Sparse symmetric (n, n) float64 matrix of Euclidean distances of face pairs closer than ``threshold``.
+
+    Each face's candidates are its ``max_neighbors`` nearest faces (from ``index``, a
+    :class:`~dlibplus.gallery.GalleryIndex` over the same encodings, built here when ``None``); a pair
+    is an edge when either finds the other. No self edges. Stored distances are ``max(d, 1e-12)``, so a
+    pair of identical faces stays an edge in sparse arithmetic.
+
+    :param encodings: (n, d) float. :param progress: called with the number of faces done after each batch.
+    :return: ``scipy.sparse.csr_matrix`` (n, n).
+    """
+    from scipy import sparse
+
+    from .gallery import GalleryIndex
+
+    X = np.ascontiguousarray(encodings, dtype=np.float32)
+    n = len(X)
+    if n == 0:
+        return sparse.csr_matrix((0, 0))
+    if index is None:
+        index = GalleryIndex.build(X)
+    if len(index) != n:
+        raise ValueError(f"the index holds {len(index)} faces, the encodings {n}")
+    k = min(int(max_neighbors) + 1, n)
+    rows, cols, vals = [], [], []
+    for start in range(0, n, batch):
+        D, I = index.search(X[start:start + batch], k)
+        src = np.broadcast_to(np.arange(start, start + len(D))[:, None], D.shape)
+        keep = (I >= 0) & (I != src) & (D < threshold)
+        rows.append(src[keep])
+        cols.append(I[keep])
+        vals.append(np.maximum(D[keep].astype(np.float64), 1e-12))
+        if progress is not None:
+            progress(len(D))
+    g = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    return g.maximum(g.T).tocsr()
+
+
+# --- chinese whispers ---------------------------------------------------------------------------------
+
+def edge_weights(distances: np.ndarray, threshold: float, weighting: str = "similarity") -> np.ndarray:
+    """Vote weight of edges of these lengths: 1 (``"dlib"``) or ``1 - (d/threshold)²`` (``"similarity"``)."""
+    if weighting == "dlib":
+        return np.ones_like(distances, dtype=np.float64)
+    if weighting == "similarity":
+        return np.clip(1.0 - (np.asarray(distances, np.float64) / threshold) ** 2, 1e-6, 1.0)
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {weighting!r}")
+
+
+def chinese_whispers_graph(graph, *, self_weight: float = 1.0, iterations: int = 100, seed: int = 0
+                           ) -> np.ndarray:
+    """dlib's chinese whispers on a weighted graph; raw labels (n,) int64 (a node id per cluster).
+
+    :param graph: sparse (n, n) matrix of edge *weights* (symmetric; the diagonal is ignored).
+    :param self_weight: each node's vote for its own label (dlib's own self edge has weight 1).
+    :param iterations: passes over the nodes at most (each in a fresh random order); stops early when a
+        pass changes no label.
+    """
+    from scipy import sparse
+
+    g = sparse.csr_matrix(graph)
+    g.setdiag(0)
+    g.eliminate_zeros()
+    n = g.shape[0]
+    indptr, indices, weights = g.indptr.tolist(), g.indices.tolist(), g.data.tolist()
+    labels = list(range(n))
+    rng = np.random.default_rng(seed)
+    active = [i for i in range(n) if indptr[i + 1] > indptr[i]]
+    for _ in range(iterations):
+        changed = 0
+        for node in rng.permutation(active).tolist():
+            scores = {labels[node]: self_weight}
+            for j in range(indptr[node], indptr[node + 1]):
+                lab = labels[indices[j]]
+                scores[lab] = scores.get(lab, 0.0) + weights[j]
+            best = max(scores.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+            if best != labels[node]:
+                labels[node] = best
+                changed += 1
+        if not changed:
+            break
+    return np.asarray(labels, np.int64)
+
+
+def chinese_whispers(encodings=None, threshold: float = DEFAULT_THRESHOLD, *, graph=None,
+                     weighting: str = "similarity", max_neighbors: int = DEFAULT_NEIGHBORS,
+                     iterations: int = 100, seed: int = 0, index=None) -> np.ndarray:
+    """Cluster faces with chinese whispers; labels (n,) int64, :data:`UNCLUSTERED` for faces left alone.
+
+    :param encodings: (n, d) float (or give ``graph``, a :func:`neighbor_graph` distance matrix).
+    :param threshold: faces closer than this (Euclidean) are linked.
+    :param weighting: ``"similarity"`` (default) or ``"dlib"`` (every edge weight 1, dlib's).
+    """
+    if graph is None:
+        graph = neighbor_graph(encodings, threshold, max_neighbors=max_neighbors, index=index)
+    w = graph.copy().tocsr()
+    w.data = edge_weights(w.data, threshold, weighting)
+    return relabel(chinese_whispers_graph(w, iterations=iterations, seed=seed))
+
+
+# --- DBSCAN -----------------------------------------------------------------------------------------------
+
+def dbscan(encodings=None, threshold: float = DEFAULT_THRESHOLD, *, graph=None, min_samples: int = 2,
+           max_neighbors: int = DEFAULT_NEIGHBORS, index=None) -> np.ndarray:
+    """scikit-learn's DBSCAN (``eps = threshold``) on the sparse neighbour graph; labels as
+    :func:`chinese_whispers`. ``min_samples`` counts the face itself (2: any pair closer than eps)."""
+    from sklearn.cluster import DBSCAN
+
+    if graph is None:
+        graph = neighbor_graph(encodings, threshold, max_neighbors=max_neighbors, index=index)
+    n = graph.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    # the graph only holds pairs closer than threshold; DBSCAN's eps test is <=, the graph's <
+    raw = DBSCAN(eps=threshold, min_samples=min_samples, metric="precomputed").fit_predict(graph)
+    return relabel(raw, noise=raw == -1)
+
+
+# --- labels ------------------------------------------------------------------------------------------------
+
+def relabel(raw: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+    """Clusters numbered 0, 1, … by decreasing size (ties: first member first); clusters of one and
+    ``noise`` faces become :data:`UNCLUSTERED`."""
+    raw = np.asarray(raw)
+    out = np.full(len(raw), UNCLUSTERED, np.int64)
+    keep = np.ones(len(raw), bool) if noise is None else ~np.asarray(noise, bool)
+    if not keep.any():
+        return out
+    uniq, first, inverse, counts = np.unique(raw[keep], return_index=True, return_inverse=True,
+                                             return_counts=True)
+    order = sorted(range(len(uniq)), key=lambda c: (-counts[c], first[c]))
+    rank = np.full(len(uniq), UNCLUSTERED, np.int64)
+    next_id = 0
+    for c in order:
+        if counts[c] > 1:
+            rank[c] = next_id
+            next_id += 1
+    out[keep] = rank[inverse]
+    return out
+
+
+def cluster_faces(encodings, method: str = "chinese-whispers", threshold: float = DEFAULT_THRESHOLD, *,
+                  max_neighbors: int = DEFAULT_NEIGHBORS, seed: int = 0, min_samples: int = 2,
+                  weighting: str = "similarity", index=None,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Cluster (n, d) encodings with ``method`` (one of :data:`METHODS`); labels (n,) int64."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    graph = neighbor_graph(encodings, threshold, max_neighbors=max_neighbors, index=index, progress=progress)
+    if method == "dbscan":
+        return dbscan(graph=graph, threshold=threshold, min_samples=min_samples)
+    return chinese_whispers(graph=graph, threshold=threshold, weighting=weighting, seed=seed)
+
+
+# --- quality -------------------------------------------------------------------------------------------------
+
+@dataclass
+class ClusterScores:
+    """Pairwise precision/recall/F-measure, adjusted Rand index, clusters found vs people."""
+
+    precision: float
+    recall: float
+    f_measure: float
+    ari: float
+    n_clusters: int
+    n_people: int
+    n_unclustered: int
+    n_faces: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _singletons_apart(labels: np.ndarray) -> np.ndarray:
+    """Unclustered faces (-1) as clusters of one each (int64 ids that collide with nothing)."""
+    labels = np.asarray(labels, np.int64).copy()
+    alone = labels == UNCLUSTERED
+    labels[alone] = labels.max(initial=0) + 1 + np.arange(alone.sum())
+    return labels
+
+
+def pairwise_scores(true_labels: Sequence, pred_labels: Sequence[int]) -> ClusterScores:
+    """How well ``pred_labels`` (ints, -1 = unclustered) groups faces of the people in ``true_labels``."""
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    true = np.unique(np.asarray(true_labels), return_inverse=True)[1]
+    pred = np.asarray(pred_labels, np.int64)
+    if len(true) != len(pred):
+        raise ValueError(f"{len(true)} true labels for {len(pred)} predicted")
+    apart = _singletons_apart(pred)
+    c = contingency_matrix(true, apart, sparse=True)
+    same_both = float((c.data * (c.data - 1) / 2).sum())
+    together = np.asarray(c.sum(axis=0)).ravel()
+    same_person = np.asarray(c.sum(axis=1)).ravel()
+    pred_pairs = float((together * (together - 1) / 2).sum())
+    true_pairs = float((same_person * (same_person - 1) / 2).sum())
+    precision = same_both / pred_pairs if pred_pairs else 1.0
+    recall = same_both / true_pairs if true_pairs else 1.0
+    f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return ClusterScores(precision, recall, f, float(adjusted_rand_score(true, apart)),
+                         int(len(set(pred[pred != UNCLUSTERED].tolist()))), int(true.max(initial=-1) + 1),
+                         int((pred == UNCLUSTERED).sum()), int(len(pred)))

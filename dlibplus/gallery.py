@@ -1,0 +1,569 @@
+"""A gallery of face encodings that answers nearest-neighbour queries fast: exact, or approximate with a
+measured recall, on faiss, and opened from disk in milliseconds.
+
+- **Exact** (``kind="exact"``, the default up to :data:`EXACT_MAX` faces): faiss's brute-force L2 kernel
+  (the one behind ``IndexFlatL2``, called through ``faiss.knn`` on the stored array itself, so a
+  memory-mapped gallery is never copied), then the candidates are re-ranked with Euclidean distances
+  computed in float64. The result is scikit-learn's ``NearestNeighbors(algorithm="brute")``: same
+  neighbours, same distances (to ~1e-7). Equal distances (duplicate faces) are ordered by gallery row,
+  where scikit-learn's order is arbitrary. Without faiss the same search runs on numpy.
+- **Approximate** (``kind="ivf"``, the default above :data:`EXACT_MAX`): faiss ``IndexIVFFlat``, ``nlist``
+  chosen from the gallery size (about 4·√n lists), ``nprobe`` (lists visited per query) tuned at build
+  time: the smallest power of two whose recall@1 against exact search reaches ``recall_target`` on a
+  sample of gallery faces used as queries (leave-one-out: each query's own row does not count). The
+  measured recall is kept in :attr:`GalleryIndex.info`. Candidates are re-ranked like exact ones, so the
+  distances returned are exact Euclidean distances whatever the index.
+
+``add(X)`` appends rows (ids continue from ``len(index)``): an exact gallery just grows; an IVF gallery
+assigns the new faces to its existing lists, nothing is retrained. The kind never changes on add;
+``info["trained_on"]`` says how many faces the IVF lists were trained on, so a caller can rebuild when
+the gallery has grown far beyond that (see :meth:`GalleryIndex.needs_rebuild`).
+
+Files (:meth:`GalleryIndex.save` writes a folder, never a pickle)::
+
+    gallery.json              format tag, sizes, file names, info (what load checks first)
+    encodings-<token>.npy     (n, d) float32, opened with np.load(mmap_mode="r", allow_pickle=False)
+    ivf-<token>.faiss         IVF gallery only: faiss.write_index's own binary format
+
+The approximate index is stored with faiss's serialisation rather than rebuilt at load: rebuilding means
+k-means and assigning every face again, about a minute for 1M faces on two cores, against a few
+milliseconds to open the stored one memory-mapped (``IO_FLAG_MMAP``: lists are paged in as queries touch
+them, so opening takes neither time nor memory). faiss's format is plain arrays and headers, not
+pickle: reading it cannot run code. (Like any C++ reader, faiss trusts the file's sizes: open galleries
+you made, as with any model file.) The encodings are kept as an .npy beside it because exact re-ranking,
+recall measurement and rebuilding need them; the IVF's copy is not readable as a plain array.
+
+Saving is atomic: new files get a fresh token, ``gallery.json`` is replaced in one step (the commit
+point), then the previous token's files are deleted. A crash leaves the old gallery intact.
+
+faiss is optional (``pip install dlibplus[scale]``, i.e. ``faiss-cpu``): without it exact search works
+(numpy) and anything approximate raises :class:`FaissMissingError`. With ``faiss-gpu`` and a visible GPU,
+``device="auto"`` searches on the GPU (a resident copy of the gallery); everything else stays on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DlibplusError, ModelFileError
+from .fileio import atomic_path
+
+FORMAT = "dlibplus-gallery"
+FORMAT_VERSION = 1
+META_FILE = "gallery.json"
+EXACT_MAX = 100_000
+"""Largest gallery built exact by default. Exact search costs about n·d·2 flops per query: at 100k faces
+that is ~0.3-0.5 ms per query on two cores, what the approximate index takes at 1M, so above it the IVF
+wins and below it approximation buys nothing."""
+RECALL_TARGET = 0.995
+"""Build-time recall@1 that picks ``nprobe`` (a margin over the 0.99 the issue asks for)."""
+RECALL_SAMPLE = 2000
+"""Gallery faces used as queries to measure recall at build time."""
+KINDS = ("auto", "exact", "ivf")
+_QUERY_BATCH = 1024  # queries per block: bounds the re-ranking buffers to a few tens of MB
+_NUMPY_CHUNK = 65536  # gallery rows per block in the numpy fallback
+
+
+class FaissMissingError(DlibplusError, ImportError):
+    """faiss is needed (approximate index, or an IVF gallery file) and is not installed."""
+
+    def __init__(self, purpose: str):
+        super().__init__(f"{purpose} needs faiss: pip install dlibplus[scale] (or pip install faiss-cpu)")
+
+
+def _faiss(required_for: str | None = None):
+    """The faiss module, or ``None`` (``required_for`` given: raise :class:`FaissMissingError`)."""
+    try:
+        import faiss
+    except ImportError:
+        if required_for:
+            raise FaissMissingError(required_for) from None
+        return None
+    return faiss
+
+
+def faiss_available() -> bool:
+    return _faiss() is not None
+
+
+def gpu_available() -> bool:
+    """Whether faiss can search on a GPU here (a faiss-gpu build and a visible device)."""
+    faiss = _faiss()
+    return bool(faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+
+
+def choose_kind(n: int, exact_max: int = EXACT_MAX) -> str:
+    """``"exact"`` up to ``exact_max`` faces, ``"ivf"`` above."""
+    return "exact" if n <= exact_max else "ivf"
+
+
+def ivf_nlist(n: int) -> int:
+    """Inverted lists for ``n`` faces: the power of two nearest 4·√n, at most 65536 and at most n/64.
+
+    About 4·√n keeps both the coarse step (nlist distances) and the scan (nprobe·n/nlist faces) small;
+    n/64 leaves k-means at least 64 faces per list (faiss warns below 39).
+    """
+    nlist = 2 ** int(round(math.log2(4.0 * math.sqrt(max(n, 1)))))
+    cap = 2 ** int(math.floor(math.log2(max(n // 64, 1))))
+    return int(max(1, min(nlist, cap, 65536)))
+
+
+def _as_encodings(X, dim: int | None = None, what: str = "encodings") -> np.ndarray:
+    """(n, d) C-contiguous float32 without NaN/inf; one vector (d,) is taken as (1, d)."""
+    arr = np.asarray(X)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be an (n, d) array, not shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{what} have {arr.shape[1]} columns, the gallery {dim}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return arr
+
+
+# --- exact search kernels ---------------------------------------------------------------------------
+
+def _knn_sq_numpy(Q: np.ndarray, X: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate-in-float32 squared L2 top-``c`` of Q (m, d) in X (n, d) by blocks of X: (m, c), (m, c)."""
+    m = len(Q)
+    best_d = np.full((m, 0), np.inf, np.float32)
+    best_i = np.zeros((m, 0), np.int64)
+    qn = np.einsum("ij,ij->i", Q, Q)[:, None]
+    for start in range(0, len(X), _NUMPY_CHUNK):
+        block = np.asarray(X[start:start + _NUMPY_CHUNK], np.float32)
+        d2 = qn - 2.0 * (Q @ block.T) + np.einsum("ij,ij->i", block, block)[None, :]
+        cand_d = np.concatenate([best_d, d2], axis=1)
+        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(block)), d2.shape)], axis=1)
+        keep = min(c, cand_d.shape[1])
+        part = np.argpartition(cand_d, keep - 1, axis=1)[:, :keep]
+        best_d = np.take_along_axis(cand_d, part, 1)
+        best_i = np.take_along_axis(cand_i, part, 1)
+    return best_d, best_i
+
+
+def _knn_candidates(Q: np.ndarray, X: np.ndarray, c: int) -> np.ndarray:
+    """Row ids (m, c) of the ``c`` nearest rows of X (squared L2 in float32, faiss when present); -1 pads."""
+    if len(X) == 0:
+        return np.full((len(Q), c), -1, np.int64)
+    c_eff = min(c, len(X))
+    faiss = _faiss()
+    if faiss is not None:
+        _, ids = faiss.knn(Q, X, c_eff)
+    else:
+        _, ids = _knn_sq_numpy(Q, X, c_eff)
+    if c_eff < c:
+        ids = np.concatenate([ids, np.full((len(Q), c - c_eff), -1, np.int64)], axis=1)
+    return ids.astype(np.int64, copy=False)
+
+
+def _margin(k: int) -> int:
+    """Extra candidates fetched before float64 re-ranking (absorbs float32 rounding near ties)."""
+    return k + max(8, k // 4)
+
+
+# --- the index -------------------------------------------------------------------------------------------
+
+class GalleryIndex:
+    """Nearest-neighbour search over face encodings (n, d) float32, Euclidean distances.
+
+    Build with :meth:`build`, grow with :meth:`add`, query with :meth:`search`, persist with
+    :meth:`save` / :meth:`load`. Row ``i`` of the gallery has id ``i``, in the order given.
+
+    :param dim: encoding length (128 for dlib's network).
+    :param device: ``"auto"`` (GPU when faiss-gpu sees one), ``"cpu"`` or ``"gpu"``.
+    """
+
+    def __init__(self, dim: int = 128, *, device: str = "auto"):
+        if device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', not {device!r}")
+        self.dim = int(dim)
+        self.device = device
+        self._base = np.zeros((0, self.dim), np.float32)  # may be a read-only memmap
+        self._tail = np.zeros((0, self.dim), np.float32)  # rows added since build/load, in memory
+        self._ann = None  # faiss IVF index over every row, or None for an exact gallery
+        self._ann_mmapped = False
+        self._gpu = None  # (resources, index) resident on the GPU, made on first search
+        self._info: dict[str, Any] = {"kind": "exact", "metric": "euclidean"}
+
+    # -- building ----------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, encodings, kind: str = "auto", *, exact_max: int = EXACT_MAX, nlist: int | None = None,
+              nprobe: int | None = None, recall_target: float = RECALL_TARGET, recall_sample: int = RECALL_SAMPLE,
+              seed: int = 0, device: str = "auto") -> "GalleryIndex":
+        """An index over ``encodings`` (n, d), any float dtype (stored as float32).
+
+        :param kind: ``"auto"`` (exact up to ``exact_max`` faces, else IVF), ``"exact"`` or ``"ivf"``.
+        :param nlist: IVF lists (default :func:`ivf_nlist`). :param nprobe: lists visited per query
+            (default: tuned to ``recall_target`` on ``recall_sample`` gallery faces).
+        :param seed: seeds k-means and the recall sample (same inputs → same index).
+        :raises FaissMissingError: an IVF index without faiss installed.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        X = _as_encodings(encodings)
+        index = cls(X.shape[1], device=device)
+        index._base = X
+        if kind == "auto":
+            kind = choose_kind(len(X), exact_max)
+        t0 = time.perf_counter()
+        if kind == "exact":
+            index._info.update(kind="exact", recall_at_1=1.0, recall_queries=0, trained_on=None)
+        else:
+            index._build_ivf(nlist or ivf_nlist(len(X)), seed)
+            index._tune_nprobe(nprobe, recall_target, recall_sample, seed)
+        index._info.update(build_seconds=round(time.perf_counter() - t0, 3), seed=seed)
+        return index
+
+    def _build_ivf(self, nlist: int, seed: int) -> None:
+        faiss = _faiss(required_for="an approximate (IVF) gallery index")
+        X = self._base
+        if len(X) < nlist:
+            raise ValueError(f"an IVF index with {nlist} lists needs at least {nlist} faces, not {len(X)}")
+        quantizer = faiss.IndexFlatL2(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_L2)
+        ivf.own_fields = True
+        quantizer.this.disown()
+        ivf.cp.seed = seed
+        ivf.cp.niter = 10  # k-means converges well before faiss's default 25 for list assignment
+        ivf.cp.max_points_per_centroid = 64  # train on <= 64·nlist faces (a sample): build time, not recall
+        ivf.cp.verbose = False
+        train = X
+        if len(X) > 64 * nlist:
+            rows = np.sort(np.random.default_rng(seed).choice(len(X), 64 * nlist, replace=False))
+            train = np.ascontiguousarray(X[rows])
+        ivf.train(train)
+        for start in range(0, len(X), 1 << 18):
+            ivf.add(np.ascontiguousarray(X[start:start + (1 << 18)]))
+        self._ann = ivf
+        self._info.update(kind="ivf", nlist=int(nlist), trained_on=int(len(X)))
+
+    def _tune_nprobe(self, nprobe: int | None, target: float, sample: int, seed: int) -> None:
+        """Set nprobe (given, or the smallest power of two reaching ``target``) and record its recall."""
+        queries = self._recall_queries(sample, seed)
+        exact = self._nearest_other(queries, exact=True)
+        nlist = self._info["nlist"]
+        candidates = [nprobe] if nprobe else [p for p in (2 ** i for i in range(17)) if p < nlist] + [nlist]
+        curve = {}
+        for p in candidates:
+            self._ann.nprobe = int(p)
+            curve[int(p)] = _recall(exact, self._nearest_other(queries, exact=False))
+            if curve[int(p)] >= target:
+                break
+        self._ann.nprobe = int(p)
+        self._gpu = None
+        self._info.update(nprobe=int(p), recall_at_1=curve[int(p)], recall_queries=int(len(queries)),
+                          recall_target=target, recall_by_nprobe={str(k): v for k, v in curve.items()})
+
+    # -- growing ---------------------------------------------------------------------------------------
+    def add(self, encodings) -> np.ndarray:
+        """Append faces; returns their ids (n_old … n_new-1), int64. Nothing already there is rebuilt.
+
+        An IVF gallery assigns them to its trained lists (``nprobe`` and the recorded recall stay as
+        measured at build; :meth:`measure_recall` measures again).
+        """
+        X = _as_encodings(encodings, self.dim)
+        start = len(self)
+        if len(X) == 0:
+            return np.zeros(0, np.int64)
+        if self._ann is not None:
+            if self._ann_mmapped:
+                self._ann = _writable_ivf(self._ann)
+                self._ann_mmapped = False
+            self._ann.add(X)
+        self._tail = np.concatenate([self._tail, X]) if len(self._tail) else X.copy()
+        if self._gpu is not None:
+            try:
+                self._gpu[1].add(X)
+            except Exception:  # noqa: BLE001 - a GPU copy that cannot grow is simply remade
+                self._gpu = None
+        return np.arange(start, start + len(X), dtype=np.int64)
+
+    # -- searching -------------------------------------------------------------------------------------
+    def search(self, queries, k: int = 1, *, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest gallery faces of each query.
+
+        :param queries: (m, d) or (d,) float.
+        :param exact: ``None``: the index's own kind; ``True``: brute force even on an IVF gallery;
+            ``False``: the IVF (an error on an exact gallery).
+        :return: ``(distances (m, k) float32, ids (m, k) int64)``: Euclidean (not squared) distances,
+            nearest first, equal distances by ascending id; rows beyond the gallery size are ``inf``/-1.
+        """
+        Q = _as_encodings(queries, self.dim, "queries")
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, not {k}")
+        if exact is False and self._ann is None:
+            raise ValueError("this gallery is exact: it has no approximate index to search")
+        use_ann = self._ann is not None and exact is not True
+        D = np.empty((len(Q), k), np.float32)
+        I = np.empty((len(Q), k), np.int64)
+        for s in range(0, len(Q), _QUERY_BATCH):
+            q = Q[s:s + _QUERY_BATCH]
+            cand = self._candidates(q, _margin(k), use_ann)
+            D[s:s + len(q)], I[s:s + len(q)] = self._rerank(q, cand, k)
+        return D, I
+
+    def _candidates(self, Q: np.ndarray, c: int, use_ann: bool) -> np.ndarray:
+        """Candidate ids (m, c) (-1 pads) from the IVF or brute force, on the GPU when enabled."""
+        gpu = self._gpu_index(use_ann)
+        if gpu is not None:
+            return gpu.search(Q, min(c, 2048))[1].astype(np.int64)  # faiss-gpu's largest k
+        if use_ann:
+            return self._ann.search(Q, c)[1].astype(np.int64)
+        ids = _knn_candidates(Q, self._base, c)
+        if len(self._tail):
+            tail = _knn_candidates(Q, self._tail, c)
+            ids = np.concatenate([ids, np.where(tail >= 0, tail + len(self._base), -1)], axis=1)
+        return ids
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        """Gallery rows of valid ids (any shape), as float64 (…, d)."""
+        flat = ids.ravel()
+        out = np.empty((len(flat), self.dim), np.float64)
+        nb = len(self._base)
+        in_base = flat < nb
+        if in_base.any():
+            # memmap fancy indexing reads only the rows asked for; sorted ids read the file in order
+            b = flat[in_base]
+            order = np.argsort(b, kind="stable")
+            rows = np.empty((len(b), self.dim), np.float64)
+            rows[order] = self._base[b[order]]
+            out[in_base] = rows
+        if (~in_base).any():
+            out[~in_base] = self._tail[flat[~in_base] - nb]
+        return out.reshape(*ids.shape, self.dim)
+
+    def _rerank(self, Q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact float64 distances of the candidates, duplicates dropped, sorted by (distance, id), top k."""
+        cand = np.sort(cand, axis=1)
+        cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # a candidate listed twice counts once
+        valid = cand >= 0
+        safe = np.where(valid, cand, 0)
+        diff = self._rows(safe) - Q[:, None, :].astype(np.float64)
+        dist = np.sqrt(np.einsum("mcd,mcd->mc", diff, diff))
+        dist[~valid] = np.inf
+        # cand is sorted by id, so a stable sort on distance orders ties by id
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        d = np.take_along_axis(dist, order, 1)
+        i = np.take_along_axis(np.where(valid, cand, -1), order, 1)
+        if d.shape[1] < k:
+            pad = k - d.shape[1]
+            d = np.concatenate([d, np.full((len(d), pad), np.inf)], axis=1)
+            i = np.concatenate([i, np.full((len(i), pad), -1, np.int64)], axis=1)
+        return d.astype(np.float32), i
+
+    def _gpu_index(self, use_ann: bool):
+        """A GPU-resident copy of what ``use_ann`` searches, made on first use; ``None`` on CPU.
+
+        Not exercised by the test-suite (no GPU there); any failure falls back to the CPU with a warning.
+        """
+        if self.device == "cpu" or (self.device == "auto" and not gpu_available()):
+            return None
+        if self._gpu is not None and self._gpu[2] == use_ann:
+            return self._gpu[1]
+        faiss = _faiss(required_for="GPU search")
+        try:
+            res = faiss.StandardGpuResources()
+            if use_ann:
+                cpu = self._ann if not self._ann_mmapped else _writable_ivf(faiss.clone_index(self._ann))
+                gpu = faiss.index_cpu_to_gpu(res, 0, cpu)
+            else:
+                gpu = faiss.GpuIndexFlatL2(res, self.dim)
+                for start in range(0, len(self._base), 1 << 18):
+                    gpu.add(np.ascontiguousarray(self._base[start:start + (1 << 18)]))
+                if len(self._tail):
+                    gpu.add(self._tail)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"faiss GPU search unavailable ({type(exc).__name__}: {exc}); searching on the CPU")
+            self.device = "cpu"
+            return None
+        self._gpu = (res, gpu, use_ann)
+        return gpu
+
+    # -- recall ------------------------------------------------------------------------------------------
+    def _recall_queries(self, sample: int, seed: int) -> np.ndarray:
+        rows = np.arange(len(self))
+        if len(rows) > sample:
+            rows = np.sort(np.random.default_rng(seed).choice(len(rows), sample, replace=False))
+        return rows
+
+    def _nearest_other(self, rows: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, id) of each gallery row's nearest *other* row (leave-one-out)."""
+        D, I = self.search(self._rows(rows).astype(np.float32), 2, exact=exact)
+        first_is_self = I[:, 0] == rows
+        pick = np.where(first_is_self, 1, 0)
+        return D[np.arange(len(rows)), pick], I[np.arange(len(rows)), pick]
+
+    def measure_recall(self, sample: int = RECALL_SAMPLE, seed: int = 0) -> float:
+        """recall@1 of the IVF against exact search, leave-one-out on ``sample`` gallery faces
+        (a hit: the same neighbour, or one at the same distance); 1.0 for an exact gallery.
+        Updates ``info["recall_at_1"]``."""
+        if self._ann is None:
+            return 1.0
+        rows = self._recall_queries(sample, seed)
+        r = _recall(self._nearest_other(rows, exact=True), self._nearest_other(rows, exact=False))
+        self._info.update(recall_at_1=r, recall_queries=int(len(rows)), recall_measured_on=len(self))
+        return r
+
+    def needs_rebuild(self, factor: float = 4.0) -> bool:
+        """True for an IVF gallery grown past ``factor`` × the faces its lists were trained on, or an
+        exact one grown past :data:`EXACT_MAX` (rebuild with :meth:`build` on :attr:`encodings`)."""
+        if self._ann is None:
+            return len(self) > EXACT_MAX
+        return len(self) > factor * self._info.get("trained_on", len(self))
+
+    # -- facts -----------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._base) + len(self._tail)
+
+    @property
+    def kind(self) -> str:
+        return self._info["kind"]
+
+    @property
+    def encodings(self) -> np.ndarray:
+        """Every gallery row (n, d) float32: the memory map itself when nothing was added since load."""
+        if not len(self._tail):
+            return self._base
+        return np.concatenate([self._base, self._tail])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """JSON-able facts: kind, n, dim, metric, nlist, nprobe, recall_at_1, recall_queries, trained_on,
+        build_seconds, faiss version, device."""
+        faiss = _faiss()
+        nprobe = int(self._ann.nprobe) if self._ann is not None else None
+        return {**self._info, "n": len(self), "dim": self.dim, "nprobe": nprobe,
+                "faiss": getattr(faiss, "__version__", None) if faiss else None,
+                "device": "gpu" if self._gpu is not None else "cpu"}
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def save(self, folder: os.PathLike | str) -> Path:
+        """Write the gallery into ``folder`` (created if needed) atomically; returns the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        old = _read_meta(folder / META_FILE) if (folder / META_FILE).is_file() else None
+        token = secrets.token_hex(6)
+        files = {"encodings": f"encodings-{token}.npy", "ann": None}
+        with atomic_path(folder / files["encodings"]) as tmp:
+            self._write_npy(tmp)
+        if self._ann is not None:
+            files["ann"] = f"ivf-{token}.faiss"
+            faiss = _faiss(required_for="saving an IVF gallery")
+            with atomic_path(folder / files["ann"]) as tmp:
+                faiss.write_index(self._ann, str(tmp))
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "n": len(self), "dim": self.dim,
+                "files": files, "info": {k: v for k, v in self.info.items() if k not in ("n", "dim", "device")}}
+        with atomic_path(folder / META_FILE) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if old:
+            for name in (old.get("files") or {}).values():
+                if name and name not in files.values() and "/" not in name:
+                    (folder / name).unlink(missing_ok=True)
+        return folder
+
+    def _write_npy(self, path: Path) -> None:
+        """Stream base then tail into an .npy (never holds a second copy of a memory-mapped base)."""
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(self), self.dim))
+        step = 1 << 18
+        nb = len(self._base)
+        for start in range(0, nb, step):
+            out[start:min(start + step, nb)] = self._base[start:start + step]
+        out[nb:] = self._tail
+        out.flush()
+        del out
+
+    @classmethod
+    def load(cls, folder: os.PathLike | str, *, mmap: bool = True, device: str = "auto") -> "GalleryIndex":
+        """Open a gallery written by :meth:`save`: the encodings memory-mapped (``mmap=False`` reads
+        them into memory), an IVF memory-mapped too. Never unpickles.
+
+        :raises ModelFileError: missing, incomplete, or not a dlibplus gallery.
+        :raises FaissMissingError: an IVF gallery without faiss installed.
+        """
+        folder = Path(folder)
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            raise ModelFileError(folder, f"not a dlibplus gallery (no {META_FILE})")
+        meta = _read_meta(meta_path)
+        files = meta.get("files") or {}
+        n, dim = int(meta.get("n", -1)), int(meta.get("dim", -1))
+        enc_path = folder / str(files.get("encodings"))
+        try:
+            X = np.load(enc_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(enc_path, f"cannot read the gallery's encodings ({exc})") from None
+        if X.dtype != np.float32 or X.shape != (n, dim):
+            raise ModelFileError(enc_path, f"encodings are {X.dtype} {X.shape}, {META_FILE} says float32 {(n, dim)}")
+        index = cls(dim, device=device)
+        index._base = X
+        index._info.update({k: v for k, v in meta.get("info", {}).items() if k not in ("nprobe", "faiss")})
+        if files.get("ann"):
+            index._ann = _read_ivf(folder / files["ann"], n, dim, meta["info"].get("nprobe"), mmap)
+            index._ann_mmapped = mmap
+        return index
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+def _recall(exact: tuple[np.ndarray, np.ndarray], approx: tuple[np.ndarray, np.ndarray], tol: float = 1e-6) -> float:
+    """Share of queries whose approximate nearest neighbour is the exact one (or as near)."""
+    (de, ie), (da, ia) = exact, approx
+    hit = (ia == ie) | (da <= de + tol)
+    return float(np.mean(hit)) if len(hit) else 1.0
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(path, f"unreadable gallery description ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(path, "not a dlibplus gallery (wrong format tag)")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(path, f"written by a newer dlibplus (format {meta['format_version']})")
+    return meta
+
+
+def _read_ivf(path: Path, n: int, dim: int, nprobe: int | None, mmap: bool):
+    faiss = _faiss(required_for=f"opening the approximate gallery index {path.name}")
+    if not path.is_file():
+        raise ModelFileError(path, "the gallery's IVF index file is missing")
+    flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+    try:
+        ann = faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        raise ModelFileError(path, f"not a readable faiss index ({str(exc).splitlines()[0][:200]})") from None
+    if ann.ntotal != n or ann.d != dim:
+        raise ModelFileError(path, f"index holds {ann.ntotal} x {ann.d}, the gallery {n} x {dim}")
+    if nprobe:
+        ann.nprobe = int(nprobe)
+    return ann
+
+
+def _writable_ivf(ann):
+    """Turn a memory-mapped (read-only) IVF's lists into in-memory lists, so faces can be added.
+
+    (Adding to read-only mapped lists would abort the process inside faiss, not raise.)
+    """
+    faiss = _faiss(required_for="adding to an IVF gallery")
+    ivf = faiss.extract_index_ivf(ann)
+    old = ivf.invlists
+    new = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    for lst in range(ivf.nlist):
+        size = old.list_size(lst)
+        if size:
+            new.add_entries(lst, size, old.get_ids(lst), old.get_codes(lst))
+    ivf.replace_invlists(new, True)
+    new.this.disown()  # faiss owns the lists now
+    return ann
