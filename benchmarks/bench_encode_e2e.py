@@ -66,7 +66,7 @@ def stage_pass(paths, settings, torch_encoder, batch_size: int) -> dict:
     """Every stage on every image, one process; returns per-stage seconds, faces and encodings."""
     import dlib
 
-    from dlibplus import api, models
+    from dlibplus import api, faces, models
     from dlibplus.images import load_image_file
 
     t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def stage_pass(paths, settings, torch_encoder, batch_size: int) -> dict:
         img = clock.run("decode", load_image_file, path)
         pixels += img.shape[0] * img.shape[1]
         boxes = clock.run("detect", api.face_locations, img, settings.upsample, settings.detector)
-        shapes = clock.run("landmarks", api._raw_face_landmarks, img, boxes, settings.landmarks)
+        shapes = clock.run("landmarks", faces.landmark_shapes, img, boxes, settings.landmarks)
         n_faces += len(shapes)
         for shape in shapes:
             chip = clock.run("chips", dlib.get_face_chip, img, shape, 150, 0.25)
@@ -154,7 +154,8 @@ def main() -> None:
     import torch
 
     import dlibplus
-    from dlibplus.data import FaceSettings, image_paths, resolve_jobs
+    from dlibplus.data import image_paths, resolve_jobs
+    from dlibplus.faces import FaceSettings
     from dlibplus.encoders import TorchEncoder
 
     bench_cmd = shlex.join([sys.executable, *sys.argv])

@@ -27,7 +27,8 @@ import numpy as np
 
 from benchlib import faces_root
 from dlibplus import metrics
-from dlibplus.data import FaceSettings, split_per_person
+from dlibplus.data import split_per_person
+from dlibplus.faces import FaceSettings
 from dlibplus.encoders import TorchEncoder
 from dlibplus.knn import FaceKNN
 from dlibplus.train import FinetuneConfig, drop_small_classes, finetune, load_chipset

@@ -20,39 +20,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import models
+from . import faces, models
+from .faces import Css
 from .images import load_image_file  # noqa: F401  (re-exported)
 
 __all__ = ["load_image_file", "face_locations", "batch_face_locations", "face_landmarks", "face_encodings",
            "compare_faces", "face_distance"]
 
-Css = tuple[int, int, int, int]  # (top, right, bottom, left), pixels
-
-
-def _rect_to_css(rect) -> Css:
-    return rect.top(), rect.right(), rect.bottom(), rect.left()
-
-
-def _css_to_rect(css: Sequence[int]):
-    import dlib
-
-    return dlib.rectangle(int(css[3]), int(css[0]), int(css[1]), int(css[2]))
-
-
-def _trim_css_to_bounds(css: Css, image_shape: tuple[int, ...]) -> Css:
-    return max(css[0], 0), min(css[1], image_shape[1]), min(css[2], image_shape[0]), max(css[3], 0)
-
-
-def _check_detector(model: str) -> None:
-    if model not in ("hog", "cnn"):
-        raise ValueError(f"detector model must be 'hog' or 'cnn', not {model!r}")
-
-
-def _raw_face_locations(img: np.ndarray, number_of_times_to_upsample: int = 1, model: str = "hog"):
-    _check_detector(model)
-    if model == "cnn":
-        return [d.rect for d in models.cnn_detector()(img, number_of_times_to_upsample)]
-    return list(models.hog_detector()(img, number_of_times_to_upsample))
+_raw_face_locations = faces.detect_rects  # face_recognition's private name, kept for its users
 
 
 def face_locations(img: np.ndarray, number_of_times_to_upsample: int = 1, model: str = "hog") -> list[Css]:
@@ -64,8 +39,7 @@ def face_locations(img: np.ndarray, number_of_times_to_upsample: int = 1, model:
     :param model: ``"hog"`` (fast on CPU) or ``"cnn"`` (more accurate, dlib's MMOD detector).
     :return: list of ``(top, right, bottom, left)`` int tuples, clipped to the image.
     """
-    return [_trim_css_to_bounds(_rect_to_css(r), img.shape)
-            for r in _raw_face_locations(img, number_of_times_to_upsample, model)]
+    return faces.detect(img, number_of_times_to_upsample, model)
 
 
 def batch_face_locations(images: Sequence[np.ndarray], number_of_times_to_upsample: int = 1,
@@ -75,18 +49,8 @@ def batch_face_locations(images: Sequence[np.ndarray], number_of_times_to_upsamp
     :return: one list of ``(top, right, bottom, left)`` tuples per image.
     """
     batched = models.cnn_detector()(list(images), number_of_times_to_upsample, batch_size=batch_size)
-    return [[_trim_css_to_bounds(_rect_to_css(d.rect), img.shape) for d in detections]
+    return [[faces.trim_css_to_bounds(faces.rect_to_css(d.rect), img.shape) for d in detections]
             for img, detections in zip(images, batched)]
-
-
-def _raw_face_landmarks(face_image: np.ndarray, face_locations: Sequence[Css] | None = None,
-                        model: str = "large") -> list:
-    predictor = models.shape_predictor(model)  # validates model
-    if face_locations is None:
-        rects = _raw_face_locations(face_image)
-    else:
-        rects = [_css_to_rect(css) for css in face_locations]
-    return [predictor(face_image, rect) for rect in rects]
 
 
 def face_landmarks(face_image: np.ndarray, face_locations: Sequence[Css] | None = None,
@@ -99,7 +63,7 @@ def face_landmarks(face_image: np.ndarray, face_locations: Sequence[Css] | None 
     """
     if model not in ("large", "small"):
         raise ValueError("Invalid landmarks model type. Supported models are ['small', 'large'].")
-    shapes = _raw_face_landmarks(face_image, face_locations, model)
+    shapes = faces.landmark_shapes(face_image, face_locations, model)
     all_points = [[(p.x, p.y) for p in shape.parts()] for shape in shapes]
     if model == "large":
         return [{
@@ -128,47 +92,30 @@ def face_encodings(face_image: np.ndarray, known_face_locations: Sequence[Css] |
         (100 is about 100× slower and slightly more accurate).
     :param model: landmark model used to align the face: ``"small"`` (5 points, the default, as in
         face_recognition 1.3.0's code) or ``"large"`` (68 points).
-    :param encoder: ``None`` for dlib itself; otherwise an encoder (see :func:`dlibplus.load_encoder`)
-        or a spec such as ``'torch'`` or a fine-tuned model folder.
+    :param encoder: ``None`` for dlib itself (jitter as face_recognition's: its random sequence runs on
+        across calls); otherwise an encoder (see :func:`dlibplus.load_encoder`) or a spec such as
+        ``'torch'`` or a fine-tuned model folder (jitter seeded per face: see
+        :class:`~dlibplus.encoders.JitterEncoder`).
     :return: list of (128,) float64 arrays, one per face, in box order.
     """
     if model not in ("large", "small"):
         raise ValueError(f"landmark model must be 'large' or 'small', not {model!r}")
     face_image = np.ascontiguousarray(face_image)
-    shapes = _raw_face_landmarks(face_image, known_face_locations, model)
-    if encoder is None:
+    shapes = faces.landmark_shapes(face_image, known_face_locations, model)
+    if encoder is None and num_jitters > 1:
+        # face_recognition's jitter exactly: the shared model's random sequence runs on across calls
         net = models.face_recognition_model()
         return [np.array(net.compute_face_descriptor(face_image, shape, num_jitters)) for shape in shapes]
 
-    from .data import face_chips
-    from .encoders import load_encoder
+    from .encoders import DlibEncoder, load_encoder, with_jitter
 
-    if isinstance(encoder, str):
+    if encoder is None:
+        encoder = DlibEncoder()
+    elif isinstance(encoder, str):
         encoder = load_encoder(encoder)
     if not shapes:
         return []
-    return list(_encode_jittered(encoder, face_chips(face_image, shapes), num_jitters))
-
-
-def _encode_jittered(encoder: Any, chips: np.ndarray, num_jitters: int) -> np.ndarray:
-    """dlib's jitter on any encoder: the mean encoding of ``num_jitters`` jittered copies per chip.
-
-    Like dlib's model object, each encoder owns one random sequence that persists across calls, so
-    the original network under :class:`~dlibplus.encoders.TorchEncoder` gives dlib's jittered encodings.
-    """
-    if num_jitters <= 1:
-        return np.asarray(encoder.encode(chips), dtype=np.float64)
-    from .align import DlibRand, jitter_image
-
-    rng = getattr(encoder, "_jitter_rng", None)
-    if rng is None:
-        rng = encoder._jitter_rng = DlibRand()
-    out = []
-    for chip in chips:
-        copies = np.stack([jitter_image(chip, rng) for _ in range(num_jitters)])
-        # dlib averages in float32
-        out.append(np.asarray(encoder.encode(copies), dtype=np.float32).mean(axis=0, dtype=np.float32))
-    return np.asarray(out, dtype=np.float64)
+    return list(with_jitter(encoder, num_jitters).encode(faces.face_chips(face_image, shapes)))
 
 
 def face_distance(face_encodings: Sequence[np.ndarray] | np.ndarray, face_to_compare: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""People folders, the face pipeline (detect → landmarks → chip → encoding), its disk cache, splits.
+"""People folders, the many-image face pipeline (detect → landmarks → chip → encoding), its disk cache, splits.
 
 A people folder is ``FOLDER/<person>/<image>`` as in face_recognition's KNN example. Every image goes
 through :func:`process_images`, which runs the pipeline on all cores and caches each image's result
@@ -7,23 +7,21 @@ re-run only processes new or changed photos, and an interrupted run keeps what i
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import DataFolderError, DlibplusError, ImageReadError
 from .fileio import atomic_path, file_sha256, settings_key, write_json
+from .faces import FaceSettings, image_faces
 from .images import is_image_file
 
 log = logging.getLogger(__name__)
-
-CHIP_SIZE = 150
 
 
 # --- folders ---------------------------------------------------------------------------------------
@@ -60,37 +58,7 @@ def image_paths(paths: Iterable[os.PathLike | str]) -> list[Path]:
     return out
 
 
-# --- settings and results --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FaceSettings:
-    """How faces are found and aligned; every field changes the result, so all key the cache.
-
-    :param detector: ``"hog"`` or ``"cnn"``.
-    :param upsample: times the image is upsampled before detection.
-    :param landmarks: ``"small"`` (5 points) or ``"large"`` (68 points) for alignment.
-    :param face_box: ``"detect"``, or ``"whole"`` to use the whole image as the face box (folders of
-        tight face crops, where HOG often finds nothing).
-    :param max_side: images longer than this (pixels) are shrunk first; 0 keeps them as they are.
-    """
-
-    detector: str = "hog"
-    upsample: int = 1
-    landmarks: str = "small"
-    face_box: str = "detect"
-    max_side: int = 0
-
-    def __post_init__(self):
-        if self.detector not in ("hog", "cnn"):
-            raise ValueError(f"detector must be 'hog' or 'cnn', not {self.detector!r}")
-        if self.landmarks not in ("small", "large"):
-            raise ValueError(f"landmarks must be 'small' or 'large', not {self.landmarks!r}")
-        if self.face_box not in ("detect", "whole"):
-            raise ValueError(f"face_box must be 'detect' or 'whole', not {self.face_box!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
+# --- results --------------------------------------------------------------------------------------
 
 @dataclass
 class ImageFaces:
@@ -115,76 +83,26 @@ class ImageFaces:
 
 # --- the per-image pipeline (runs in worker processes) ----------------------------------------------
 
-def _shrink(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    h, w = img.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return img, 1.0
-    from PIL import Image
-
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS)), scale
-
-
-def find_faces(img: np.ndarray, settings: FaceSettings) -> tuple[list, list]:
-    """Boxes (css) and dlib landmark shapes of the faces in ``img``."""
-    from . import api
-
-    if settings.face_box == "whole":
-        boxes = [(0, img.shape[1], img.shape[0], 0)]
-    else:
-        boxes = api.face_locations(img, settings.upsample, settings.detector)
-    return boxes, api._raw_face_landmarks(img, boxes, settings.landmarks)
-
-
-def face_chips(img: np.ndarray, shapes: Sequence) -> np.ndarray:
-    """dlib's aligned 150×150 chips (n, 150, 150, 3) uint8 of the faces with these landmark shapes.
-
-    One dlib call per face, as face_recognition does: dlib's chip of a face depends on the other faces
-    of the same call (they share one bounding box and pyramid), see :mod:`dlibplus.align`.
-    """
-    import dlib
-
-    if not shapes:
-        return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-    return np.stack([dlib.get_face_chip(img, s, CHIP_SIZE, 0.25) for s in shapes])
-
-
-def _process_one(path: Path, settings: FaceSettings, mode: str, num_jitters: int) -> ImageFaces:
-    """Run the pipeline on one image. ``mode``: ``"chips"`` or ``"dlib"`` (encode with dlib here)."""
-    from . import models
+def _process_one(path: Path, settings: FaceSettings, worker_encoder) -> ImageFaces:
+    """Detect, align and, when ``worker_encoder`` is given, encode the faces of one image (chips kept
+    only when it is not)."""
     from .images import load_image_file
 
     try:
-        full = load_image_file(path)
+        img = load_image_file(path)
     except ImageReadError as exc:
         return ImageFaces(path, error=exc.reason)
-    img, scale = _shrink(full, settings.max_side)
-    boxes, shapes = find_faces(img, settings)
-    result = ImageFaces(path, boxes=_rescale_boxes(boxes, scale, full.shape))
-    if mode == "chips":
-        result.chips = face_chips(img, shapes)
-    else:
-        # A fresh model per image when jittering, so the random jitter depends on the image alone.
-        net = models.face_recognition_model() if num_jitters <= 1 else models.new_face_recognition_model()
-        encs = [np.array(net.compute_face_descriptor(img, s, num_jitters)) for s in shapes]
-        result.encodings = np.array(encs, np.float64).reshape(len(encs), 128)
-    return result
-
-
-def _rescale_boxes(boxes: Sequence, scale: float, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if scale != 1.0:
-        arr = np.round(arr / scale)
-        arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, shape[0])
-        arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, shape[1])
-    return arr.astype(np.int32)
+    boxes, chips = image_faces(img, settings)
+    if worker_encoder is None:
+        return ImageFaces(path, boxes=boxes, chips=chips)
+    encodings = np.asarray(worker_encoder.encode(chips), np.float64).reshape(len(chips), 128)
+    return ImageFaces(path, boxes=boxes, encodings=encodings)
 
 
 def _worker(task: tuple) -> ImageFaces:
-    path, settings, mode, num_jitters = task
+    path, settings, worker_encoder = task
     try:
-        return _process_one(path, settings, mode, num_jitters)
+        return _process_one(path, settings, worker_encoder)
     except DlibplusError:
         raise
     except Exception as exc:  # dlib errors on odd images must not kill a long run
@@ -256,50 +174,47 @@ def resolve_jobs(jobs: int | None) -> int:
     return jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
 
 
-def process_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, encoder=None,
-                   num_jitters: int = 1, want: str = "encodings", jobs: int | None = None,
-                   cache_dir: os.PathLike | str | None = None, use_cache: bool = True,
-                   progress: bool = True, desc: str = "encoding") -> list[ImageFaces]:
-    """Find, align and (optionally) encode the faces of every image, in input order.
+def process_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, **options) -> list[ImageFaces]:
+    """:func:`iter_images` as a list, in input order."""
+    return list(iter_images(paths, settings, **options))
 
-    :param encoder: ``None`` for dlib itself (encoded in the worker processes, face_recognition's
-        exact path), or an encoder object with ``encode(chips) -> (n, 128)`` and ``identity``, run
-        here in batches on the chips the workers return.
+
+def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, encoder=None,
+                num_jitters: int = 1, want: str = "encodings", jobs: int | None = None,
+                cache_dir: os.PathLike | str | None = None, use_cache: bool = True,
+                progress: bool = True, desc: str = "encoding") -> Iterator[ImageFaces]:
+    """Find, align and (optionally) encode the faces of every image; yields one result per path, in
+    input order, as soon as it is ready (and cached), so an interrupted run keeps its work.
+
+    :param encoder: an encoder (:mod:`dlibplus.encoders`); ``None`` is dlib's own
+        (:class:`~dlibplus.encoders.DlibEncoder`). Encoders that say ``in_workers`` (dlib's) run in the
+        worker processes, one image at a time; the others (torch) run here, batched over images.
+    :param num_jitters: dlib's jitter around ``encoder`` (:func:`~dlibplus.encoders.with_jitter`).
     :param want: ``"encodings"`` or ``"chips"`` (aligned 150×150 chips only, no encoder).
     :param jobs: worker processes; ``None`` = all cores, 1 = no subprocess.
     """
     from tqdm.auto import tqdm
 
+    from .encoders import DlibEncoder, with_jitter
+
     paths = [Path(p) for p in paths]
     if want not in ("encodings", "chips"):
         raise ValueError(f"want must be 'encodings' or 'chips', not {want!r}")
-    on_dlib = want == "encodings" and encoder is None
-    key = {"pipeline": 1, "faces": settings.to_dict(), "want": want,
-           "encoder": "dlib" if encoder is None else encoder.identity,
-           "num_jitters": max(num_jitters, 1) if want == "encodings" else 0}
+    if want == "encodings":
+        encoder = with_jitter(encoder if encoder is not None else DlibEncoder(), num_jitters)
+    else:
+        encoder = None
+    key = {"pipeline": 2, "faces": settings.to_dict(), "want": want,
+           "encoder": encoder.identity if encoder is not None else None}
     cache = ResultCache(Path(cache_dir) if cache_dir else default_cache_dir() / want, key) if use_cache else None
+    worker_encoder = encoder if getattr(encoder, "in_workers", False) else None
 
-    results: list[ImageFaces | None] = [None] * len(paths)
-    shas: list[str | None] = [None] * len(paths)
-    todo = []
-    for i, p in enumerate(paths):
-        if cache is not None:
-            try:
-                shas[i] = file_sha256(p)
-            except OSError as exc:
-                results[i] = ImageFaces(p, error=f"cannot read file ({exc.strerror or exc})")
-                continue
-            hit = cache.get(p, shas[i])
-            if hit is not None:
-                results[i] = hit
-                continue
-        todo.append(i)
-
-    mode = "dlib" if on_dlib else "chips"
-    tasks = [(paths[i], settings, mode, num_jitters) for i in todo]
+    batched = want == "encodings" and worker_encoder is None
+    shas, hits = _cache_lookup(paths, cache)
+    todo = [i for i in range(len(paths)) if i not in hits]
+    tasks = [(paths[i], settings, worker_encoder) for i in todo]
     jobs = min(resolve_jobs(jobs), max(len(tasks), 1))
-    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img",
-               disable=not progress, leave=False)
+    bar = tqdm(total=len(paths), initial=len(hits), desc=desc, unit="img", disable=not progress, leave=False)
     pool = None
     try:
         if jobs <= 1:
@@ -307,42 +222,63 @@ def process_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *
         else:
             pool = _pool(jobs)
             stream = pool.imap(_worker, tasks, chunksize=1)
-        batch: list[int] = []
-        for i, res in zip(todo, stream):
-            results[i] = res
-            if on_dlib or want == "chips":
-                if cache is not None:
-                    cache.put(shas[i], res)
+        buffered: list[tuple[int, ImageFaces]] = []  # in input order, waiting for the batched encoder
+        for i in range(len(paths)):
+            if i in hits:
+                result = hits[i]
             else:
-                batch.append(i)
-                if sum(results[j].n_faces for j in batch) >= 64:
-                    _encode_batch(encoder, [results[j] for j in batch], num_jitters, cache, shas, batch)
-                    batch = []
-            bar.update(1)
-        if batch:
-            _encode_batch(encoder, [results[j] for j in batch], num_jitters, cache, shas, batch)
+                result = next(stream)
+                bar.update(1)
+                if not batched and cache is not None:
+                    cache.put(shas[i], result)
+            buffered.append((i, result))
+            waiting = [r for j, r in buffered if j not in hits and r.chips is not None] if batched else []
+            if sum(r.n_faces for r in waiting) >= ENCODE_BATCH or i == len(paths) - 1 or not waiting:
+                if waiting:
+                    _encode_here(encoder, waiting)
+                    if cache is not None:
+                        for j, r in buffered:
+                            if j not in hits:
+                                cache.put(shas[j], r)
+                yield from (r for _, r in buffered)
+                buffered = []
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-    return results  # type: ignore[return-value]
 
 
-def _encode_batch(encoder, items: list[ImageFaces], num_jitters: int, cache, shas, idx) -> None:
+ENCODE_BATCH = 64  # faces per call of an encoder that runs here (torch): batched, yet results stream
+
+
+def _cache_lookup(paths: list[Path], cache: "ResultCache | None") -> tuple[list[str | None], dict[int, ImageFaces]]:
+    """The content hash of each path (``None`` without a cache), and the results the cache holds, by
+    index; an unreadable file becomes a result with its error."""
+    shas: list[str | None] = [None] * len(paths)
+    hits: dict[int, ImageFaces] = {}
+    if cache is None:
+        return shas, hits
+    for i, p in enumerate(paths):
+        try:
+            shas[i] = file_sha256(p)
+        except OSError as exc:
+            hits[i] = ImageFaces(p, error=f"cannot read file ({exc.strerror or exc})")
+            continue
+        hit = cache.get(p, shas[i])
+        if hit is not None:
+            hits[i] = hit
+    return shas, hits
+
+
+def _encode_here(encoder, items: list[ImageFaces]) -> None:
     """Encode the chips of several images in one call and attach the encodings (chips dropped)."""
-    from .api import _encode_jittered
-
-    with_chips = [r for r in items if r.error is None]
-    chips = [r.chips for r in with_chips if r.n_faces]
-    encs = _encode_jittered(encoder, np.concatenate(chips), num_jitters) if chips else np.zeros((0, 128))
+    chips = [r.chips for r in items if r.n_faces]
+    encs = np.asarray(encoder.encode(np.concatenate(chips)), np.float64) if chips else np.zeros((0, 128))
     start = 0
-    for r in with_chips:
-        r.encodings = np.asarray(encs[start:start + r.n_faces], np.float64).reshape(r.n_faces, 128)
+    for r in items:
+        r.encodings = encs[start:start + r.n_faces].reshape(r.n_faces, 128)
         start += r.n_faces
         r.chips = None
-    if cache is not None:
-        for r, i in zip(items, idx):
-            cache.put(shas[i], r)
 
 
 # --- splits ----------------------------------------------------------------------------------------------

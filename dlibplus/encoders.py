@@ -7,6 +7,8 @@ modules use it as a cache key.
 - :class:`DlibEncoder`: dlib's own ``compute_face_descriptor`` (any dlib-loadable ``.dat``).
 - :class:`TorchEncoder`: the PyTorch replica (:class:`~dlibplus.dlibnet.DlibResNet`), batched, on
   CUDA when there is one; it matches dlib to ~1e-6 per component.
+- :class:`JitterEncoder`: dlib's jitter around any encoder, each chip's random sequence started afresh,
+  so a chip's descriptor never depends on what was encoded before it (``with_jitter(encoder, n)``).
 - :class:`FlipEncoder`: test-time flip around any encoder (the mean descriptor of a chip and of its
   mirror image); a spec ending in ``+flip`` (``"dlib+flip"``, ``"mymodel/+flip"``) gives one.
 - :func:`load_encoder`: ``"dlib"``, ``"torch"``, a ``.dat`` file or a folder holding ``model.dat``.
@@ -24,16 +26,16 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union
 
 import numpy as np
 
-from . import fileio, models
+from . import fileio, model_folder, models
 from .errors import ModelFileError
+from .faces import CHIP_SIZE
 
 if TYPE_CHECKING:
     from .dlibnet import DlibResNet
 
-CHIP_SIZE = 150
 DESCRIPTOR_SIZE = 128
-FINETUNED_MODEL_NAME = "model.dat"  # what ``dlibplus finetune --output DIR`` writes into DIR
-FINETUNED_METADATA = "metadata.json"
+FINETUNED_MODEL_NAME = model_folder.MODEL_DAT  # what ``dlibplus finetune --output DIR`` writes into DIR
+FINETUNED_METADATA = model_folder.METADATA
 FLIP_SUFFIX = "+flip"  # an encoder spec ending in this gets test-time flip
 
 Chips = Union[np.ndarray, Sequence[np.ndarray]]
@@ -83,22 +85,25 @@ def file_sha256(path: os.PathLike | str) -> str:
 
 
 class DlibEncoder:
-    """dlib's ``face_recognition_model_v1.compute_face_descriptor`` on aligned chips.
+    """dlib's ``face_recognition_model_v1.compute_face_descriptor`` on aligned chips, without jitter
+    (wrap it in :class:`JitterEncoder` for that).
 
     ``dat_path``: a dlib face-recognition ``.dat`` (default dlib's own; a fine-tuned one saved by
-    :func:`dlibplus.dlibnet.save_dat` works too). ``num_jitters``: as in face_recognition, 0 or 1
-    means none; n > 1 averages n randomly jittered copies (slower, and dlib's random state persists
-    across calls).
+    :func:`dlibplus.dlibnet.save_dat` works too). The dlib model loads on first use, so the object is
+    cheap to make and to send to worker processes (``in_workers``: the pipeline runs it there, one
+    image per call, since dlib's network uses one core).
     """
 
-    def __init__(self, dat_path: os.PathLike | str | None = None, num_jitters: int = 1):
-        if num_jitters < 0:
-            raise ValueError(f"num_jitters must be >= 0, not {num_jitters}")
+    in_workers = True
+
+    def __init__(self, dat_path: os.PathLike | str | None = None):
         self.dat_path = Path(dat_path) if dat_path is not None else models.model_path(models.FACE_RECOGNITION_MODEL)
         if not self.dat_path.is_file():
             raise ModelFileError(self.dat_path, "file not found")
-        self.num_jitters = num_jitters
         self._model = None
+
+    def __getstate__(self) -> dict:
+        return {"dat_path": self.dat_path, "_model": None}  # a dlib model does not pickle; reload there
 
     def _net(self):
         if self._model is None:
@@ -118,16 +123,15 @@ class DlibEncoder:
         array = as_chips(chips)
         if not len(array):
             return np.zeros((0, DESCRIPTOR_SIZE))
-        descriptors = self._net().compute_face_descriptor(list(array), self.num_jitters)
+        descriptors = self._net().compute_face_descriptor(list(array), 1)
         return np.array([np.asarray(d) for d in descriptors], dtype=np.float64)
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"kind": "dlib", "model_sha256": file_sha256(self.dat_path),
-                "settings": {"num_jitters": max(self.num_jitters, 1)}}
+        return {"kind": "dlib", "model_sha256": file_sha256(self.dat_path), "settings": {}}
 
     def __repr__(self) -> str:
-        return f"DlibEncoder(dat_path={str(self.dat_path)!r}, num_jitters={self.num_jitters})"
+        return f"DlibEncoder(dat_path={str(self.dat_path)!r})"
 
 
 def dat_path_is_default(path: os.PathLike | str) -> bool:
@@ -213,6 +217,56 @@ class TorchEncoder:
                 f"half={self.half}, channels_last={self.channels_last})")
 
 
+class JitterEncoder:
+    """dlib's jitter on any encoder: each descriptor is the float32 mean of ``base``'s descriptors of
+    ``num_jitters`` jittered copies of the chip (``dlib::jitter_image``, reproduced exactly by
+    :func:`dlibplus.align.jitter_image`).
+
+    dlib's own model keeps one random sequence for its lifetime, so a face's jittered descriptor
+    depends on every face encoded before it. Here each chip starts from a fresh ``DlibRand()`` (the
+    state of a freshly loaded dlib model): a chip's descriptor depends on the chip alone, which is what
+    a cache keyed by content needs, and it equals dlib's own ``compute_face_descriptor(chip,
+    num_jitters)`` on a freshly loaded model.
+    """
+
+    def __init__(self, base: "Encoder", num_jitters: int):
+        if num_jitters < 2:
+            raise ValueError(f"num_jitters must be >= 2 (1 means no jitter), not {num_jitters}")
+        self.base, self.num_jitters = base, int(num_jitters)
+
+    @property
+    def in_workers(self) -> bool:
+        return bool(getattr(self.base, "in_workers", False))
+
+    def encode(self, chips: Chips) -> np.ndarray:
+        """(n, 128) float64 descriptors of uint8 RGB chips (n, 150, 150, 3)."""
+        from .align import DlibRand, jitter_chips
+
+        array = as_chips(chips)
+        out = np.zeros((len(array), DESCRIPTOR_SIZE))
+        for i, chip in enumerate(array):
+            copies = np.stack(jitter_chips(chip, self.num_jitters, DlibRand()))
+            # dlib averages the copies' descriptors in float32
+            out[i] = np.asarray(self.base.encode(copies), np.float32).mean(axis=0, dtype=np.float32)
+        return out
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        base = self.base.identity
+        return {**base, "settings": {**base["settings"], "num_jitters": self.num_jitters}}
+
+    def __repr__(self) -> str:
+        return f"JitterEncoder({self.base!r}, num_jitters={self.num_jitters})"
+
+
+def with_jitter(encoder: "Encoder", num_jitters: int) -> "Encoder":
+    """``encoder`` itself for ``num_jitters`` 0 or 1 (no jitter, as in face_recognition), else a
+    :class:`JitterEncoder` around it."""
+    if num_jitters < 0:
+        raise ValueError(f"num_jitters must be >= 0, not {num_jitters}")
+    return encoder if num_jitters <= 1 else JitterEncoder(encoder, num_jitters)
+
+
 def mirror(chips: np.ndarray) -> np.ndarray:
     """Left-right mirror images of chips (n, H, W, 3), contiguous."""
     return np.ascontiguousarray(np.asarray(chips)[:, :, ::-1])
@@ -235,6 +289,10 @@ class FlipEncoder:
             raise ValueError(f"scale must be > 0, not {scale}")
         self.base, self.scale = base, float(scale)
 
+    @property
+    def in_workers(self) -> bool:
+        return bool(getattr(self.base, "in_workers", False))
+
     def encode(self, chips: Chips) -> np.ndarray:
         """(n, 128) float64 descriptors of uint8 RGB chips (n, 150, 150, 3)."""
         array = as_chips(chips)
@@ -253,23 +311,17 @@ class FlipEncoder:
 
 
 def finetuned_flip_scale(folder: Path) -> float:
-    """The flip calibration ``dlibplus finetune`` stored in ``folder/metadata.json``; 1.0, with a
-    warning that says why, when there is none."""
-    import json
+    """The flip calibration ``dlibplus finetune`` stored in ``folder``'s metadata; 1.0, with a warning
+    that says why, when there is none."""
     import warnings
 
-    path = folder / FINETUNED_METADATA
     try:
-        meta = json.loads(path.read_text())
-        cal = meta.get("calibration_flip") if isinstance(meta, dict) else None
-        scale = cal.get("scale") if isinstance(cal, dict) else None
-        if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
-            return float(scale)
-        why = f"{path} has none (a model made before flip calibration existed)"
-    except FileNotFoundError:
-        why = f"{path} is missing"
-    except (OSError, ValueError) as exc:
-        why = f"{path} cannot be read: {exc}"
+        scale = model_folder.read_metadata(folder).flip_scale
+        if scale is not None:
+            return scale
+        why = f"{folder / FINETUNED_METADATA} has none (a model made before flip calibration existed)"
+    except ModelFileError as exc:
+        why = str(exc)
     warnings.warn(f"{folder} has no flip calibration ({why}): with +flip, distance 0.6 is not calibrated "
                   "(fine-tune again to get one)", stacklevel=3)
     return 1.0
@@ -289,6 +341,18 @@ def _weights_sha256(model: "DlibResNet") -> str:
 
     data = dat_io.dat_bytes(convert.state_dict_to_dat(model.state_dict(), model.stages_spec))
     return hashlib.sha256(data).hexdigest()
+
+
+def encoder_sha256(spec: str) -> str | None:
+    """sha256 of the model file behind a path encoder spec (``+flip`` ignored); ``None`` for ``'dlib'``
+    and ``'torch'`` (dlib's own weights, checked where they are loaded)."""
+    base, _ = split_flip(str(spec))
+    if base in ("dlib", "torch"):
+        return None
+    path = Path(base)
+    if path.is_dir():
+        path = path / FINETUNED_MODEL_NAME
+    return file_sha256(path) if path.is_file() else None
 
 
 def load_encoder(spec: os.PathLike | str, **options) -> DlibEncoder | TorchEncoder | FlipEncoder:

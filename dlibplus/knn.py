@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ModelFileError, NotFittedError
+from .errors import ImageReadError, ModelFileError, NotFittedError
 from .fileio import atomic_path
+from .predict import UNKNOWN
+from .recipe import Recipe
 
 FORMAT = "dlibplus-knn"
-FORMAT_VERSION = 1
-UNKNOWN = "unknown"
+FORMAT_VERSION = 2  # 2: recipe with a relative encoder path and its sha256; info apart
 
 
 def _weighted_vote(dist: np.ndarray, neigh_labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -71,45 +71,53 @@ def choose_n_neighbors(encodings: np.ndarray, labels: np.ndarray,
     return best, scores
 
 
-@dataclass
-class Prediction:
-    """One face in one image. ``distance``: to the nearest training encoding of ``name``'s person."""
-
-    name: str
-    box: tuple[int, int, int, int]
-    distance: float
-    person: str  # the predicted person even when ``name`` is "unknown"
-
-
 class FaceKNN:
-    """k-NN over face encodings, following scikit-learn's estimator contract.
+    """k-NN over face encodings, following scikit-learn's estimator contract: the constructor stores
+    its parameters, :meth:`fit` takes data only and sets the ``*_`` attributes, predictions are arrays.
 
     :param n_neighbors: ``"auto"`` (leave-one-out choice), ``"sqrt"`` (the example's heuristic) or an int.
     :param algorithm: scikit-learn's neighbour search: ``ball_tree`` (the example's), ``kd_tree``,
         ``brute`` or ``auto``.
     :param threshold: Euclidean distance beyond which a face is "unknown" (face_recognition's 0.6).
+    :param recipe: how the encodings given to :meth:`fit` were made (encoder, face settings, jitter);
+        prediction on photos follows it (:func:`dlibplus.predict.predict_images`).
     """
 
-    def __init__(self, n_neighbors: int | str = "auto", algorithm: str = "ball_tree", threshold: float = 0.6):
+    def __init__(self, n_neighbors: int | str = "auto", algorithm: str = "ball_tree", threshold: float = 0.6,
+                 recipe: Recipe | None = None):
         self.n_neighbors = n_neighbors
         self.algorithm = algorithm
         self.threshold = threshold
+        self.recipe = recipe if recipe is not None else Recipe()
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"n_neighbors": self.n_neighbors, "algorithm": self.algorithm, "threshold": self.threshold,
+                "recipe": self.recipe}
+
+    def set_params(self, **params) -> "FaceKNN":
+        for key, value in params.items():
+            if key not in self.get_params():
+                raise ValueError(f"FaceKNN has no parameter {key!r}")
+            setattr(self, key, value)
+        return self
 
     # -- training -------------------------------------------------------------------------------
-    def fit(self, encodings: np.ndarray, labels: Sequence[str], metadata: dict | None = None) -> "FaceKNN":
-        """:param encodings: (n, 128) float. :param labels: n person names."""
+    def fit(self, X: np.ndarray, y: Sequence[str]) -> "FaceKNN":
+        """:param X: (n, 128) float encodings. :param y: n person names."""
         from sklearn.neighbors import KNeighborsClassifier
 
-        X = np.asarray(encodings, dtype=np.float64)
+        X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or len(X) == 0:
             raise ValueError("need a non-empty (n, d) array of encodings")
-        if len(labels) != len(X):
-            raise ValueError(f"{len(labels)} labels for {len(X)} encodings")
-        self.classes_, y = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
-        self.encodings_, self.labels_ = X, y
+        if len(y) != len(X):
+            raise ValueError(f"{len(y)} labels for {len(X)} encodings")
+        if not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
+            raise ValueError(f"threshold must be a distance >= 0, not {self.threshold!r}")
+        self.classes_, labels = np.unique(np.asarray(y, dtype=str), return_inverse=True)
+        self.encodings_, self.labels_ = X, labels
         self.loo_scores_: dict[int, float] = {}
         if self.n_neighbors == "auto":
-            self.k_, self.loo_scores_ = choose_n_neighbors(X, y)
+            self.k_, self.loo_scores_ = choose_n_neighbors(X, labels)
         elif self.n_neighbors == "sqrt":
             self.k_ = max(1, int(round(np.sqrt(len(X)))))
         else:
@@ -122,8 +130,7 @@ class FaceKNN:
             # scikit-learn hints that more classes than half the samples looks like regression; a face
             # gallery with one or two photos per person is exactly that, and fine
             warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
-            self.clf_.fit(X, y)
-        self.metadata_ = dict(metadata or {})
+            self.clf_.fit(X, labels)
         return self
 
     def _check(self) -> None:
@@ -131,16 +138,16 @@ class FaceKNN:
             raise NotFittedError("this FaceKNN is not trained: call fit() or FaceKNN.load()")
 
     # -- prediction -----------------------------------------------------------------------------
-    def predict_with_distance(self, encodings: np.ndarray, threshold: float | None = None
-                              ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def predict_with_distance(self, X: np.ndarray, threshold: float | None = None
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Names ("unknown" beyond the threshold), distances to the predicted person, predicted people.
 
-        :param encodings: (n, 128) float. :return: ``(names, distances (n,), people)``.
+        :param X: (n, 128) float. :return: ``(names (n,) str, distances (n,) float64, people (n,) str)``.
         """
         self._check()
-        X = np.asarray(encodings, dtype=np.float64).reshape(-1, self.encodings_.shape[1])
+        X = np.asarray(X, dtype=np.float64).reshape(-1, self.encodings_.shape[1])
         if len(X) == 0:
-            return [], np.zeros(0), np.zeros(0, dtype=str)
+            return np.zeros(0, dtype=str), np.zeros(0), np.zeros(0, dtype=str)
         threshold = self.threshold if threshold is None else threshold
         pred = self.clf_.predict(X)
         from .metrics import nearest_identity
@@ -151,20 +158,31 @@ class FaceKNN:
             gallery = self.encodings_[self.labels_ == c]
             dist[rows] = nearest_identity(gallery, np.zeros(len(gallery)), X[rows])[1]
         people = self.classes_[pred]
-        names = [str(p) if d <= threshold else UNKNOWN for p, d in zip(people, dist)]
+        names = np.where(dist <= threshold, people, UNKNOWN)
         return names, dist, people
 
-    def predict(self, encodings: np.ndarray, threshold: float | None = None) -> list[str]:
-        return self.predict_with_distance(encodings, threshold)[0]
+    def predict(self, X: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """(n,) str: the person of each encoding, or "unknown"."""
+        return self.predict_with_distance(X, threshold)[0]
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: os.PathLike | str) -> None:
-        """Write encodings, labels and metadata to ``path`` (.npz) atomically."""
+    def save(self, path: os.PathLike | str, *, info: dict[str, Any] | None = None) -> None:
+        """Write encodings, labels, parameters and the recipe to ``path`` (.npz) atomically.
+
+        A path encoder (a fine-tuned folder) is recorded relative to the model file, so the two can move
+        together, with its sha256 so that a different model in its place is noticed. ``info``: JSON-able
+        facts about the training run kept beside (``info_`` after :meth:`load`).
+        """
         self._check()
+        from .encoders import encoder_sha256
+
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_neighbors": self.k_,
                 "n_neighbors_rule": str(self.n_neighbors), "algorithm": self.algorithm,
                 "threshold": self.threshold,
-                "loo_accuracy": {str(k): v for k, v in self.loo_scores_.items()}, **self.metadata_}
+                "loo_accuracy": {str(k): v for k, v in self.loo_scores_.items()},
+                **self.recipe.relative_to(Path(path).parent).to_dict(),
+                "encoder_sha256": encoder_sha256(self.recipe.encoder),
+                "info": dict(info if info is not None else getattr(self, "info_", {}))}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, encodings=self.encodings_, labels=self.labels_.astype(np.int32),
@@ -174,7 +192,8 @@ class FaceKNN:
     def load(cls, path: os.PathLike | str) -> "FaceKNN":
         """Load a model written by :meth:`save`; never unpickles.
 
-        :raises ModelFileError: missing, truncated or not a dlibplus KNN model.
+        :raises ModelFileError: missing, truncated or not a dlibplus KNN model; its encoder folder
+            missing or replaced by a different model.
         """
         path = Path(path)
         if path.is_dir():
@@ -182,32 +201,69 @@ class FaceKNN:
                                        "classifies with --classifier head)")
         if not path.is_file():
             raise ModelFileError(path, "file not found")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("encodings", "labels", "classes", "metadata")}
-            meta = json.loads(str(arrays["metadata"]))
-        except KeyError as exc:
-            raise ModelFileError(path, f"not a dlibplus KNN model (no {exc} array)") from None
-        except Exception as exc:
-            raise ModelFileError(path, f"not a dlibplus KNN model, or truncated ({type(exc).__name__}: {exc})") from None
+        arrays, meta = _read_npz(path)
         if meta.get("format") != FORMAT:
             raise ModelFileError(path, "not a dlibplus KNN model (wrong format tag)")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ModelFileError(path, f"written by a newer dlibplus (format {meta['format_version']})")
-        model = cls(int(meta["n_neighbors"]), meta["algorithm"], float(meta["threshold"]))
-        labels = arrays["classes"][arrays["labels"]]
-        model.fit(arrays["encodings"], labels)
+        recipe = Recipe.from_dict(meta, path).resolved_from(path.parent)
+        _check_encoder(path, recipe.encoder, meta.get("encoder_sha256"))
+        try:
+            labels = arrays["classes"][arrays["labels"]]
+            model = cls(int(meta["n_neighbors"]), meta["algorithm"], float(meta["threshold"]), recipe)
+            model.fit(arrays["encodings"], labels)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ModelFileError(path, f"inconsistent KNN model ({type(exc).__name__}: {exc})") from None
         model.n_neighbors = meta.get("n_neighbors_rule", model.n_neighbors)
         model.loo_scores_ = {int(k): v for k, v in meta.get("loo_accuracy", {}).items()}
-        model.metadata_ = {k: v for k, v in meta.items()
-                           if k not in ("format", "format_version", "n_neighbors", "n_neighbors_rule",
-                                        "algorithm", "threshold", "loo_accuracy")}
+        model.info_ = meta.get("info", {k: v for k, v in meta.items() if k in _V1_INFO})
         return model
 
-    @property
-    def metadata(self) -> dict[str, Any]:
-        self._check()
-        return self.metadata_
+
+_V1_INFO = ("dlibplus_version", "trained_on", "n_images", "n_people")  # format 1 kept these at the top
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and JSON metadata of a KNN model file, or a ModelFileError saying what the file is not."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive
+        raise ModelFileError(path, "not a train-knn model: not an .npz archive (a train-knn model is the "
+                                   ".npz that `dlibplus train-knn -o` writes)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("encodings", "labels", "classes", "metadata")}
+        meta = json.loads(str(arrays["metadata"]))
+    except KeyError as exc:
+        raise ModelFileError(path, f"not a dlibplus KNN model (no {exc} array)") from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
+            raise ModelFileError(path, "not a dlibplus KNN model: it holds Python objects, which dlibplus "
+                                       "never loads") from None
+        raise ModelFileError(path, f"not a dlibplus KNN model, or damaged ({exc})") from None
+    except Exception as exc:
+        raise ModelFileError(path, f"not a dlibplus KNN model, or truncated ({type(exc).__name__})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(path, "not a dlibplus KNN model (its metadata is not a JSON object)")
+    return arrays, meta
+
+
+def _check_encoder(path: Path, spec: str, recorded_sha256: str | None) -> None:
+    """A path encoder a model records must exist and be the model it was trained with."""
+    from .encoders import encoder_sha256, split_flip
+
+    base, _ = split_flip(spec)
+    if base in ("dlib", "torch"):
+        return
+    if not Path(base).exists():
+        raise ModelFileError(path, f"its encoder {base} is missing (keep the fine-tuned folder where it was "
+                                   "relative to the model file, or retrain with train-knn --encoder)")
+    if recorded_sha256 and encoder_sha256(spec) != recorded_sha256:
+        raise ModelFileError(path, f"its encoder {base} is not the model it was trained with (its model.dat "
+                                   "changed): retrain with train-knn --encoder")
 
 
 # --- the example's functions ---------------------------------------------------------------------
@@ -228,49 +284,25 @@ def train(train_dir: os.PathLike | str, model_save_path: os.PathLike | str | Non
     if verbose:
         for line in ts.report_lines():
             print(line)
-    model = FaceKNN(n_neighbors if n_neighbors is not None else "auto", knn_algo, threshold)
-    model.fit(ts.encodings, ts.labels, metadata=ts.metadata())
+    model = FaceKNN(n_neighbors if n_neighbors is not None else "auto", knn_algo, threshold, ts.recipe)
+    model.fit(ts.encodings, ts.labels)
     if model_save_path is not None:
-        model.save(model_save_path)
+        model.save(model_save_path, info=ts.info())
     return model
 
 
 def predict(X_img_path: os.PathLike | str, knn_clf: FaceKNN | None = None,
-            model_path: os.PathLike | str | None = None, distance_threshold: float = 0.6, *,
-            encoder=None) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """``[(name, (top, right, bottom, left)), ...]`` for the faces in one image (the example's ``predict``).
-
-    ``encoder=None`` uses the encoder the model was trained with.
-    """
+            model_path: os.PathLike | str | None = None, distance_threshold: float = 0.6
+            ) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """``[(name, (top, right, bottom, left)), ...]`` for the faces in one image (the example's ``predict``),
+    found and encoded as the model's recipe says."""
     from .errors import DlibplusError
+    from .predict import predict_images
 
     if knn_clf is None and model_path is None:
         raise DlibplusError("give a trained classifier (knn_clf) or a model file (model_path)")
     model = knn_clf if knn_clf is not None else FaceKNN.load(model_path)
-    preds = predict_images([X_img_path], model, threshold=distance_threshold, encoder=encoder, progress=False)
-    return [(p.name, p.box) for p in preds[0][1]]
-
-
-def predict_images(paths: Sequence[os.PathLike | str], model: FaceKNN, *, threshold: float | None = None,
-                   encoder=None, jobs: int | None = 1, progress: bool = True, use_cache: bool = False
-                   ) -> list[tuple[Path, list[Prediction], str | None]]:
-    """Predict every face of every image: ``[(path, [Prediction...], error or None), ...]``."""
-    from .people import encoder_from_metadata, settings_from_metadata
-    from .data import process_images
-
-    from .people import resolve_encoder
-
-    settings = settings_from_metadata(model.metadata)
-    encoder = encoder_from_metadata(model.metadata) if encoder is None else resolve_encoder(encoder)[0]
-    results = process_images(paths, settings, encoder=encoder, num_jitters=model.metadata.get("num_jitters", 1),
-                             jobs=jobs, use_cache=use_cache, progress=progress, desc="predicting")
-    out = []
-    for r in results:
-        if r.error is not None or not r.n_faces:
-            out.append((r.path, [], r.error))
-            continue
-        names, dist, people = model.predict_with_distance(r.encodings, threshold)
-        preds = [Prediction(n, tuple(int(v) for v in box), float(d), str(p))
-                 for n, box, d, p in zip(names, r.boxes, dist, people)]
-        out.append((r.path, preds, None))
-    return out
+    result = next(predict_images([X_img_path], model, threshold=distance_threshold, progress=False))
+    if result.error is not None:
+        raise ImageReadError(result.path, result.error)
+    return [(p.name, p.box) for p in result.faces]

@@ -15,32 +15,26 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .data import FaceSettings, ImageFaces, process_images, scan_people
+from .data import ImageFaces, process_images, scan_people
+from .faces import FaceSettings
+from .recipe import Recipe
 from .errors import DataFolderError
 
 
 def resolve_encoder(spec: str | None):
-    """``(encoder, spec)``: ``'dlib'``/``None`` → ``(None, 'dlib')`` (dlib itself, in worker processes);
-    ``'torch'``, a ``.dat`` file or a fine-tuned model folder, each optionally followed by ``+flip`` →
-    a loaded encoder, and the spec with an absolute path (what model metadata records)."""
-    if spec is None or spec == "dlib":
-        return None, "dlib"
+    """``(encoder, spec)``: ``'dlib'``/``None``, ``'torch'``, a ``.dat`` file or a fine-tuned model folder,
+    each optionally followed by ``+flip`` → a loaded encoder, and the spec with an absolute path (what
+    model metadata records)."""
     from .encoders import FLIP_SUFFIX, load_encoder, split_flip
+
+    if spec is None:
+        spec = "dlib"
 
     base, flip = split_flip(str(spec))
     if base not in ("dlib", "torch"):
         base = str(Path(base).resolve())
     spec = base + (FLIP_SUFFIX if flip else "")
     return load_encoder(spec), spec
-
-
-def encoder_from_metadata(meta: dict[str, Any]):
-    """The encoder a model was trained with (``None`` for dlib)."""
-    return resolve_encoder(meta.get("encoder", "dlib"))[0]
-
-
-def settings_from_metadata(meta: dict[str, Any]) -> FaceSettings:
-    return FaceSettings(**meta.get("face_settings", {}))
 
 
 @dataclass
@@ -99,12 +93,15 @@ class PeopleSet:
                      f"{sum(self.total_per_person.values())} images")
         return lines
 
-    def metadata(self) -> dict[str, Any]:
-        """Settings that a model built from this set must be used with."""
-        return {"encoder": self.encoder_spec, "face_settings": self.settings.to_dict(),
-                "num_jitters": self.num_jitters, "dlibplus_version": __version__,
-                "trained_on": str(self.folder), "n_images": int(len(self.labels)),
-                "n_people": int(len(set(self.labels.tolist())))}
+    @property
+    def recipe(self) -> Recipe:
+        """How these encodings were made: what a model built from them must be used with."""
+        return Recipe(self.encoder_spec, self.settings, self.num_jitters)
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the set a model records beside its recipe (JSON-able)."""
+        return {"dlibplus_version": __version__, "trained_on": str(self.folder),
+                "n_images": int(len(self.labels)), "n_people": int(len(set(self.labels.tolist())))}
 
 
 def _skip_reason(r: ImageFaces) -> str | None:
@@ -153,3 +150,12 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
                      num_jitters, encodings=stacked if want == "encodings" else None,
                      chips=stacked if want == "chips" else None, skipped=dict(skipped),
                      total_per_person=dict(total))
+
+
+# TEMPORARY (removed when video.py moves to Recipe): the old metadata readers
+def encoder_from_metadata(meta: dict[str, Any]):
+    return resolve_encoder(meta.get("encoder", "dlib"))[0]
+
+
+def settings_from_metadata(meta: dict[str, Any]) -> FaceSettings:
+    return FaceSettings(**meta.get("face_settings", {}))

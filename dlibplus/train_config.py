@@ -5,6 +5,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 HEAD_NAMES = ("arcface", "cosface", "sphereface", "softmax", "combined")
+# auto: dlib, an interpolation or the fine-tuned weights, whichever is best on the validation photos,
+# and dlib unless another beats it with confidence; finetuned: the fine-tuned weights, calibrated
+KEEP_CHOICES = ("auto", "finetuned")
 
 
 @dataclass(frozen=True)
@@ -12,7 +15,9 @@ class FinetuneConfig:
     """Every knob of a fine-tuning run; saved as JSON beside the weights.
 
     Learning rates are per step; ``freeze`` counts stages from the input (stem, layer1..layer5, fc).
-    ``target_far``: the false-accept rate at which the output is calibrated to distance 0.6.
+    ``target_far``: ``None`` calibrates distance 0.6 to the point of best balanced accuracy on the user's
+    photos (what 0.6 means for dlib on general faces); a rate puts 0.6 at that false-accept rate instead
+    (a stricter, open-set operating point). ``keep``: see :data:`KEEP_CHOICES`.
     """
 
     head: str = "arcface"
@@ -39,7 +44,8 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    target_far: float = 1e-3
+    target_far: float | None = None
+    keep: str = "auto"
 
     def __post_init__(self):
         if self.head not in HEAD_NAMES:
@@ -48,8 +54,33 @@ class FinetuneConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
         if self.epochs < 1 or self.people_per_batch < 2 or self.images_per_person < 1:
             raise ValueError("need epochs >= 1, people_per_batch >= 2, images_per_person >= 1")
-        if not 0 < self.target_far < 1:
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, not {self.keep!r}")
+        if self.target_far is not None and not 0 < self.target_far < 1:
             raise ValueError(f"target_far must be in (0, 1), not {self.target_far}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {self.val_fraction}")
+        positive = {"lr": self.lr, "head_lr": self.head_lr}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, not {value}")
+        non_negative = {"weight_decay": self.weight_decay, "anchor": self.anchor, "warmup_epochs": self.warmup_epochs,
+                        "grad_clip": self.grad_clip, "center_loss": self.center_loss, "triplet": self.triplet,
+                        "metric_loss": self.metric_loss, "triplet_margin": self.triplet_margin,
+                        "patience": self.patience, "freeze": self.freeze}
+        for name, value in non_negative.items():
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, not {value}")
+
+    def check_head(self) -> None:
+        """Build the head once with its options, so a bad margin or scale fails before any work
+        (imports torch). :raises ValueError: naming the option."""
+        from .heads import create_head
+
+        try:
+            create_head(self.head, 2, **self.head_options)
+        except TypeError as exc:
+            raise ValueError(f"head {self.head}: {exc}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,8 +20,9 @@ import argparse
 from pathlib import Path
 
 from dlibplus import knn
-from dlibplus.annotate import annotate_image
+from dlibplus.annotate import AnnotationPlan
 from dlibplus.data import image_paths
+from dlibplus.predict import predict_images
 
 
 def main() -> None:
@@ -37,15 +38,17 @@ def main() -> None:
     print(f"Training complete: k = {classifier.k_}, model saved to {args.model}")
 
     # knn.predict(path, model_path=...) is the example's one-image function; predict_images does many at once
-    for path, faces, error in knn.predict_images(image_paths([args.test]), classifier, progress=False):
-        if error is not None:
-            print(f"- skipped {path.name}: {error}")
+    paths = image_paths([args.test])
+    plan = AnnotationPlan(paths, args.annotate) if args.annotate else None
+    for result in predict_images(paths, classifier, progress=False):
+        if result.error is not None:
+            print(f"- skipped {result.path.name}: {result.error}")
             continue
-        for face in faces:
+        for face in result.faces:
             top, right, bottom, left = face.box
-            print(f"- Found {face.name} at ({left}, {top}) in {path.name} (distance {face.distance:.2f})")
-        if args.annotate:
-            print(f"  annotated copy: {annotate_image(path, faces, args.annotate)}")
+            print(f"- Found {face.name} at ({left}, {top}) in {result.path.name} (distance {face.distance:.2f})")
+        if plan is not None:
+            print(f"  annotated copy: {plan.write(result.path, result.faces)}")
 
 
 if __name__ == "__main__":

@@ -74,11 +74,12 @@ def test_predict_csv_json_unknown_and_annotate(people_dir, tmp_path, faces_dir):
     wall = people_dir / "Nobody" / "wall.jpg"
     res = run("predict", model, *probe_files, wall, "-j", 1)
     assert res.exit_code == 0
-    lines = [line.split(",") for line in res.stdout.strip().splitlines()]
+    header, *lines = [line.split(",") for line in res.stdout.strip().splitlines()]
+    assert header == ["path", "name", "top", "right", "bottom", "left", "distance", "error"]
     assert [line[1] for line in lines] == ["Adrien_Brody", "Adrien_Brody", "no_persons_found"]
     for line in lines[:2]:
-        assert len(line) == 7 and all(v.lstrip("-").isdigit() for v in line[2:6]) and 0 <= float(line[6]) <= 0.6
-    assert lines[2][2:] == [""] * 5
+        assert len(line) == 8 and all(v.lstrip("-").isdigit() for v in line[2:6]) and 0 <= float(line[6]) <= 0.6
+    assert lines[2][2:] == [""] * 6
     strict = run("predict", model, probe_files[0], "--threshold", "0.01", "--json", "-j", 1)
     rows = json.loads(strict.stdout)
     assert rows[0]["name"] == "unknown" and rows[0]["distance"] > 0.01
@@ -125,9 +126,9 @@ def test_predict_rejects_foreign_model_files(tmp_path, faces_dir):
     bogus = tmp_path / "model.npz"
     bogus.write_text("hello")
     res = run("predict", bogus, photo)
-    assert res.exit_code == 1 and "model.npz" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "model.npz" in res.output and "Traceback" not in res.output
     res = run("predict", tmp_path / "absent.npz", photo)
-    assert res.exit_code == 1 and "absent.npz" in res.output
+    assert res.exit_code == 2 and "absent.npz" in res.output
 
 
 def test_encode_writes_npz(tmp_path, faces_dir):
@@ -172,7 +173,7 @@ def test_train_knn_with_flip_records_it_and_predict_uses_it(people_dir, tmp_path
     model = tmp_path / "flip.npz"
     assert run("train-knn", people_dir, "-o", model, "--encoder", "dlib+flip", "-j", 1).exit_code == 0
     knn = FaceKNN.load(model)
-    assert knn.metadata_["encoder"] == "dlib+flip"
+    assert knn.recipe.encoder == "dlib+flip"
     probe = sorted((faces_dir / "lfw_dev/Adrien_Brody").iterdir())[3]
     res = run("predict", model, probe, "--json", "-j", 1)
     row = json.loads(res.stdout)[0]
@@ -205,6 +206,6 @@ def test_jittered_encoding_with_a_corrupt_face_model_names_the_file(tmp_path, fa
     proc = subprocess.run([sys.executable, "-m", "dlibplus.cli", "train-knn", str(tmp_path / "people"), "-o",
                            str(tmp_path / "m.npz"), "--jitters", "2", "-j", "1"], capture_output=True, text=True,
                           env=env, timeout=300)
-    assert proc.returncode == 1 and "bad model file" in proc.stderr  # exit 1: a model error, not a folder one
+    assert proc.returncode == 2 and "bad model file" in proc.stderr  # bad input: exit 2
     assert models.FACE_RECOGNITION_MODEL in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.npz").exists()

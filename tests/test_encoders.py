@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import REPO, person_images
 from dlibplus import encoders, models
 from dlibplus.dlibnet import load_dat, save_dat
-from dlibplus.encoders import DlibEncoder, FlipEncoder, TorchEncoder, load_encoder, split_flip
+from dlibplus.encoders import DlibEncoder, FlipEncoder, TorchEncoder, load_encoder, split_flip, with_jitter
 from dlibplus.errors import ModelFileError
 
 TOL = 1e-5  # max |torch - dlib| per descriptor component
@@ -100,7 +100,7 @@ def test_identity():
     with torch.no_grad():
         changed.fc.weight[0, 0] += 1
     assert TorchEncoder(changed, device="cpu").identity["model_sha256"] != original
-    assert DlibEncoder(num_jitters=3).identity != dlib_id
+    assert with_jitter(DlibEncoder(), 3).identity != dlib_id
 
 
 def test_encoder_is_a_snapshot(chips):
@@ -191,3 +191,20 @@ def test_flip_on_a_folder_without_flip_calibration_warns(tmp_path):
     with pytest.warns(UserWarning, match="no flip calibration"):
         enc = load_encoder(f"{tmp_path}+flip", device="cpu")
     assert isinstance(enc, FlipEncoder) and enc.scale == 1.0
+
+
+def test_jittered_encoding_depends_on_the_chip_alone(chips):
+    """--jitters N with any encoder: a chip's encoding is the same whatever was encoded before it (the
+    cache stores it under the chip's content), and equals dlib's own jitter on a freshly loaded model."""
+    a, b = chips[0], chips[1]
+    for base in (DlibEncoder(), TorchEncoder(device="cpu")):
+        jittered = with_jitter(base, 3)
+        alone = jittered.encode(a[None])[0]
+        after_other = jittered.encode(np.stack([b, a]))[1]
+        again = jittered.encode(a[None])[0]
+        assert np.array_equal(alone, after_other) and np.array_equal(alone, again)
+    fresh_dlib = models.new_face_recognition_model()  # dlib's random sequence from its start
+    expected = np.asarray(fresh_dlib.compute_face_descriptor(a, 3))
+    assert np.abs(with_jitter(DlibEncoder(), 3).encode(a[None])[0] - expected).max() <= 1e-6
+    assert np.abs(with_jitter(TorchEncoder(device="cpu"), 3).encode(a[None])[0] - expected).max() <= TOL
+    assert with_jitter(DlibEncoder(), 1).__class__ is DlibEncoder

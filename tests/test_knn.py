@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from dlibplus.data import FaceSettings
+from dlibplus.faces import FaceSettings
+from dlibplus.recipe import Recipe
 from dlibplus.errors import ModelFileError, NotFittedError
 from dlibplus.knn import FaceKNN, choose_n_neighbors
 from dlibplus.people import load_people
@@ -61,7 +62,7 @@ def test_distance_and_unknown_concern_the_predicted_person(kpop):
     # report a distance to someone else; we never do
     nearest = np.linalg.norm(X[test][:, None] - X[train][None], axis=2).min(axis=1)
     assert (dist >= nearest - 1e-12).all()
-    assert model.predict(X[test], threshold=0.0) == ["unknown"] * len(test)
+    assert (model.predict(X[test], threshold=0.0) == "unknown").all()
 
 
 def test_auto_k_beats_sqrt_when_people_have_few_photos(kpop):
@@ -89,17 +90,32 @@ def test_loo_choice_on_hand_made_points():
 
 def test_save_load_roundtrip_and_no_pickle(kpop, tmp_path):
     X, labels = kpop
-    model = FaceKNN().fit(X[:60], labels[:60], metadata={"encoder": "dlib"})
+    recipe = Recipe("torch", FaceSettings(face_box="whole"), 1)
+    model = FaceKNN(recipe=recipe).fit(X[:60], labels[:60])
     path = tmp_path / "m.npz"
-    model.save(path)
+    model.save(path, info={"trained_on": "kpop"})
     loaded = FaceKNN.load(path)
-    assert loaded.k_ == model.k_ and loaded.metadata["encoder"] == "dlib"
-    assert loaded.predict(X[60:]) == model.predict(X[60:])
+    assert loaded.k_ == model.k_ and loaded.recipe == recipe and loaded.info_ == {"trained_on": "kpop"}
+    assert isinstance(loaded.predict(X[60:]), np.ndarray)
+    assert np.array_equal(loaded.predict(X[60:]), model.predict(X[60:]))
     # a pickle disguised as a model is refused, never executed
     evil = tmp_path / "evil.npz"
     evil.write_bytes(pickle.dumps({"encodings": X[:2]}))
-    with pytest.raises(ModelFileError, match="evil.npz"):
+    with pytest.raises(ModelFileError, match="evil.npz.*not an .npz") as err:
         FaceKNN.load(evil)
+    assert "allow_pickle" not in str(err.value) and "unsafe" not in str(err.value)
+    # random bytes and JSON: say what the file is not, never suggest loading it unsafely
+    for name, content in (("noise.npz", np.random.default_rng(0).bytes(3000)), ("m.json", b'{"a": 1}')):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelFileError, match=f"{name}.*not an .npz") as err:
+            FaceKNN.load(tmp_path / name)
+        assert "pickle" not in str(err.value)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, encodings=np.array([{"a": 1}], dtype=object), labels=np.zeros(1), classes=np.zeros(1),
+             metadata=np.array("{}"))
+    with pytest.raises(ModelFileError, match="Python objects") as err:
+        FaceKNN.load(pickled)
+    assert "allow_pickle" not in str(err.value)
     cut = tmp_path / "cut.npz"
     cut.write_bytes(path.read_bytes()[:500])
     with pytest.raises(ModelFileError, match="cut.npz"):
@@ -110,3 +126,18 @@ def test_save_load_roundtrip_and_no_pickle(kpop, tmp_path):
         FaceKNN.load(other)
     with pytest.raises(NotFittedError):
         FaceKNN().predict(X[:1])
+
+
+def test_estimator_contract(kpop):
+    """scikit-learn's contract: fit takes data only and leaves the parameters as given; clone works."""
+    from sklearn.base import clone
+
+    X, labels = kpop
+    model = FaceKNN("auto", "brute", 0.5)
+    params = model.get_params()
+    model.fit(X[:60], labels[:60])
+    assert model.get_params() == params and model.n_neighbors == "auto" and model.k_ >= 1
+    copy = clone(model)
+    assert copy.get_params() == params and not hasattr(copy, "clf_")
+    with pytest.raises(ValueError, match="threshold"):
+        FaceKNN(threshold=-1).fit(X[:60], labels[:60])

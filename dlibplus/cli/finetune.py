@@ -18,45 +18,57 @@ from .options import face_options, face_settings, user_errors
 @click.option("--head", type=click.Choice(list(_TRAIN_HEADS)),
               default=_FT.head, show_default=True, help="Classification head and margin.")
 @click.option("--margin", type=float, default=None,
-              help="Head margin: radians for arcface, cosine units for cosface, integer m for sphereface.")
+              help="Head margin: radians for arcface, cosine units for cosface, a whole number m for sphereface.")
 @click.option("--scale", type=float, default=None, help="Head logit scale s (arcface, cosface, combined).")
-@click.option("--center-loss", type=float, default=_FT.center_loss, show_default=True, help="Weight of the center loss.")
-@click.option("--triplet", type=float, default=_FT.triplet, show_default=True,
+@click.option("--center-loss", type=click.FloatRange(0), default=_FT.center_loss, show_default=True, help="Weight of the center loss.")
+@click.option("--triplet", type=click.FloatRange(0), default=_FT.triplet, show_default=True,
               help="Weight of the triplet loss (batch semi-hard mining).")
-@click.option("--metric-loss", type=float, default=_FT.metric_loss, show_default=True,
+@click.option("--metric-loss", type=click.FloatRange(0), default=_FT.metric_loss, show_default=True,
               help="Weight of dlib's own pairwise hinge loss around distance 0.6 (loss_metric).")
-@click.option("--epochs", type=click.IntRange(1), default=_FT.epochs, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=_FT.epochs, show_default=True,
+              help="Passes over the training photos.")
 @click.option("--batch-people", type=click.IntRange(2), default=_FT.people_per_batch, show_default=True, help="P in P x K batches.")
 @click.option("--batch-images", type=click.IntRange(1), default=_FT.images_per_person, show_default=True, help="K in P x K batches.")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=_FT.optimizer, show_default=True)
-@click.option("--lr", type=float, default=_FT.lr, show_default=True, help="Learning rate of the network.")
-@click.option("--head-lr", type=float, default=_FT.head_lr, show_default=True, help="Learning rate of the head.")
-@click.option("--weight-decay", type=float, default=_FT.weight_decay, show_default=True)
-@click.option("--anchor", type=float, default=_FT.anchor, show_default=True,
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=_FT.optimizer, show_default=True,
+              help="AdamW, or SGD with Nesterov momentum 0.9.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_FT.lr, show_default=True, help="Learning rate of the network.")
+@click.option("--head-lr", type=click.FloatRange(0, min_open=True), default=_FT.head_lr, show_default=True, help="Learning rate of the head.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=_FT.weight_decay, show_default=True,
+              help="Decoupled weight decay of the network (the head has none).")
+@click.option("--anchor", type=click.FloatRange(0), default=_FT.anchor, show_default=True,
               help="Pull towards dlib's weights each step (L2-SP; 0: off). Keeps the model good on people "
                    "it was not trained on; lower it to adapt more to yours.")
-@click.option("--warmup-epochs", type=float, default=_FT.warmup_epochs, show_default=True)
-@click.option("--grad-clip", type=float, default=_FT.grad_clip, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=_FT.warmup_epochs, show_default=True,
+              help="Epochs of linear learning-rate warm-up before the cosine decay.")
+@click.option("--grad-clip", type=click.FloatRange(0), default=_FT.grad_clip, show_default=True, help="Max gradient norm (0: off).")
 @click.option("--freeze", type=click.IntRange(0, 7), default=_FT.freeze, show_default=True,
               help="Stages to freeze from the input (stem, layer1..layer5, fc).")
 @click.option("--no-augment", is_flag=True, help="Turn off dlib's jitter and colour augmentation.")
-@click.option("--val-fraction", type=float, default=_FT.val_fraction, show_default=True,
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_FT.val_fraction,
+              show_default=True,
               help="Share of each person's photos kept for validation.")
 @click.option("--val-folder", type=click.Path(file_okay=False, path_type=Path),
               help="Validate on this people folder instead of a split.")
 @click.option("--patience", type=click.IntRange(0), default=_FT.patience, show_default=True,
               help="Stop after this many epochs without a better validation accuracy (0: never).")
-@click.option("--seed", type=int, default=_FT.seed, show_default=True)
+@click.option("--seed", type=int, default=_FT.seed, show_default=True,
+              help="Seed of the split, the batches, the augmentation and the calibration folds.")
 @click.option("--device", default=_FT.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
-@click.option("--target-far", type=float, default=_FT.target_far, show_default=True,
-              help="False-accept rate at which distance 0.6 is calibrated.")
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint.pt.")
+@click.option("--target-far", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Calibrate distance 0.6 at this false-accept rate on your photos (stricter, for open-set "
+                   "use) instead of the default: the point of best balanced accuracy, as 0.6 is for dlib.")
+@click.option("--keep", type=click.Choice(["auto", "finetuned"]), default="auto", show_default=True,
+              help="auto: hand back whichever of dlib, an interpolation between dlib and the fine-tuned weights, "
+                   "or the fine-tuned weights names your validation photos best, and dlib unless another beats "
+                   "it with confidence. finetuned: the fine-tuned weights (calibrated) whatever they measure.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT/checkpoint.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished model already in OUTPUT.")
 @face_options
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,
              optimizer, lr, head_lr, weight_decay, anchor, warmup_epochs, grad_clip, freeze, no_augment, val_fraction,
-             val_folder, patience, seed, device, no_amp, target_far, resume,
+             val_folder, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
 
@@ -65,10 +77,14 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
     Under torchrun it trains on several GPUs (DDP).
     """
     from .. import train as tr
-    from ..data import split_per_person
+    from ..distributed import init_distributed, resolve_device
+    from ..errors import DlibplusError
+    from ..finetune_data import prepare_finetune_data
 
     head_options = {k: v for k, v in (("margin", margin), ("scale", scale)) if v is not None}
     if head == "sphereface" and "margin" in head_options:
+        if head_options["margin"] != int(head_options["margin"]):
+            raise click.BadParameter("sphereface's margin is a whole number m", param_hint="--margin")
         head_options["margin"] = int(head_options["margin"])
     try:
         config = tr.FinetuneConfig(head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
@@ -77,36 +93,28 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
                                    optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay, anchor=anchor,
                                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze=freeze,
                                    augment=not no_augment, val_fraction=val_fraction, patience=patience,
-                                   seed=seed, device=device, amp=not no_amp, target_far=target_far)
+                                   seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
+        config.check_head()
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
-    settings = face_settings(detector, upsample, landmarks, face_box, max_side)
-    dist_info = tr.init_distributed(device)  # under torchrun: rank 0 aligns and caches, the others read
-    is_main = dist_info.main
-    with tr.main_process_first(dist_info):
-        data, people = tr.load_chipset(folder, settings, jobs=jobs, progress=is_main)
-        val_data = tr.load_chipset(val_folder, settings, jobs=jobs, progress=is_main)[0] if val_folder else None
-    if is_main:
-        for line in people.report_lines():
-            click.echo(line, err=True)
-    if val_data is not None:
-        train_set, dropped = tr.drop_small_classes(data, 1)
-        val_set, unknown = tr.restrict_to_classes(val_data, train_set.classes)
-        for name in unknown:
-            click.echo(f"warning: validation person {name} is not in the training folder and is left out", err=True)
-    else:
-        data, dropped = tr.drop_small_classes(data, 2)
-        train_idx, val_idx = split_per_person(data.labels, val_fraction, seed)
-        train_set, val_set = data.subset(train_idx), data.subset(val_idx)
-    for name in dropped:
-        click.echo(f"warning: {name} has fewer than 2 usable photos and is left out", err=True)
     try:
-        result = tr.finetune(train_set, val_set, output, config, resume=resume,
+        resolve_device(device)  # a wrong --device fails here, before the photos are aligned
+    except DlibplusError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--device") from None
+    tr.check_output(output, resume=resume, overwrite=overwrite)
+    settings = face_settings(detector, upsample, landmarks, face_box, max_side)
+    dist_info = init_distributed(device)
+    data = prepare_finetune_data(folder, settings, val_folder=val_folder, val_fraction=val_fraction, seed=seed,
+                                 jobs=jobs, progress=dist_info.main, dist_info=dist_info)
+    if dist_info.main:
+        for line in data.report_lines():
+            click.echo(line, err=True)
+    try:
+        result = tr.finetune(data, output, config, resume=resume, overwrite=overwrite,
                              echo=lambda m: click.echo(m, err=True),
                              extra_metadata={"face_settings": settings.to_dict(), "trained_on": str(folder)})
     except KeyboardInterrupt:
         sys.exit(130)
-    if is_main:
-        for line in tr.summary_lines(result, target_far):
+    if dist_info.main:
+        for line in tr.summary_lines(result):
             click.echo(line, err=True)
-

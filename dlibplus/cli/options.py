@@ -5,7 +5,7 @@ import functools
 
 import click
 
-from ..errors import DataFolderError, DlibplusError
+from ..errors import DataFolderError, DlibplusError, ImageReadError, ModelFileError
 
 ENCODER_HELP = "Encoder: dlib (face_recognition's), torch (the exact PyTorch replica), a .dat file or a " \
                "`dlibplus finetune` output folder; append +flip (e.g. dlib+flip) to average each face with " \
@@ -35,20 +35,27 @@ def face_options(f):
 
 def face_settings(detector, upsample, landmarks, face_box, max_side):
     """The :class:`~dlibplus.faces.FaceSettings` of the options :func:`face_options` added."""
-    from ..data import FaceSettings
+    from ..faces import FaceSettings
 
     return FaceSettings(detector=detector, upsample=upsample, landmarks=landmarks, face_box=face_box,
                         max_side=max_side)
 
 
+class BadInput(click.ClickException):
+    """A problem with what the user gave (a file, a folder, a model): one line, exit 2."""
+
+    exit_code = 2
+
+
 def user_errors(f):
-    """Turn dlibplus's own errors into click's: one line, exit 1 (2 for an unusable folder)."""
+    """Turn dlibplus's own errors into one clear line: exit 2 for bad input (a folder, an image or a model
+    file that cannot be used), 1 for anything else dlibplus reports."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
-        except DataFolderError as exc:
-            raise click.UsageError(str(exc)) from None
+        except (DataFolderError, ModelFileError, ImageReadError) as exc:
+            raise BadInput(str(exc)) from None
         except DlibplusError as exc:
             raise click.ClickException(str(exc)) from None
     return wrapper

@@ -8,67 +8,144 @@ from pathlib import Path
 
 import click
 
-from .options import user_errors
+from .options import BadInput, user_errors
 
-
-FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance")
+FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance", "error")
+NO_FACE = "no_persons_found"  # the example's name for an image without faces
+UNREADABLE = "error"  # the name column of an input that could not be read
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=click.FloatRange(0), default=None,
               help="Distance beyond which a face is 'unknown' [default: the model's, 0.6].")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of CSV lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows instead of CSV.")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path),
-              help="Write copies of the images with boxes and names drawn into this folder.")
-@click.option("--encoder", default=None, help="Override the encoder recorded in the model (must match training).")
+              help="Write copies of the images with boxes and names drawn into this folder (never over an "
+                   "input; sub-folders mirror the inputs').")
+@click.option("--encoder", default=None,
+              help="Where the model's encoder folder moved to (must be the same model: checked).")
 @click.option("--classifier", type=click.Choice(["knn", "head"]), default="knn", show_default=True,
               help="knn: MODEL is a train-knn .npz. head: MODEL is a `dlibplus finetune` folder, whose own "
                    "head names the faces (distance = 1 - cosine; strangers rejected at its calibrated threshold).")
+@click.option("--detector", type=click.Choice(["hog", "cnn"]), default=None, help="Override the model's detector.")
+@click.option("--upsample", type=click.IntRange(0, 4), default=None, help="Override the model's upsampling.")
+@click.option("--face-box", type=click.Choice(["detect", "whole"]), default=None,
+              help="Override the model's face box: 'detect' to find faces in ordinary photos with a model "
+                   "trained on tight crops, 'whole' to take each image as one face.")
+@click.option("--max-side", type=click.IntRange(0), default=None, help="Override the model's --max-side.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @click.option("--jobs", "-j", type=click.IntRange(0), default=0, help="Worker processes (default: all cores).")
 @user_errors
-def predict(model, paths, threshold, as_json, annotate, encoder, classifier, jobs):
+def predict(model, paths, threshold, as_json, annotate, encoder, classifier, detector, upsample, face_box,
+            max_side, no_cache, jobs):
     """Name the faces in PATHS (image files or folders) with a model from train-knn (or finetune).
 
-    One line per face: path,name,top,right,bottom,left,distance. "unknown" beyond the threshold,
-    "no_persons_found" for an image without faces.
+    CSV with a header row: path,name,top,right,bottom,left,distance,error. One row per face; "unknown"
+    beyond the threshold, "no_persons_found" for an image without faces, "error" (with the reason) for
+    an input that could not be read. Rows are written as each image is done. Exit status 1 when any
+    input could not be read.
     """
     from ..data import image_paths
-    from ..knn import FaceKNN, predict_images
+    from ..predict import predict_images
 
+    clf = _load_classifier(model, classifier)
+    recipe = _recipe(clf, model, encoder, detector=detector, upsample=upsample, face_box=face_box,
+                     max_side=max_side)
+    files = image_paths(paths)
+    if annotate is not None:  # an earlier run's annotated copies are not inputs
+        out = annotate.resolve()
+        files = [f for f in files if out not in f.resolve().parents]
+    if not files:
+        raise click.UsageError("no image files found in the given paths")
+    plan = None
+    if annotate is not None:
+        from ..annotate import AnnotationPlan
+
+        plan = AnnotationPlan(files, annotate)
+    n_failed = 0
+    writer = _RowWriter(as_json)
+    try:
+        for result in predict_images(files, clf, threshold=threshold, recipe=recipe, jobs=jobs,
+                                     use_cache=not no_cache):
+            if result.error is not None:
+                n_failed += 1
+                click.echo(f"warning: skipped {result.path}: {result.error}", err=True)
+            writer.image(result)
+            if plan is not None and result.error is None:
+                plan.write(result.path, result.faces)
+    finally:
+        writer.close()
+    if n_failed:
+        raise click.ClickException(f"{n_failed} of {len(files)} inputs could not be read (rows with name "
+                                   f"'{UNREADABLE}')")
+
+
+def _load_classifier(model: Path, classifier: str):
     if classifier == "head":
         from ..head_classifier import HeadClassifier
 
-        knn = HeadClassifier.load(model)
-    else:
-        knn = FaceKNN.load(model)
-    files = image_paths(paths)
-    if not files:
-        raise click.UsageError("no image files found in the given paths")
-    results = predict_images(files, knn, threshold=threshold, encoder=encoder, jobs=jobs)
-    rows = []
-    for path, preds, error in results:
-        if error is not None:
-            click.echo(f"warning: skipped {path}: {error}", err=True)
-            rows.append({"path": str(path), "error": error})
-        elif not preds:
-            rows.append({"path": str(path), "name": "no_persons_found"})
-        for p in preds:
-            top, right, bottom, left = p.box
-            rows.append({"path": str(path), "name": p.name, "top": top, "right": right, "bottom": bottom,
-                         "left": left, "distance": round(p.distance, 6)})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        for row in rows:
-            if "error" not in row:
-                writer.writerow([row.get(f, "") for f in FIELDS])
-    if annotate:
-        from ..annotate import annotate_image
+        return HeadClassifier.load(model)
+    from ..knn import FaceKNN
 
-        for path, preds, error in results:
-            if error is None:
-                out = annotate_image(path, preds, annotate)
-                click.echo(f"annotated {out}", err=True)
+    return FaceKNN.load(model)
+
+
+def _recipe(clf, model: Path, encoder: str | None, **face_overrides):
+    """The classifier's recipe with the user's overrides; a different encoder is refused, and a
+    tight-crop model used on ordinary photos is pointed out."""
+    import dataclasses
+
+    from ..encoders import encoder_sha256, split_flip
+    from ..people import resolve_encoder
+
+    recipe = clf.recipe
+    if encoder is not None:
+        resolved = resolve_encoder(encoder)[1]
+        same_weights = encoder_sha256(resolved) == encoder_sha256(recipe.encoder)
+        if not same_weights or split_flip(resolved)[1] != split_flip(recipe.encoder)[1]:
+            raise BadInput(f"--encoder {encoder}: {model} was trained with encoder {recipe.encoder}, whose "
+                           "encodings differ; distances would be meaningless (retrain with train-knn --encoder)")
+        recipe = recipe.with_encoder(resolved)
+    overrides = {k: v for k, v in face_overrides.items() if v is not None}
+    if overrides:
+        recipe = recipe.with_face_settings(dataclasses.replace(recipe.face_settings, **overrides))
+    if recipe.face_settings.face_box == "whole" and "face_box" not in overrides:
+        click.echo(f"note: {model} was trained on tight face crops (--face-box whole): each image is taken as "
+                   "one face. For ordinary photos pass --face-box detect.", err=True)
+    return recipe
+
+
+class _RowWriter:
+    """CSV (header first) or a JSON list on stdout, flushed per image so results stream."""
+
+    def __init__(self, as_json: bool):
+        self.csv = None if as_json else csv.DictWriter(sys.stdout, FIELDS, lineterminator="\n")
+        self.n_rows = 0
+        if self.csv is not None:
+            self.csv.writeheader()
+        else:
+            sys.stdout.write("[")
+
+    def close(self) -> None:
+        if self.csv is None:
+            sys.stdout.write("\n]\n" if self.n_rows else "]\n")
+        sys.stdout.flush()
+
+    def image(self, result) -> None:
+        path = str(result.path)
+        if result.error is not None:
+            rows = [{"path": path, "name": UNREADABLE, "error": result.error}]
+        elif not result.faces:
+            rows = [{"path": path, "name": NO_FACE}]
+        else:
+            rows = [{"path": path, "name": p.name, "top": p.box[0], "right": p.box[1], "bottom": p.box[2],
+                     "left": p.box[3], "distance": round(p.distance, 6)} for p in result.faces]
+        for row in rows:
+            if self.csv is not None:
+                self.csv.writerow(row)
+            else:
+                sys.stdout.write(("," if self.n_rows else "") + "\n  " + json.dumps(row))
+            self.n_rows += 1
+        sys.stdout.flush()

@@ -16,7 +16,7 @@ from .options import ENCODER_HELP, face_options, face_settings, user_errors
               help="k: 'auto' (leave-one-out choice), 'sqrt' (the example's round(sqrt(n))) or a number.")
 @click.option("--algorithm", type=click.Choice(["ball_tree", "kd_tree", "brute", "auto"]), default="ball_tree",
               show_default=True, help="scikit-learn neighbour search.")
-@click.option("--threshold", type=float, default=0.6, show_default=True,
+@click.option("--threshold", type=click.FloatRange(0), default=0.6, show_default=True,
               help="Distance beyond which a face is 'unknown' (stored in the model).")
 @click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
               help="Jittered copies averaged per face (1 = none; 100 is 100x slower).")
@@ -41,13 +41,15 @@ def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encode
             n_neighbors = int(n_neighbors)
         except ValueError:
             raise click.BadParameter("must be 'auto', 'sqrt' or a whole number", param_hint="--n-neighbors")
+        if n_neighbors < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--n-neighbors")
     people = load_people(folder, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
                          encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache)
     for line in people.report_lines():
         click.echo(line, err=True)
     if report:
         write_json(report, people.report())
-    model = FaceKNN(n_neighbors, algorithm, threshold).fit(people.encodings, people.labels, people.metadata())
-    model.save(output)
+    model = FaceKNN(n_neighbors, algorithm, threshold, people.recipe).fit(people.encodings, people.labels)
+    model.save(output, info=people.info())
     click.echo(f"trained on {len(people.labels)} faces of {len(model.classes_)} people, k={model.k_} "
                f"({model.n_neighbors}); model written to {output}", err=True)

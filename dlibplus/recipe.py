@@ -1,0 +1,74 @@
+"""The recipe of a set of encodings: how faces were found, aligned and encoded.
+
+A classifier (a train-knn model, a fine-tuned head) only works on encodings made the way its training
+encodings were; it records its :class:`Recipe` and prediction follows it. Torch-free.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelFileError
+from .faces import FaceSettings
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """:param encoder: an encoder spec (``'dlib'``, ``'torch'``, a ``.dat`` file or a fine-tuned folder,
+        optionally ``+flip``; paths as given, see :meth:`resolve_encoder_path`).
+    :param face_settings: detection and alignment settings.
+    :param num_jitters: dlib's jitter, 1 for none.
+    """
+
+    encoder: str = "dlib"
+    face_settings: FaceSettings = field(default_factory=FaceSettings)
+    num_jitters: int = 1
+
+    def __post_init__(self):
+        if self.num_jitters < 1:
+            raise ValueError(f"num_jitters must be >= 1, not {self.num_jitters}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"encoder": self.encoder, "face_settings": self.face_settings.to_dict(),
+                "num_jitters": self.num_jitters}
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any], source: os.PathLike | str) -> "Recipe":
+        """The recipe recorded in ``meta`` (a model's metadata); ``source`` names the model in errors.
+
+        :raises ModelFileError: a recorded setting is not one dlibplus knows.
+        """
+        try:
+            return cls(encoder=str(meta.get("encoder", "dlib")),
+                       face_settings=FaceSettings(**meta.get("face_settings", {})),
+                       num_jitters=int(meta.get("num_jitters", 1)))
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(source, f"its recorded face settings or encoder are not usable ({exc})") from None
+
+    def with_encoder(self, encoder: str) -> "Recipe":
+        return Recipe(encoder, self.face_settings, self.num_jitters)
+
+    def with_face_settings(self, face_settings: FaceSettings) -> "Recipe":
+        return Recipe(self.encoder, face_settings, self.num_jitters)
+
+    def relative_to(self, folder: os.PathLike | str) -> "Recipe":
+        """The recipe with a path encoder written relative to ``folder`` (where the model file is), so a
+        model and its encoder folder can move together."""
+        from .encoders import FLIP_SUFFIX, split_flip
+
+        base, flip = split_flip(self.encoder)
+        if base in ("dlib", "torch"):
+            return self
+        rel = os.path.relpath(Path(base).resolve(), Path(folder).resolve())
+        return self.with_encoder(rel + (FLIP_SUFFIX if flip else ""))
+
+    def resolved_from(self, folder: os.PathLike | str) -> "Recipe":
+        """The inverse of :meth:`relative_to`: a relative path encoder resolved against ``folder``."""
+        from .encoders import FLIP_SUFFIX, split_flip
+
+        base, flip = split_flip(self.encoder)
+        if base in ("dlib", "torch") or Path(base).is_absolute():
+            return self
+        return self.with_encoder(str((Path(folder) / base).resolve()) + (FLIP_SUFFIX if flip else ""))

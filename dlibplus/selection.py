@@ -1,0 +1,127 @@
+"""Which network a fine-tuning run hands the user: dlib, a point between dlib and the fine-tuned weights,
+or the fine-tuned weights themselves; never one that does worse than dlib on the user's photos.
+
+Candidates are weight-space interpolations ``(1 - alpha) * dlib + alpha * fine_tuned`` (WiSE-FT,
+Wortsman et al. 2022): cheap, and they keep much of the gain while staying closer to dlib on faces the
+user did not train on. Each candidate is calibrated (:mod:`dlibplus.calibration`) and judged on the
+user's path: train-knn on the training photos, predict each validation photo at tolerance 0.6, with
+thresholds fit without that photo's fold. dlib is judged as it is (no calibration: what the user has
+today). A candidate replaces dlib only when its accuracy gain holds up under a bootstrap over people
+(the lower end of the one-sided 95 % interval above zero); otherwise the run hands back dlib, and says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .calibration import OperatingPoint, knn_correct, operating_point, probe_pairs
+
+ALPHAS = (0.25, 0.5, 0.75, 1.0)  # interpolation weights of the fine-tuned network; dlib (0) is always judged
+CONFIDENCE = 0.95  # one-sided: the share of bootstrap draws in which a candidate must gain over dlib
+
+
+@dataclass
+class Assessment:
+    """One candidate network on the user's validation photos.
+
+    :ivar alpha: 0 for dlib, 1 for the fine-tuned weights.
+    :ivar correct: (p,) bool, each validation photo named rightly by train-knn + predict at 0.6.
+    :ivar rejected: (p,) bool, right person but called "unknown".
+    """
+
+    alpha: float
+    point: OperatingPoint
+    correct: np.ndarray
+    rejected: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return "dlib" if self.alpha == 0 else ("fine-tuned" if self.alpha == 1 else f"interpolated {self.alpha:g}")
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self.correct) else 0.0
+
+    @property
+    def unknown_rate(self) -> float:
+        return float(self.rejected.mean()) if len(self.rejected) else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "name": self.name, "knn_accuracy": self.accuracy,
+                "unknown_rate": self.unknown_rate, "operating_point": self.point.to_dict()}
+
+
+def assess(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val_y: np.ndarray, *, alpha: float,
+           calibrate: bool, target_far: float | None, seed: int) -> Assessment:
+    """Calibrate one candidate's embeddings and measure the user's path with held-out thresholds."""
+    pairs = probe_pairs(train_emb, train_y, val_emb, val_y)
+    point, thresholds = operating_point(pairs, calibrate=calibrate, target_far=target_far, seed=seed)
+    correct, rejected = knn_correct(train_emb, train_y, val_emb, val_y, thresholds)
+    return Assessment(alpha, point, correct, rejected)
+
+
+def interpolate(base: Mapping[str, Any], tuned: Mapping[str, Any], alpha: float) -> dict[str, Any]:
+    """State dict ``(1 - alpha) * base + alpha * tuned`` (floating tensors; others from ``tuned``)."""
+    out = {}
+    for key, t in tuned.items():
+        b = base[key]
+        out[key] = b.lerp(t, alpha) if t.is_floating_point() else t.clone()
+    return out
+
+
+@dataclass
+class Selection:
+    """The candidate a run keeps, and why."""
+
+    chosen: Assessment
+    dlib: Assessment
+    candidates: list[Assessment]
+    beats_dlib: bool
+    gain: float  # accuracy of the best candidate minus dlib's
+    gain_low: float  # lower end of the one-sided 95 % bootstrap interval of that gain
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen.summary(), "dlib": self.dlib.summary(),
+                "candidates": [c.summary() for c in self.candidates], "beats_dlib": self.beats_dlib,
+                "knn_accuracy_gain": self.gain, "knn_accuracy_gain_low": self.gain_low,
+                "confidence": CONFIDENCE, "reason": self.reason}
+
+
+def bootstrap_gain(a: np.ndarray, b: np.ndarray, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0
+                   ) -> np.ndarray:
+    """Bootstrap over groups (people) of ``mean(a) - mean(b)`` for per-item scores: (n_boot,) draws."""
+    people, index = np.unique(groups, return_inverse=True)
+    diff = np.bincount(index, weights=a.astype(float) - b.astype(float), minlength=len(people))
+    count = np.bincount(index, minlength=len(people)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(people), np.full(len(people), 1 / len(people)), size=n_boot).astype(float)
+    return (draws @ diff) / np.maximum(draws @ count, 1)
+
+
+def select(candidates: list[Assessment], dlib: Assessment, val_y: np.ndarray, *, seed: int = 0,
+           force: bool = False) -> Selection:
+    """The best candidate by accuracy (then cross-validated balanced accuracy, then the smaller alpha),
+    kept only when it beats dlib with confidence; ``force`` keeps the fine-tuned weights (alpha 1) whatever
+    they measure."""
+    best = max(candidates, key=lambda c: (round(c.accuracy, 12), round(c.point.balanced_accuracy, 12), -c.alpha))
+    if force:
+        best = next(c for c in candidates if c.alpha == 1.0)
+    draws = bootstrap_gain(best.correct, dlib.correct, np.asarray(val_y), seed=seed)
+    gain = best.accuracy - dlib.accuracy
+    low = float(np.quantile(draws, 1 - CONFIDENCE))
+    if force:
+        return Selection(best, dlib, candidates, gain > 0 and low > 0, gain, low,
+                         f"kept as asked (--keep finetuned): {best.accuracy:.1%} named rightly at 0.6, dlib "
+                         f"{dlib.accuracy:.1%}")
+    if gain > 0 and low > 0:
+        return Selection(best, dlib, candidates, True, gain, low,
+                         f"{best.name} names {best.accuracy:.1%} of the validation photos rightly at 0.6, dlib "
+                         f"{dlib.accuracy:.1%} (gain {gain:+.1%}, one-sided {CONFIDENCE:.0%} lower bound "
+                         f"{low:+.1%})")
+    why = ("no candidate named more validation photos rightly than dlib" if gain <= 0 else
+           f"the best gain ({best.name}: {gain:+.1%}) is not sure enough (one-sided {CONFIDENCE:.0%} lower bound "
+           f"{low:+.1%}) on {len(val_y)} validation photos")
+    return Selection(dlib, dlib, candidates, False, gain, low, why)
