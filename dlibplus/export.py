@@ -36,28 +36,20 @@ from typing import Any
 from ._version import __version__
 from .encoders import (CHIP_SIZE, DESCRIPTOR_SIZE, FINETUNED_METADATA, FINETUNED_MODEL_NAME, file_sha256,
                        finetuned_flip_scale, split_flip)
-from .errors import DlibplusError, ModelFileError
+from .errors import ModelFileError
 from .fileio import atomic_path
+from .optional import require
 
 INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptors"
 INPUT_KINDS = ("uint8", "float")
 DEFAULT_OPSET = 17
 MIN_OPSET = 11  # Pad with a tensor of pads, the oldest opset OpenCV's and most runtimes' readers need
-INSTALL_HINT = "pip install dlibplus[onnx]"
-
-
-class MissingDependencyError(DlibplusError):
-    """An optional package a feature needs is not installed."""
 
 
 def require_onnx():
-    """The ``onnx`` module, or :class:`MissingDependencyError` saying how to install it."""
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError(f"ONNX export needs the onnx package: {INSTALL_HINT}") from None
-    return onnx
+    """The ``onnx`` module, or :class:`~dlibplus.optional.MissingDependencyError` saying how to install it."""
+    return require("onnx", "onnx", "ONNX export")
 
 
 @dataclass(frozen=True)
@@ -199,7 +191,8 @@ def export_onnx(spec: os.PathLike | str, output: os.PathLike | str, *, input: st
         folder, optionally followed by ``+flip``.
     :param input: ``"uint8"`` (chips as pixels) or ``"float"`` (float32, values 0-255); NHWC either way.
     :param opset: ONNX opset (>= 11).
-    :raises ModelFileError: ``spec`` is not a usable model. :raises MissingDependencyError: no ``onnx``.
+    :raises ModelFileError: ``spec`` is not a usable model.
+    :raises ~dlibplus.optional.MissingDependencyError: ``onnx`` is not installed.
     :raises ValueError: bad ``input`` or ``opset``.
     """
     if input not in INPUT_KINDS:

@@ -17,14 +17,17 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from .errors import DlibplusError
 from .faces import FaceSettings, image_faces
 from .fileio import atomic_path
-from .knn import UNKNOWN
+from .predict import UNKNOWN
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                               ".3gp", ".ts", ".mts", ".m2ts", ".ogv"})
@@ -159,20 +162,23 @@ def encode_frame(rgb: np.ndarray, settings: FaceSettings, encoder) -> tuple[np.n
     return boxes, np.asarray(encoder.encode(chips), np.float64).reshape(len(chips), 128)
 
 
-def resolve_usage(model, encoder=None, settings: FaceSettings | None = None, num_jitters: int | None = None):
-    """``(encoder, settings)`` for a model: the given ones, else those its ``metadata`` records (the
-    encoder wrapped in dlib's jitter when ``num_jitters`` > 1)."""
+def resolve_usage(classifier, encoder=None, settings: FaceSettings | None = None, num_jitters: int | None = None,
+                  recipe: "Recipe | None" = None):
+    """``(encoder object, face settings)`` to predict with: ``recipe`` (default the classifier's own), with
+    ``encoder`` (a spec or an encoder object), ``settings`` and ``num_jitters`` overriding it where given."""
     from .encoders import with_jitter
-    from .people import encoder_from_metadata, resolve_encoder, settings_from_metadata
+    from .people import resolve_encoder
+    from .recipe import Recipe
 
-    meta = getattr(model, "metadata", None) or {}
-    if encoder is None:
-        encoder = encoder_from_metadata(meta)
-    elif isinstance(encoder, (str, os.PathLike)):
-        encoder = resolve_encoder(str(encoder))[0]
-    settings = settings if settings is not None else settings_from_metadata(meta)
-    num_jitters = num_jitters if num_jitters is not None else int(meta.get("num_jitters", 1))
-    return with_jitter(encoder, num_jitters), settings
+    recipe = recipe or getattr(classifier, "recipe", None) or Recipe()
+    if isinstance(encoder, (str, os.PathLike)):
+        recipe = recipe.with_encoder(str(encoder))
+    if settings is not None:
+        recipe = recipe.with_face_settings(settings)
+    jitters = num_jitters if num_jitters is not None else recipe.num_jitters
+    base = encoder if encoder is not None and not isinstance(encoder, (str, os.PathLike)) \
+        else resolve_encoder(recipe.encoder)[0]
+    return with_jitter(base, jitters), recipe.face_settings
 
 
 def draw_faces(bgr: np.ndarray, faces: list[VideoFace]) -> np.ndarray:
@@ -234,24 +240,27 @@ def _video_writer(out: Path, fps: float, size: tuple[int, int]):
 
 def predict_video(path: os.PathLike | str, model, *, every: int = 1, encoder=None,
                   settings: FaceSettings | None = None, annotate_to: os.PathLike | str | None = None,
-                  threshold: float | None = None, num_jitters: int | None = None) -> Iterator[VideoFace]:
+                  threshold: float | None = None, num_jitters: int | None = None,
+                  recipe: "Recipe | None" = None) -> Iterator[VideoFace]:
     """Yield one :class:`VideoFace` per face per sampled frame (frames 0, every, 2·every, ...), in order.
 
-    :param model: has ``predict_with_distance(encodings, threshold) -> (names, distances, people)`` and
-        ``metadata`` (a :class:`~dlibplus.knn.FaceKNN` or :class:`~dlibplus.head_classifier.HeadClassifier`).
+    :param model: a classifier (:class:`dlibplus.predict.Classifier`: a :class:`~dlibplus.knn.FaceKNN` or
+        :class:`~dlibplus.head_classifier.HeadClassifier`): ``predict_with_distance(encodings, threshold)
+        -> (names, distances, people)`` and the ``recipe`` its training encodings were made with.
     :param every: sample one frame in ``every``.
-    :param encoder: ``None``: the encoder the model was trained with; else a spec (``"dlib"``, ``"torch"``,
-        a fine-tuned folder, ``+flip``) or an encoder object. It must match the model's.
-    :param settings: how faces are found; ``None``: the model's.
+    :param recipe: how to find and encode faces; default the model's own.
+    :param encoder: ``None``: the recipe's; else a spec (``"dlib"``, ``"torch"``, a fine-tuned folder,
+        ``+flip``) or an encoder object. It must give the encodings the model was trained on.
+    :param settings: how faces are found; ``None``: the recipe's.
     :param annotate_to: write a copy of the video with boxes and names (a file, or an existing folder to
         put ``<video name>`` in; ``.mp4``/``.mov``/``.mkv``/``.m4v`` as mp4v, ``.avi`` as MJPG). Every
         frame is written, at the video's frame rate, showing the faces of the latest sampled frame. The
         file appears (atomically) when the iteration completes; never over the input.
-    :param threshold: the model's "unknown" threshold, overridden. :param num_jitters: default the model's.
+    :param threshold: the model's "unknown" threshold, overridden. :param num_jitters: default the recipe's.
     :raises VideoError: the video cannot be read, or the annotated copy cannot be written.
     """
     path = Path(path)
-    encoder, settings = resolve_usage(model, encoder, settings, num_jitters)
+    encoder, settings = resolve_usage(model, encoder, settings, num_jitters, recipe)
     out = annotated_path(path, annotate_to) if annotate_to is not None else None
     info = video_info(path)
     frames = read_frames(path, every, all_frames=out is not None)

@@ -3,6 +3,7 @@ and in OpenCV's DNN module, carries its provenance, and keeps a fine-tuned model
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def finetuned_dir(tmp_path_factory):
     dlibnet.save_dat(model, folder / "model.dat")
     base = models.model_path(models.FACE_RECOGNITION_MODEL)
     meta = {"format": "dlibplus-finetuned", "format_version": 1,
-            "base_model": {"file": base.name, "sha256": file_sha256(base)},
+            "base_model": {"file": base.name, "sha256": file_sha256(base)}, "config": {}, "face_settings": {},
             "calibration": {"scale": 1.75, "far": 0.001}, "calibration_flip": {"scale": 1.2},
             "classes": ["a", "b"]}
     (folder / "metadata.json").write_text(json.dumps(meta, indent=2))
@@ -159,3 +160,12 @@ def test_cli_bad_model_one_line_exit_2(tmp_path, faces_dir, model):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and str(path) in lines[0]
     assert out.read_bytes() == b"previous"  # an existing output is left as it was
+
+
+def test_cli_without_onnx_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as without the extra
+    result = CliRunner().invoke(export_command, ["dlib", "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "pip install dlibplus[onnx]" in lines[0]
+    assert not (tmp_path / "m.onnx").exists()

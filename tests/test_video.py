@@ -15,6 +15,7 @@ from dlibplus.data import process_images  # noqa: E402
 from dlibplus.faces import FaceSettings  # noqa: E402
 from dlibplus.images import load_image_file  # noqa: E402
 from dlibplus.knn import FaceKNN  # noqa: E402
+from dlibplus.recipe import Recipe  # noqa: E402
 from dlibplus.video import (VideoError, annotated_path, is_video_file, predict_video, read_frames,  # noqa: E402
                             video_info)
 
@@ -66,8 +67,8 @@ def knn(faces_dir) -> FaceKNN:
         labels += [person] * len(names)
     results = process_images(paths, FaceSettings(), jobs=1, progress=False, use_cache=False)
     assert all(r.n_faces == 1 for r in results)
-    meta = {"encoder": "dlib", "face_settings": FaceSettings().to_dict(), "num_jitters": 1}
-    return FaceKNN(1).fit(np.concatenate([r.encodings for r in results]), labels, meta)
+    return FaceKNN(1, recipe=Recipe("dlib", FaceSettings(), 1)).fit(np.concatenate([r.encodings for r in results]),
+                                                                    labels)
 
 
 def reference_rows(video, model, every: int, encoder=None):

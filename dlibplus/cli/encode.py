@@ -1,4 +1,4 @@
-"""``dlibplus encode``: the encodings of every face in some photos, as an .npz."""
+"""``dlibplus encode``: the encodings of every face in some photos, as an .npz (or Parquet shards)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,31 +8,78 @@ import click
 from .options import ENCODER_HELP, face_options, face_settings, user_errors
 
 
+class _NeedsExtra(click.ClickException):
+    exit_code = 2  # one line, like every other bad input
+
+
+def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--ray``'s value: ``None`` (no Ray), ``"local"`` or an address. ``--ray photos/`` takes the folder as
+    the address (click's optional values): refused, before PATHS is found missing."""
+    if value is None or value == "local":
+        return value
+    if Path(value).exists() and "://" not in value:
+        raise click.BadParameter(f"{value!r} is a file or folder, not a cluster address: write the paths "
+                                 "before --ray, or --ray local", ctx=ctx, param=param)
+    return value
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the .npz of encodings.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the .npz of encodings (required unless --parquet).")
+@click.option("--parquet", type=click.Path(file_okay=False, path_type=Path),
+              help="Write Parquet shards (path, image, box, encoding per face) into this folder instead of one "
+                   ".npz: for large jobs; a re-run skips the shards already written (resumes).")
+@click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Images per Parquet shard.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              callback=_ray_address,
+              help="Run on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at ADDRESS "
+                   "(auto, host:6379, ray://host:10001). Needs pip install dlibplus[ray].")
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
 @click.option("--jitters", type=click.IntRange(1), default=1, show_default=True, help="Jittered copies per face.")
 @face_options
 @user_errors
-def encode(paths, output, encoder, jitters, detector, upsample, landmarks, face_box, max_side, jobs):
+def encode(paths, output, parquet, shard_size, ray_address, encoder, jitters, detector, upsample, landmarks, face_box,
+           max_side, jobs):
     """Write the encoding of every face in PATHS (files or folders) to an .npz.
 
     Arrays: encodings (n x 128 float32), paths (n), boxes (n x 4: top, right, bottom, left).
     """
-    import numpy as np
+    from ..data import image_paths
+    from ..optional import MissingDependencyError
 
-    from ..data import image_paths, process_images
-    from ..fileio import atomic_path
-    from ..people import resolve_encoder
-
+    if (output is None) == (parquet is None):
+        raise click.UsageError("give --output FILE.npz or --parquet DIR (one of them)")
     files = image_paths(paths)
     if not files:
         raise click.UsageError("no image files found in the given paths")
-    enc, _ = resolve_encoder(encoder)
-    results = process_images(files, face_settings(detector, upsample, landmarks, face_box, max_side), encoder=enc,
-                             num_jitters=jitters, jobs=jobs)
+    settings = face_settings(detector, upsample, landmarks, face_box, max_side)
+    try:
+        if parquet is not None:
+            _encode_parquet(files, parquet, settings, encoder, jitters, shard_size, ray_address, jobs)
+        else:
+            _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs)
+    except MissingDependencyError as exc:
+        raise _NeedsExtra(str(exc)) from None
+
+
+def _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs) -> None:
+    import numpy as np
+
+    from ..fileio import atomic_path
+
+    if ray_address is not None:
+        from ..ray_encode import ray_process_images, require_ray
+
+        require_ray()
+        results = ray_process_images(files, settings, encoder=encoder, num_jitters=jitters,
+                                     address=None if ray_address == "local" else ray_address, num_cpus=jobs or None)
+    else:
+        from ..data import process_images
+        from ..people import resolve_encoder
+
+        results = process_images(files, settings, encoder=resolve_encoder(encoder)[0], num_jitters=jitters, jobs=jobs)
     encs, names, boxes = [], [], []
     for r in results:
         if r.error is not None:
@@ -49,3 +96,19 @@ def encode(paths, output, encoder, jitters, detector, upsample, landmarks, face_
             np.savez(f, encodings=encodings, paths=np.array(names, dtype=str),
                      boxes=np.concatenate(boxes).astype(np.int32) if boxes else np.zeros((0, 4), np.int32))
     click.echo(f"{len(names)} faces from {len(files)} images written to {output}", err=True)
+
+
+def _encode_parquet(files, folder, settings, encoder, jitters, shard_size, ray_address, jobs) -> None:
+    from ..ray_encode import encode_to_parquet
+
+    options = {} if ray_address is not None else {"jobs": jobs}
+    result = encode_to_parquet(files, folder, settings, encoder=encoder, num_jitters=jitters, shard_size=shard_size,
+                               use_ray=ray_address is not None,
+                               address=None if ray_address in (None, "local") else ray_address,
+                               num_cpus=jobs or None, **options)
+    for path, error in result.failures:
+        click.echo(f"warning: skipped {path}: {error}", err=True)
+    for path in result.no_face:
+        click.echo(f"warning: no face in {path}", err=True)
+    click.echo(f"{result.n_faces} faces from {len(files)} images in {len(result.shards)} shards in {folder} "
+               f"({result.written} written, {result.skipped} already there)", err=True)
