@@ -243,6 +243,19 @@ INPUT_TAGS = {
                               ("nr", "uint"), ("nc", "uint")),
 }
 
+# dlib's CNN object detectors (``loss_mmod`` over ``input_rgb_image_pyramid``, e.g.
+# mmod_human_face_detector.dat). :func:`parse_dat` reads them only when asked (``loss_tags`` /
+# ``input_tags``), so the face ResNet loader keeps rejecting them as "another network".
+MMOD_LOSS_TAGS = {
+    "loss_mmod_": (("options", "mmod_options"),),
+}
+_PYRAMID_MEANS = (("avg_red", "float"), ("avg_green", "float"), ("avg_blue", "float"))
+PYRAMID_INPUT_TAGS = {
+    # version 1 has no paddings: dlib then uses pyramid_padding=10, pyramid_outer_padding=11
+    "input_rgb_image_pyramid": _PYRAMID_MEANS,
+    "input_rgb_image_pyramid2": _PYRAMID_MEANS + (("pyramid_padding", "uint"), ("pyramid_outer_padding", "uint")),
+}
+
 
 @dataclasses.dataclass
 class Trailer:
@@ -382,6 +395,8 @@ def _read_fields(r: Reader, spec) -> dict[str, Any]:
             fields[name] = r.real(what)
         elif kind == "bool":
             fields[name] = r.bool(what)
+        elif kind == "mmod_options":
+            fields[name] = _read_mmod_options(r)
         else:  # pragma: no cover - the specs above are fixed
             raise AssertionError(kind)
     return fields
@@ -402,8 +417,82 @@ def _write_fields(w: Writer, spec, fields: Mapping[str, Any]) -> None:
             w.real(value, DOUBLE_DIGITS)
         elif kind == "bool":
             w.bool(value)
+        elif kind == "mmod_options":
+            _write_mmod_options(w, value)
         else:  # pragma: no cover
             raise AssertionError(kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# loss_mmod's options (dlib/dnn/loss.h, ``mmod_options`` versions 1-4)
+
+def _read_mmod_options(r: Reader) -> dict[str, Any]:
+    """``mmod_options`` as a dict: ``version``; ``detector_windows``, a list of dicts with
+    ``version`` (None inside a version-1 record), ``width``, ``height`` (pixels, in the input
+    tensor) and ``label``; the loss weights; ``overlaps_nms`` and ``overlaps_ignore`` as
+    ``(iou_thresh, percent_covered_thresh)``; from version 3 ``assume_image_pyramid`` (0/1), from
+    version 4 ``use_bounding_box_regression`` and ``bbr_lambda``. Absent fields get dlib's defaults.
+    """
+    start = r.pos
+    version = r.int("mmod_options version")
+    if not 1 <= version <= 4:
+        raise DatFormatError(start, f"mmod_options version {version}, expected 1 to 4")
+    if version == 1:
+        windows = [{"version": None, "width": r.uint("detector window width"),
+                    "height": r.uint("detector window height"), "label": ""}]
+    else:
+        windows = [_read_detector_window(r) for _ in range(r.uint("detector window count"))]
+    opts: dict[str, Any] = {"version": version, "detector_windows": windows}
+    for name in ("loss_per_false_alarm", "loss_per_missed_target", "truth_match_iou_threshold"):
+        opts[name] = r.real(name)
+    for name in ("overlaps_nms", "overlaps_ignore"):
+        opts[name] = (r.real(f"{name} iou_thresh"), r.real(f"{name} percent_covered_thresh"))
+    opts["assume_image_pyramid"] = r.take(1, "assume_image_pyramid")[0] if version >= 3 else 1
+    if version >= 4:
+        opts["use_bounding_box_regression"] = r.bool("use_bounding_box_regression")
+        opts["bbr_lambda"] = r.real("bbr_lambda")
+    else:
+        opts["use_bounding_box_regression"], opts["bbr_lambda"] = False, 100.0
+    return opts
+
+
+def _read_detector_window(r: Reader) -> dict[str, Any]:
+    start = r.pos
+    version = r.int("detector window version")
+    if version not in (1, 2):
+        raise DatFormatError(start, f"detector window version {version}, expected 1 or 2")
+    width, height = r.uint("detector window width"), r.uint("detector window height")
+    label = r.str("detector window label") if version == 2 else ""
+    return {"version": version, "width": width, "height": height, "label": label}
+
+
+def _write_mmod_options(w: Writer, opts: Mapping[str, Any]) -> None:
+    version = opts["version"]
+    w.int(version)
+    windows = opts["detector_windows"]
+    if version == 1:
+        if len(windows) != 1:
+            raise ValueError(f"mmod_options version 1 holds one detector window, not {len(windows)}")
+        w.int(windows[0]["width"])
+        w.int(windows[0]["height"])
+    else:
+        w.int(len(windows))
+        for window in windows:
+            w.int(window["version"])
+            w.int(window["width"])
+            w.int(window["height"])
+            if window["version"] == 2:
+                w.str(window["label"])
+    for name in ("loss_per_false_alarm", "loss_per_missed_target", "truth_match_iou_threshold"):
+        w.real(opts[name], DOUBLE_DIGITS)
+    for name in ("overlaps_nms", "overlaps_ignore"):
+        for value in opts[name]:
+            w.real(value, DOUBLE_DIGITS)
+    if version >= 3:
+        w.out.append(int(opts["assume_image_pyramid"]))
+    if version >= 4:
+        w.bool(opts["use_bounding_box_regression"])
+        w.real(opts["bbr_lambda"], DOUBLE_DIGITS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,9 +535,17 @@ def _error(source: str, where: str, exc: DatFormatError) -> ModelFileError:
     return ModelFileError(source, f"{where}: {exc.message}{at}")
 
 
-def parse_dat(data: bytes, source: os.PathLike | str = "<bytes>") -> DatNet:
-    """Parse a whole dlib network file; raises ModelFileError naming the part and byte offset."""
+def parse_dat(data: bytes, source: os.PathLike | str = "<bytes>", *,
+              loss_tags: Mapping | None = None, input_tags: Mapping | None = None) -> DatNet:
+    """Parse a whole dlib network file; raises ModelFileError naming the part and byte offset.
+
+    ``loss_tags`` / ``input_tags``: the loss and input records accepted (default :data:`LOSS_TAGS`
+    and :data:`INPUT_TAGS`, the face ResNet's; :data:`MMOD_LOSS_TAGS` and
+    :data:`PYRAMID_INPUT_TAGS` for dlib's CNN detectors).
+    """
     source = str(source)
+    loss_tags = LOSS_TAGS if loss_tags is None else loss_tags
+    input_tags = INPUT_TAGS if input_tags is None else input_tags
     r = Reader(data)
     where = "add_loss_layer"
     try:
@@ -458,7 +555,7 @@ def parse_dat(data: bytes, source: os.PathLike | str = "<bytes>") -> DatNet:
             raise DatFormatError(start, f"add_loss_layer version {version}, expected 1 "
                                         "(is this a dlib network file?)")
         where = "loss layer"
-        loss = _read_record(r, LOSS_TAGS, "loss")
+        loss = _read_record(r, loss_tags, "loss")
         wrappers: list[int] = []
         while not wrappers or wrappers[-1] != 3:
             where = f"layer wrapper {len(wrappers)}"
@@ -469,7 +566,7 @@ def parse_dat(data: bytes, source: os.PathLike | str = "<bytes>") -> DatNet:
                                             "2 (add_layer) or 3 (add_layer on the input)")
             wrappers.append(version)
         where = "input layer"
-        input_layer = _read_record(r, INPUT_TAGS, "input")
+        input_layer = _read_record(r, input_tags, "input")
         layers = []
         for index, version in enumerate(v for v in reversed(wrappers) if v != 1):
             where = f"layer {index}"
@@ -518,13 +615,14 @@ def _read_trailer(r: Reader, on_input: bool) -> Trailer:
     return Trailer(flags, tensors, factor)  # type: ignore[arg-type]
 
 
-def read_dat(path: os.PathLike | str) -> DatNet:
+def read_dat(path: os.PathLike | str, *, loss_tags: Mapping | None = None,
+             input_tags: Mapping | None = None) -> DatNet:
     """Read and parse a ``.dat`` file (see :func:`parse_dat`)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ModelFileError(path, f"cannot read it ({exc.strerror or exc})") from exc
-    return parse_dat(data, path)
+    return parse_dat(data, path, loss_tags=loss_tags, input_tags=input_tags)
 
 
 def dat_bytes(net: DatNet) -> bytes:
@@ -534,10 +632,10 @@ def dat_bytes(net: DatNet) -> bytes:
         raise ValueError(f"{len(net.layers)} layers do not fit the wrapper list {net.wrappers}")
     w = Writer()
     w.int(1)
-    _write_record(w, net.loss, LOSS_TAGS)
+    _write_record(w, net.loss, {**LOSS_TAGS, **MMOD_LOSS_TAGS})
     for version in net.wrappers:
         w.int(version)
-    _write_record(w, net.input, INPUT_TAGS)
+    _write_record(w, net.input, {**INPUT_TAGS, **PYRAMID_INPUT_TAGS})
     for version, layer in zip(bodies, net.layers):
         _write_record(w, layer, _LAYER_SPECS)
         trailer = layer.trailer
