@@ -26,22 +26,38 @@ log = logging.getLogger(__name__)
 
 # --- folders ---------------------------------------------------------------------------------------
 
+def person_folders(folder: os.PathLike | str) -> list[Path]:
+    """The person sub-folders of a people folder, sorted (those starting with ``_`` or ``.`` are not people),
+    empty ones included.
+
+    :raises DataFolderError: the folder is missing or is not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataFolderError(f"people folder not found: {root}" if not root.exists()
+                              else f"{root} is a file, not a people folder: expected {root}/<person>/<image>.jpg")
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    except OSError as exc:
+        raise DataFolderError(f"people folder {root} cannot be read ({exc.strerror or exc})") from None
+
+
 def scan_people(folder: os.PathLike | str) -> list[tuple[str, Path]]:
     """``(person, image path)`` pairs of a people folder, sorted by person then file name.
 
     Sub-folders starting with ``_`` or ``.`` are not people. Files that are not images (by extension,
-    any case) are ignored.
+    any case) are ignored; :func:`person_folders` also gives the people without any image.
 
     :raises DataFolderError: the folder is missing, or holds no person folder with an image.
     """
     root = Path(folder)
-    if not root.is_dir():
-        raise DataFolderError(f"people folder not found: {root}")
     pairs = []
-    for person_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if person_dir.name.startswith(("_", ".")):
-            continue
-        pairs += [(person_dir.name, p) for p in sorted(person_dir.iterdir()) if p.is_file() and is_image_file(p)]
+    for person_dir in person_folders(root):
+        try:
+            files = sorted(person_dir.iterdir())
+        except OSError as exc:
+            raise DataFolderError(f"person folder {person_dir} cannot be read ({exc.strerror or exc})") from None
+        pairs += [(person_dir.name, p) for p in files if p.is_file() and is_image_file(p)]
     if not pairs:
         raise DataFolderError(f"no images found in {root}: expected {root}/<person>/<image>.jpg")
     return pairs
@@ -119,12 +135,37 @@ def default_cache_dir() -> Path:
     return Path(base) / "dlibplus"
 
 
+class CacheFolderError(DataFolderError):
+    """The encoding cache folder cannot be created or written to (bad input: exit 2)."""
+
+
+def check_cache_root(root: os.PathLike | str) -> Path:
+    """Create the cache folder ``root`` if needed and check that it can be written to, before any work.
+
+    :raises CacheFolderError: ``root`` (or a folder above it) is a file, or the place is not writable.
+    """
+    root = Path(root)
+    fix = ("point DLIBPLUS_CACHE at a writable folder" if os.environ.get("DLIBPLUS_CACHE")
+           else "set DLIBPLUS_CACHE to a writable folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheFolderError(f"encoding cache {root} cannot be created ({exc.strerror or exc}): {fix}") from None
+    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+        raise CacheFolderError(f"encoding cache {root} is not a writable folder: {fix}")
+    return root
+
+
 class ResultCache:
-    """One small ``.npz`` per image, named by the image's content hash, in a folder per settings key."""
+    """One small ``.npz`` per image, named by the image's content hash, in a folder per settings key.
+
+    The root is checked on construction (:func:`check_cache_root`); a write that fails later (a full disk)
+    is logged once and the run goes on without caching."""
 
     def __init__(self, root: Path, settings: dict):
-        self.folder = Path(root) / settings_key(settings)
+        self.folder = check_cache_root(root) / settings_key(settings)
         self.settings = settings
+        self._write_failed = False
 
     def _path(self, sha: str) -> Path:
         return self.folder / sha[:2] / f"{sha}.npz"
@@ -143,8 +184,16 @@ class ResultCache:
             return None
 
     def put(self, sha: str, faces: ImageFaces) -> None:
-        if faces.error is not None:
+        if faces.error is not None or self._write_failed:
             return
+        try:
+            self._write(sha, faces)
+        except OSError as exc:
+            self._write_failed = True
+            log.warning("encoding cache %s cannot be written (%s): going on without caching", self.folder,
+                        exc.strerror or exc)
+
+    def _write(self, sha: str, faces: ImageFaces) -> None:
         arrays = {"boxes": faces.boxes}
         if faces.encodings is not None:
             arrays["encodings"] = faces.encodings

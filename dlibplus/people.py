@@ -15,10 +15,18 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .data import ImageFaces, process_images, scan_people
+from .data import ImageFaces, person_folders, process_images, scan_people
 from .faces import FaceSettings
 from .recipe import Recipe
 from .errors import DataFolderError
+
+
+_PLURALS = {"person": "people"}
+
+
+def counted(n: int, noun: str) -> str:
+    """``'1 person'``, ``'3 people'``, ``'1 image'``, ``'0 images'``."""
+    return f"{n} {noun if n == 1 else _PLURALS.get(noun, noun + 's')}"
 
 
 def resolve_encoder(spec: str | None):
@@ -68,6 +76,11 @@ class PeopleSet:
         used = set(self.labels.tolist())
         return [p for p in self.people if p not in used]
 
+    @property
+    def empty_person_folders(self) -> list[str]:
+        """People whose folder holds no image file at all."""
+        return [p for p in self.people if not self.total_per_person[p]]
+
     def report(self) -> dict[str, Any]:
         """Per person: images found, used, and the skipped ones with reasons (JSON-able)."""
         used = Counter(self.labels.tolist())
@@ -76,21 +89,25 @@ class PeopleSet:
                 "people": {p: {"images": self.total_per_person[p], "used": used.get(p, 0),
                                "skipped": [{"path": s, "reason": r} for s, r in self.skipped.get(p, [])]}
                            for p in self.people},
-                "people_without_usable_images": self.people_without_images}
+                "people_without_usable_images": self.people_without_images,
+                "empty_person_folders": self.empty_person_folders}
 
     def report_lines(self) -> list[str]:
-        """A human summary: one line per person with skipped images, then each skipped file."""
+        """A human summary: one line per person with skipped images, then each skipped file; the people left
+        out (an empty folder named as such); the totals."""
         lines = []
         used = Counter(self.labels.tolist())
         for p in self.people:
             skipped = self.skipped.get(p, [])
-            if skipped or not used.get(p):
-                lines.append(f"{p}: {used.get(p, 0)} of {self.total_per_person[p]} images used")
+            if skipped:
+                lines.append(f"{p}: {used.get(p, 0)} of {counted(self.total_per_person[p], 'image')} used")
                 lines += [f"  skipped {s}: {r}" for s, r in skipped]
+        empty = set(self.empty_person_folders)
         for p in self.people_without_images:
-            lines.append(f"warning: {p} has no usable image and is left out")
-        lines.append(f"{len(self.labels)} faces of {len(set(self.labels.tolist()))} people from "
-                     f"{sum(self.total_per_person.values())} images")
+            why = f"has no image file (its folder {self.folder / p} is empty)" if p in empty else "has no usable image"
+            lines.append(f"warning: {p} {why} and is left out")
+        lines.append(f"{counted(len(self.labels), 'face')} of {counted(len(set(self.labels.tolist())), 'person')} "
+                     f"from {counted(sum(self.total_per_person.values()), 'image')}")
         return lines
 
     @property
@@ -126,6 +143,7 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
     """
     settings = settings or FaceSettings()
     pairs = scan_people(folder)
+    people = [d.name for d in person_folders(folder)]
     enc, spec = resolve_encoder(encoder) if want == "encodings" else (None, "none")
     results = process_images([p for _, p in pairs], settings, encoder=enc, want=want, num_jitters=num_jitters,
                              jobs=jobs, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
@@ -141,10 +159,11 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
         paths.append(str(path))
         boxes.append(r.boxes[0])
         rows.append(r.encodings[0] if want == "encodings" else r.chips[0])
-    total = Counter(person for person, _ in pairs)
+    total = {name: 0 for name in people}  # empty person folders too: the report names them
+    total.update(Counter(person for person, _ in pairs))
     if not labels:
         raise DataFolderError(f"no usable face in {folder}: every image was skipped "
-                              f"({sum(total.values())} images; try --face-box whole for tight crops)")
+                              f"({counted(sum(total.values()), 'image')}; try --face-box whole for tight crops)")
     stacked = np.stack(rows)
     return PeopleSet(Path(folder), np.array(labels), np.array(paths), np.array(boxes, np.int32), settings, spec,
                      num_jitters, encodings=stacked if want == "encodings" else None,

@@ -16,6 +16,7 @@ from . import plots
 from .evaluate import FARS, FOLDS, OPEN_SET_FARS, Comparison, EvaluationResult
 from .fileio import atomic_path, write_json
 from .metrics import PersonRow
+from .people import counted
 
 __all__ = ["console_table", "markdown", "write_charts", "write_report"]
 
@@ -92,8 +93,8 @@ def _rows(result: EvaluationResult) -> list[tuple[str, list[str]]]:
 def _summary_line(result: EvaluationResult) -> str:
     """``FOLDER: gallery … images of … people; probes … known + … unknown``."""
     known = int(result.known.sum())
-    return (f"{result.folder}: gallery {len(result.gallery_labels)} images of "
-            f"{len(set(result.gallery_labels.tolist()))} people; probes {known} known"
+    return (f"{result.folder}: gallery {counted(len(result.gallery_labels), 'image')} of "
+            f"{counted(len(set(result.gallery_labels.tolist())), 'person')}; probes {known} known"
             f" + {len(result.known) - known} unknown")
 
 

@@ -34,7 +34,7 @@ def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encode
     """
     from ..fileio import write_json
     from ..knn import FaceKNN
-    from ..people import load_people
+    from ..people import counted, load_people
 
     if n_neighbors not in ("auto", "sqrt"):
         try:
@@ -51,5 +51,6 @@ def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encode
         write_json(report, people.report())
     model = FaceKNN(n_neighbors, algorithm, threshold, people.recipe).fit(people.encodings, people.labels)
     model.save(output, info=people.info())
-    click.echo(f"trained on {len(people.labels)} faces of {len(model.classes_)} people, k={model.k_} "
+    click.echo(f"trained on {counted(len(people.labels), 'face')} of {counted(len(model.classes_), 'person')}, "
+               f"k={model.k_} "
                f"({model.n_neighbors}); model written to {output}", err=True)

@@ -1,0 +1,110 @@
+"""Every command against what users really do: bad options, broken files and folders, wrong models, odd
+environments. Each answer is one clear line and the right exit status, before any long work; nothing is lost."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dlibplus.cli import main
+
+KPOP = ("Arin", "Eunha")  # 160x160 tight crops: quick with --face-box whole
+WHOLE = ["--face-box", "whole", "-j", "1"]
+
+
+def run(*args, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
+
+
+def one_line_error(res, exit_code: int = 2) -> str:
+    """The error line of a command that failed as it should: the exit status, no traceback."""
+    assert res.exit_code == exit_code, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    return errors[0]
+
+
+def link_people(root: Path, faces_dir: Path, people=KPOP, n: int = 3, set_name: str = "kpop_idols15") -> Path:
+    """``root/<person>/<image>``: symlinks to the first ``n`` photos of each person."""
+    for person in people:
+        (root / person).mkdir(parents=True, exist_ok=True)
+        for src in sorted((faces_dir / set_name / person).iterdir())[:n]:
+            os.symlink(src, root / person / src.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def kpop(tmp_path_factory, faces_dir) -> Path:
+    """2 people x 3 tight crops."""
+    return link_people(tmp_path_factory.mktemp("kpop") / "people", faces_dir)
+
+
+@pytest.fixture(scope="module")
+def knn_model(kpop, tmp_path_factory) -> Path:
+    """A train-knn model of :func:`kpop` (tight crops)."""
+    model = tmp_path_factory.mktemp("knn") / "people.npz"
+    res = run("train-knn", kpop, "-o", model, *WHOLE)
+    assert res.exit_code == 0, res.output
+    return model
+
+
+# --- the environment ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "unwritable"])
+def test_cache_that_cannot_be_used_is_one_line_and_exit_2(where, kpop, tmp_path):
+    a_file = tmp_path / "cache.txt"
+    a_file.write_text("not a folder")
+    cache = {"file": a_file, "under_a_file": a_file / "sub", "unwritable": Path("/sys/dlibplus-cache")}[where]
+    if where == "unwritable" and os.access("/sys", os.W_OK) and _can_mkdir(cache):
+        pytest.skip("/sys is writable here")
+    model = tmp_path / "m.npz"
+    line = one_line_error(run("train-knn", kpop, "-o", model, *WHOLE, env={"DLIBPLUS_CACHE": str(cache)}))
+    assert str(cache) in line and "DLIBPLUS_CACHE" in line and "writable folder" in line
+    assert not model.exists() and a_file.read_text() == "not a folder"
+    # --no-cache does not need it
+    res = run("train-knn", kpop, "-o", model, *WHOLE, "--no-cache", env={"DLIBPLUS_CACHE": str(cache)})
+    assert res.exit_code == 0, res.output
+
+
+def _can_mkdir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True)
+    except OSError:
+        return False
+    path.rmdir()
+    return True
+
+
+# --- people folders ----------------------------------------------------------------------------------------
+
+def test_empty_person_folder_is_named_and_one_person_is_singular(kpop, tmp_path):
+    root = tmp_path / "people"
+    shutil.copytree(kpop, root, symlinks=True)
+    (root / "Nobody").mkdir()
+    (root / "Nobody" / "notes.txt").write_text("no photo here")
+    report = tmp_path / "report.json"
+    res = run("train-knn", root, "-o", tmp_path / "m.npz", "--report", report, *WHOLE)
+    assert res.exit_code == 0, res.output
+    assert f"Nobody has no image file (its folder {root / 'Nobody'} is empty)" in res.output
+    rep = json.loads(report.read_text())
+    assert rep["people"]["Nobody"] == {"images": 0, "used": 0, "skipped": []}
+    assert rep["people_without_usable_images"] == ["Nobody"] and rep["empty_person_folders"] == ["Nobody"]
+    shutil.rmtree(root / "Eunha")
+    res = run("train-knn", root, "-o", tmp_path / "m.npz", *WHOLE)
+    assert res.exit_code == 0, res.output
+    assert "3 faces of 1 person from 3 images" in res.output and "of 1 person," in res.output
+    assert "1 people" not in res.output
+
+
+def test_people_folder_that_is_a_file(tmp_path):
+    a_file = tmp_path / "people.jpg"
+    a_file.write_text("x")
+    line = one_line_error(run("train-knn", a_file, "-o", tmp_path / "m.npz"))
+    assert "is a file, not a people folder" in line
