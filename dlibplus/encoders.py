@@ -379,6 +379,10 @@ def load_encoder(spec: os.PathLike | str, **options) -> DlibEncoder | TorchEncod
     path = Path(spec)
     if path.is_dir():
         if not (path / FINETUNED_MODEL_NAME).is_file():
+            if (path / model_folder.CHECKPOINT).is_file():
+                raise ModelFileError(path, f"an unfinished `dlibplus finetune` run (it holds {model_folder.CHECKPOINT}"
+                                           f" but no {FINETUNED_MODEL_NAME} yet): finish it with the same "
+                                           f"`dlibplus finetune ... -o {path}` command plus --resume")
             raise ModelFileError(path, f"the folder holds no {FINETUNED_MODEL_NAME} "
                                        "(expected the output folder of `dlibplus finetune`)")
         path = path / FINETUNED_MODEL_NAME

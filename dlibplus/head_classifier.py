@@ -39,6 +39,7 @@ class HeadClassifier:
         from .heads import create_head
 
         folder = Path(folder)
+        _check_folder(folder)
         meta = model_folder.read_metadata(folder)
         classes = model_folder.read_classes(folder)
         cos_threshold = meta.head_open_set.get("cosine_threshold")
@@ -79,3 +80,28 @@ class HeadClassifier:
 
     def predict(self, encodings: np.ndarray, threshold: float | None = None) -> np.ndarray:
         return self.predict_with_distance(encodings, threshold)[0]
+
+
+def _check_folder(folder: Path) -> None:
+    """A finished ``dlibplus finetune`` folder, or a ModelFileError saying what ``folder`` is and what to do."""
+    if folder.is_file():
+        if _is_zip(folder):
+            raise ModelFileError(folder, "is a train-knn model file, not a `dlibplus finetune` folder: predict with "
+                                         "it without --classifier head (--classifier knn is the default)")
+        raise ModelFileError(folder, "is a file; --classifier head takes the output folder of `dlibplus finetune`")
+    if not folder.is_dir():
+        raise ModelFileError(folder, "folder not found; --classifier head takes the output folder of "
+                                     "`dlibplus finetune`")
+    if not (folder / model_folder.MODEL_DAT).is_file() and (folder / model_folder.CHECKPOINT).is_file():
+        raise ModelFileError(folder, f"an unfinished `dlibplus finetune` run (it holds {model_folder.CHECKPOINT} but "
+                                     f"no {model_folder.MODEL_DAT} yet): finish it with the same "
+                                     f"`dlibplus finetune ... -o {folder}` command plus --resume")
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` starts as a zip archive does (every ``.npz`` does)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False

@@ -108,3 +108,34 @@ def test_people_folder_that_is_a_file(tmp_path):
     a_file.write_text("x")
     line = one_line_error(run("train-knn", a_file, "-o", tmp_path / "m.npz"))
     assert "is a file, not a people folder" in line
+
+
+# --- models of the wrong kind ------------------------------------------------------------------------------
+
+@pytest.fixture()
+def interrupted(tmp_path) -> Path:
+    """What an interrupted `dlibplus finetune -o DIR` leaves: a checkpoint, no model.dat yet."""
+    folder = tmp_path / "unfinished"
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(b"\0" * 64)
+    return folder
+
+
+def test_interrupted_finetune_folder_as_encoder_says_resume(interrupted, kpop, tmp_path):
+    model = tmp_path / "m.npz"
+    line = one_line_error(run("train-knn", kpop, "-o", model, *WHOLE, "--encoder", interrupted))
+    assert str(interrupted) in line and "unfinished" in line and "--resume" in line
+    assert not model.exists()
+    line = one_line_error(run("evaluate", kpop, "--encoder", "dlib", "--encoder", interrupted, "--report",
+                              tmp_path / "rep", *WHOLE))
+    assert "unfinished" in line and "--resume" in line
+
+
+def test_predict_head_on_the_wrong_kind_of_model(interrupted, knn_model, kpop, tmp_path):
+    photo = next((kpop / KPOP[0]).iterdir())
+    line = one_line_error(run("predict", interrupted, photo, "--classifier", "head", *WHOLE))
+    assert str(interrupted) in line and "unfinished" in line and "--resume" in line
+    line = one_line_error(run("predict", knn_model, photo, "--classifier", "head", *WHOLE))
+    assert str(knn_model) in line and "train-knn model" in line and "without --classifier head" in line
+    line = one_line_error(run("predict", tmp_path / "nowhere", photo, "--classifier", "head"))
+    assert "not found" in line
