@@ -151,9 +151,28 @@ def check_cache_root(root: os.PathLike | str) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CacheFolderError(f"encoding cache {root} cannot be created ({exc.strerror or exc}): {fix}") from None
-    if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
-        raise CacheFolderError(f"encoding cache {root} is not a writable folder: {fix}")
+    reason = unwritable_reason(root)
+    if reason:
+        raise CacheFolderError(f"encoding cache {root} {reason}: {fix}")
     return root
+
+
+def unwritable_reason(path: os.PathLike | str) -> str | None:
+    """Why a file cannot be created in the folder ``path`` (or in the nearest existing folder above it, which
+    would hold it), or ``None`` when one can. Tries for real: ``os.access`` says yes to root on read-only places."""
+    import tempfile
+
+    here = Path(path).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        return f"cannot be created: {here} is a file"
+    try:
+        with tempfile.TemporaryFile(dir=here):
+            pass
+    except OSError as exc:
+        return f"is not writable ({here}: {exc.strerror or exc})"
+    return None
 
 
 class ResultCache:

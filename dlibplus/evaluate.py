@@ -37,7 +37,7 @@ from .errors import DataFolderError
 from .jsonutil import jsonable
 from .knn import FaceKNN
 from .metrics import BootstrapResult, DirAtFar, IdentificationReport, OpenSetResult, VerificationReport
-from .pairs_file import read_pairs_resolved
+from .pairs_file import PairList, read_pairs_resolved
 from .people import load_people, resolve_encoder
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def encoder_name(spec: str | os.PathLike) -> str:
     return (Path(s).resolve().name or s) + suffix
 
 
-def _unique_names(specs: Sequence[str]) -> list[str]:
+def unique_names(specs: Sequence[str]) -> list[str]:
     """One display name per spec, ``-2``, ``-3`` … appended to repeats."""
     names: list[str] = []
     for spec in specs:
@@ -198,6 +198,12 @@ class EvaluationResult:
     pairs_summary: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     comparison_far: float | None = None
+    training_overlap: list["TrainingOverlap"] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What makes these numbers mislead: a fine-tuned encoder evaluated on photos it was trained on."""
+        return [o.warning for o in self.training_overlap if o.n_overlap]
 
     @property
     def baseline(self) -> EncoderEvaluation:
@@ -229,6 +235,8 @@ class EvaluationResult:
             "comparisons": [c.to_dict() for c in self.comparisons],
             "images": {"reports": self.image_reports, "dropped_for_fairness": self.dropped_images},
             "pairs_summary": self.pairs_summary,
+            "training_overlap": [o.to_dict() for o in self.training_overlap],
+            "warnings": self.warnings,
             "notes": self.notes,
         })
 
@@ -382,13 +390,12 @@ def _measurability_notes(base: EncoderEvaluation) -> list[str]:
 # Pairs file
 
 
-def _pair_distances(pairs_file: Path, folder: Path, specs: Sequence[str], names: Sequence[str],
+def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], names: Sequence[str],
                     settings: FaceSettings, jobs: int | None, progress: bool
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, Any], list[str]]:
     """Distances of the usable pairs for each encoder: ``(name -> (m,), same (m,), fold ids or None, summary,
     notes)``. An image with several faces gives its largest face; a pair with an image without a usable face
     (for any encoder) is left out."""
-    pairs = read_pairs_resolved(pairs_file, folder)
     unique = sorted(set(map(str, pairs.path1 + pairs.path2)))
     usable = np.ones(len(unique), bool)
     reasons: dict[str, str] = {}
@@ -431,12 +438,12 @@ def _pair_distances(pairs_file: Path, folder: Path, specs: Sequence[str], names:
     return distances, same, folds, summary, notes
 
 
-def _score_pairs_file(pairs_file: Path, folder: Path, specs: Sequence[str], names: Sequence[str],
+def _score_pairs_file(pairs: PairList, pairs_file: Path, specs: Sequence[str], names: Sequence[str],
                       settings: FaceSettings, jobs: int | None, progress: bool, evaluations: list[EncoderEvaluation],
                       seed: int) -> tuple[dict[str, Any], list[str]]:
-    """Set each evaluation's ``pairs`` report (the 10-fold protocol over the pairs file); returns the file's
-    summary and notes."""
-    distances, same, folds, summary, notes = _pair_distances(pairs_file, folder, specs, names, settings, jobs,
+    """Set each evaluation's ``pairs`` report (the 10-fold protocol over the pairs file's ``pairs``); returns
+    the file's summary and notes."""
+    distances, same, folds, summary, notes = _pair_distances(pairs, pairs_file, specs, names, settings, jobs,
                                                              progress)
     for ev in evaluations:
         if same.all() or not same.any():
@@ -500,6 +507,78 @@ def _compare(result_encoders: list[EncoderEvaluation], probes: _Encoded, known: 
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Photos a fine-tuned encoder was trained on
+
+
+@dataclass(frozen=True)
+class TrainingOverlap:
+    """How many of the evaluated photos (by content) a fine-tuned encoder was trained or validated on."""
+
+    encoder: str
+    n_overlap: int
+    n_evaluated: int
+
+    @property
+    def share(self) -> float:
+        return self.n_overlap / self.n_evaluated if self.n_evaluated else 0.0
+
+    @property
+    def warning(self) -> str:
+        return (f"{self.encoder} was fine-tuned on {self.n_overlap} of the {self.n_evaluated} evaluated photos "
+                f"({self.share:.0%}): its numbers overstate how it does on new photos; evaluate on photos it was "
+                "not trained on")
+
+    def to_dict(self) -> dict:
+        return {"encoder": self.encoder, "photos_trained_on": self.n_overlap, "photos_evaluated": self.n_evaluated,
+                "share": self.share}
+
+
+def _finetuned_folder(spec: str) -> Path | None:
+    """The folder of a fine-tuned encoder spec (``DIR`` or ``DIR+flip``), else ``None``."""
+    from . import model_folder
+    from .encoders import split_flip
+
+    base = split_flip(spec)[0]
+    return Path(base) if base not in ("dlib", "torch") and model_folder.is_model_folder(base) else None
+
+
+def _training_hashes(folder: Path) -> set[str] | None:
+    """sha256 of every photo a fine-tuned folder's run used (its metadata's ``data.files_sha256``), or
+    ``None`` when its metadata does not list them (made by an older dlibplus, or unreadable)."""
+    from . import model_folder
+    from .errors import ModelFileError
+
+    try:
+        hashes = model_folder.read_metadata(folder).data.get("files_sha256")
+    except ModelFileError:
+        return None
+    return set(hashes) if isinstance(hashes, list) else None
+
+
+def training_overlaps(specs: Sequence[str], names: Sequence[str], photos: Sequence[str | os.PathLike]
+                      ) -> tuple[list[TrainingOverlap], list[str]]:
+    """For each fine-tuned folder among ``specs``: how many of ``photos`` (by content) its run used; and
+    notes for the folders that cannot say."""
+    from .fileio import file_sha256
+
+    overlaps, notes = [], []
+    photo_hashes: list[str] | None = None
+    for spec, name in zip(specs, names):
+        folder = _finetuned_folder(spec)
+        if folder is None:
+            continue
+        trained = _training_hashes(folder)
+        if trained is None:
+            notes.append(f"{name}: its metadata does not list the photos it was fine-tuned on; make sure they "
+                         "are not the evaluated ones")
+            continue
+        if photo_hashes is None:
+            photo_hashes = [file_sha256(p) for p in dict.fromkeys(map(str, photos))]
+        overlaps.append(TrainingOverlap(name, sum(h in trained for h in photo_hashes), len(photo_hashes)))
+    return overlaps, notes
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The entry point
 
 
@@ -529,8 +608,9 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, not {n_boot}")
     settings = settings or FaceSettings()
-    names = _unique_names(specs)
+    names = unique_names(specs)
     folder = Path(folder)
+    pairs = read_pairs_resolved(pairs_file, folder) if pairs_file is not None else None  # a bad file fails first
     split = _split(folder, test_folder, specs, names, settings, test_fraction, holdout_people, seed, jobs, progress)
     gallery, probes, known = split.gallery, split.probes, split.known
     notes = list(split.notes)
@@ -545,9 +625,14 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
 
     pairs_summary = None
     if pairs_file is not None:
-        pairs_summary, pair_notes = _score_pairs_file(Path(pairs_file), folder, specs, names, settings, jobs,
+        pairs_summary, pair_notes = _score_pairs_file(pairs, Path(pairs_file), specs, names, settings, jobs,
                                                       progress, evaluations, seed)
         notes += pair_notes
+    evaluated = [*gallery.paths.tolist(), *probes.paths.tolist()]
+    if pairs is not None:
+        evaluated += [str(p) for p in pairs.path1 + pairs.path2 if Path(p).is_file()]
+    overlaps, overlap_notes = training_overlaps(specs, names, evaluated)
+    notes += overlap_notes
 
     return EvaluationResult(
         folder=folder, test_folder=Path(test_folder) if test_folder is not None else None,
@@ -556,4 +641,5 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
         threshold=THRESHOLD, encoders=evaluations, gallery_paths=gallery.paths, gallery_labels=gallery.labels,
         probe_paths=probes.paths, probe_labels=probes.labels, known=known, holdout_people=split.holdout,
         comparisons=comparisons, image_reports=split.image_reports, dropped_images=split.dropped,
-        pairs_summary=pairs_summary, notes=notes, comparison_far=_comparison_far(evaluations[0])[0])
+        pairs_summary=pairs_summary, notes=notes, comparison_far=_comparison_far(evaluations[0])[0],
+        training_overlap=overlaps)

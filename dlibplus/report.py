@@ -6,6 +6,7 @@ Nothing is computed here: every number comes from the result (``metrics.json`` i
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -14,11 +15,12 @@ from typing import Mapping, Sequence
 
 from . import plots
 from .evaluate import FARS, FOLDS, OPEN_SET_FARS, Comparison, EvaluationResult
+from .errors import DataFolderError
 from .fileio import atomic_path, write_json
 from .metrics import PersonRow
 from .people import counted
 
-__all__ = ["console_table", "markdown", "write_charts", "write_report"]
+__all__ = ["check_report_folder", "console_table", "markdown", "write_charts", "write_report"]
 
 PER_PERSON_ROWS = 100  # rows of the per-person table in report.md (metrics.json has them all)
 _METRIC_LABELS = {"knn_accuracy": "KNN accuracy", "nn1_accuracy": "1-NN accuracy"}
@@ -192,6 +194,8 @@ def markdown(result: EvaluationResult, charts: Mapping[str, Path] | None = None)
     if result.holdout_people:
         md.append(f"- held out of the gallery (strangers): {', '.join(result.holdout_people)}")
     md.append("")
+    if result.warnings:
+        md += ["## Warning", ""] + [f"- **{w}**" for w in result.warnings] + [""]
     md += ["## Side by side", ""]
     md += _md_table(["metric"] + result.names, [[lab] + cells for lab, cells in _rows(result)])
     if result.baseline.verification:
@@ -221,11 +225,55 @@ def markdown(result: EvaluationResult, charts: Mapping[str, Path] | None = None)
     return "\n".join(md)
 
 
+MANIFEST = ".dlibplus-report.json"  # the files evaluate runs wrote into a report folder
+
+
+def report_files(encoder_names: Sequence[str]) -> list[str]:
+    """Every file name a report of these encoders may hold (which charts are drawn depends on the data)."""
+    charts = [f"{kind}_{_file_part(n)}.png" for n in encoder_names for kind in ("distances", "confusion")]
+    return ["report.md", "metrics.json", "roc.png", "open_set.png", *charts]
+
+
+def _read_manifest(out: Path) -> set[str]:
+    """The names of the files earlier evaluate runs wrote into ``out`` (plain names, nothing else)."""
+    try:
+        names = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(names, list):
+        return set()
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")}
+
+
+def check_report_folder(outdir: os.PathLike | str, encoder_names: Sequence[str]) -> None:
+    """Refuse, before any work, a report folder where the report would replace files evaluate did not write.
+
+    :raises DataFolderError: ``outdir`` is a file, or holds a ``report.md``, ``metrics.json`` or chart of
+        the same name that no evaluate run wrote.
+    """
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise DataFolderError(f"--report {out} is a file: give a folder")
+    ours = _read_manifest(out)
+    for name in report_files(encoder_names):
+        if (out / name).exists() and name not in ours:
+            raise DataFolderError(f"--report {out}: {out / name} exists and was not written by dlibplus evaluate; "
+                                  "choose an empty or new folder")
+
+
 def write_report(result: EvaluationResult, outdir: os.PathLike | str) -> dict[str, Path]:
     """Write the charts (:func:`write_charts`), ``metrics.json`` (``result.to_dict()``) and ``report.md``
-    (:func:`markdown`) into ``outdir`` (created), each atomically; returns ``{file kind: path}``."""
+    (:func:`markdown`) into ``outdir`` (created), each atomically; returns ``{file kind: path}``.
+
+    Charts an earlier run wrote there and this one does not (other encoders, no open set this time) are
+    removed, so the folder never mixes two runs; the folder's manifest says which files evaluate wrote, and
+    no other file is ever touched.
+    """
     out = Path(outdir)
+    check_report_folder(out, result.names)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _read_manifest(out)
+    write_json(out / MANIFEST, sorted(previous | set(report_files(result.names))))  # a crash leaves all listed
     written = write_charts(result, out)
     charts = dict(written)
     write_json(out / "metrics.json", result.to_dict())
@@ -233,4 +281,8 @@ def write_report(result: EvaluationResult, outdir: os.PathLike | str) -> dict[st
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown(result, charts), encoding="utf-8")
     written["report"] = out / "report.md"
+    names = {p.name for p in written.values()}
+    for stale in sorted(previous - names):
+        (out / stale).unlink(missing_ok=True)
+    write_json(out / MANIFEST, sorted(names))
     return written

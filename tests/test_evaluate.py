@@ -26,7 +26,7 @@ from dlibplus.evaluate import encoder_name, evaluate_folder  # noqa: E402
 from dlibplus.knn import FaceKNN  # noqa: E402
 from dlibplus.pairs_file import read_pairs  # noqa: E402
 from dlibplus.people import load_people  # noqa: E402
-from dlibplus.report import console_table, write_report  # noqa: E402
+from dlibplus.report import MANIFEST, console_table, write_report  # noqa: E402
 
 WHOLE = FaceSettings(face_box="whole")
 N_PEOPLE, PER_PERSON, N_BOOT = 8, 12, 200
@@ -186,7 +186,7 @@ def test_report_files(both):
     md = (out / "report.md").read_text()
     assert "| metric | dlib | torch |" in md and "## Differences from dlib" in md and "## Per person" in md
     assert "TAR @ FAR 0.0001 not measurable" in md
-    assert not list(out.glob(".*")), "temporary files left behind"
+    assert [p.name for p in out.glob(".*")] == [MANIFEST], "temporary files left behind"
     table = console_table(result)
     assert "dlib" in table and "torch" in table and "KNN accuracy" in table and "torch - dlib" in table
 
@@ -272,3 +272,106 @@ def test_encoder_display_names(tmp_path):
     assert encoder_name(str(tmp_path / "weights.dat")) == "weights.dat"
     assert encoder_name("dlib+flip") == "dlib+flip"
     assert encoder_name(str(tmp_path / "my_model") + "+flip") == "my_model+flip"
+
+
+def _finetuned_folder(folder: Path, trained_on: list[Path] | None) -> Path:
+    """A `dlibplus finetune` output folder holding dlib's own weights (what ``--keep auto`` hands back when
+    nothing beats dlib), whose metadata lists ``trained_on`` as the photos of its run (``None``: a folder made
+    before dlibplus recorded them)."""
+    from dlibplus import model_folder, models
+    from dlibplus.fileio import file_sha256
+
+    folder.mkdir(parents=True)
+    (folder / model_folder.MODEL_DAT).symlink_to(models.model_path(models.FACE_RECOGNITION_MODEL))
+    data = {} if trained_on is None else {"files_sha256": sorted(file_sha256(p) for p in trained_on)}
+    meta = model_folder.FinetunedMetadata(base_model={"file": models.FACE_RECOGNITION_MODEL}, config={},
+                                          classes=["Arin"], face_settings={"face_box": "whole"},
+                                          calibration={"scale": 1.0}, data=data)
+    model_folder.write_metadata(folder, meta)
+    return folder
+
+
+def test_evaluating_on_the_fine_tuning_photos_warns_with_the_share(tmp_path, kpop_pairs):
+    from click.testing import CliRunner
+
+    from dlibplus.cli import main
+    from dlibplus.evaluate import training_overlaps
+
+    first3 = [(p, f) for p, f in kpop_pairs if p in ("Arin", "Eunha")
+              and f.name in {q.name for q in sorted(f.parent.iterdir())[:3]}]
+    people = _link_people(tmp_path / "people", first3)
+    arin = sorted((people / "Arin").iterdir())
+    on_arin = _finetuned_folder(tmp_path / "on_arin", arin)
+    report = tmp_path / "report"
+    res = CliRunner().invoke(main, ["evaluate", str(people), "--encoder", "dlib", "--encoder", str(on_arin),
+                                    "--report", str(report), "--face-box", "whole", "-j", "1", "--n-boot", "20"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    warning = "on_arin was fine-tuned on 3 of the 6 evaluated photos (50%)"
+    assert f"warning: {warning}" in res.output
+    md = (report / "report.md").read_text()
+    assert "## Warning" in md and warning in md
+    js = json.loads((report / "metrics.json").read_text())
+    assert js["training_overlap"] == [{"encoder": "on_arin", "photos_trained_on": 3, "photos_evaluated": 6,
+                                       "share": 0.5}]
+    assert js["warnings"] == [warning + ": its numbers overstate how it does on new photos; evaluate on photos "
+                                        "it was not trained on"]
+    # photos it never saw (by content, wherever they are): no overlap; dlib is never checked
+    others = [f for p, f in kpop_pairs if p == "Dahyun"][:4]
+    overlaps, notes = training_overlaps(["dlib", f"{on_arin}+flip"], ["dlib", "on_arin+flip"], others + arin[:1])
+    assert [(o.encoder, o.n_overlap, o.n_evaluated) for o in overlaps] == [("on_arin+flip", 1, 5)] and not notes
+    # a folder made before dlibplus recorded its photos cannot say: a note asks the user to make sure
+    old = _finetuned_folder(tmp_path / "old_model", None)
+    overlaps, notes = training_overlaps([str(old)], ["old_model"], arin)
+    assert overlaps == [] and notes == ["old_model: its metadata does not list the photos it was fine-tuned on; "
+                                        "make sure they are not the evaluated ones"]
+
+
+def test_reusing_a_report_folder_removes_its_stale_charts_and_nothing_else(both, kpop8, tmp_path):
+    import shutil
+
+    _, out, _, _ = both
+    folder = tmp_path / "report"
+    shutil.copytree(out, folder)  # a dlib + torch report
+    (folder / "notes.txt").write_text("mine")
+    (folder / "my_chart.png").write_bytes(b"mine")
+    dlib_only = evaluate_folder(kpop8, ["dlib"], settings=WHOLE, jobs=2, progress=False, n_boot=20)
+    write_report(dlib_only, folder)
+    assert not (folder / "distances_torch.png").exists() and not (folder / "confusion_torch.png").exists()
+    assert (folder / "distances_dlib.png").is_file() and (folder / "roc.png").is_file()
+    assert "torch" not in (folder / "report.md").read_text()
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "my_chart.png").read_bytes() == b"mine"
+    assert sorted(json.loads((folder / MANIFEST).read_text())) == sorted(
+        ["report.md", "metrics.json", "roc.png", "distances_dlib.png", "confusion_dlib.png"])
+
+
+def test_report_folder_with_files_evaluate_did_not_write_is_refused_before_any_work(tmp_path, kpop8):
+    from click.testing import CliRunner
+
+    from dlibplus.cli import main
+
+    mine = tmp_path / "docs"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    (mine / "roc.png").write_bytes(b"my chart")
+    for folder, expected in ((mine, "docs/report.md exists and was not written by dlibplus evaluate"),
+                             (mine / "report.md", "is a file"), (Path("/sys/dlibplus-report"), "not writable")):
+        res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "no_such_folder"), "--report", str(folder)],
+                                 catch_exceptions=False)
+        assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output, res.output
+    assert (mine / "report.md").read_text() == "my notes" and (mine / "roc.png").read_bytes() == b"my chart"
+    assert sorted(p.name for p in mine.iterdir()) == ["report.md", "roc.png"]
+
+
+def test_bad_pairs_file_fails_before_any_encoding(tmp_path):
+    from click.testing import CliRunner
+
+    from dlibplus.cli import main
+
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("a,b\n")
+    for pairs, expected in ((bad, "bad pairs file"), (tmp_path / "missing.txt", "does not exist")):
+        # the people folder does not even exist: the pairs file is read first
+        res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "no_such_folder"), "--report",
+                                        str(tmp_path / "r"), "--pairs", str(pairs)], catch_exceptions=False)
+        assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output, res.output

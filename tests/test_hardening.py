@@ -139,3 +139,26 @@ def test_predict_head_on_the_wrong_kind_of_model(interrupted, knn_model, kpop, t
     assert str(knn_model) in line and "train-knn model" in line and "without --classifier head" in line
     line = one_line_error(run("predict", tmp_path / "nowhere", photo, "--classifier", "head"))
     assert "not found" in line
+
+
+# --- outputs ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("option", ["--output", "--report"])
+def test_train_knn_output_that_cannot_be_written_fails_before_encoding(option, kpop, tmp_path, monkeypatch):
+    from dlibplus import data
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    calls = []
+    monkeypatch.setattr(data, "_process_one", lambda *a: calls.append(a) or pytest.fail("encoded"))
+    for bad, expected in ((a_file / "m.npz", f"{a_file} is a file"), (Path("/sys/dlibplus/m.npz"), "not writable")):
+        args = ["-o", bad] if option == "--output" else ["-o", tmp_path / "m.npz", "--report", bad]
+        line = one_line_error(run("train-knn", kpop, *args, *WHOLE, "--no-cache"))
+        assert f"{option} {bad}" in line and expected in line
+    assert not calls and a_file.read_text() == "x"
+
+
+def test_models_folder_from_the_environment_is_named(kpop, tmp_path):
+    line = one_line_error(run("train-knn", kpop, "-o", tmp_path / "m.npz", *WHOLE, "--no-cache",
+                              env={"DLIBPLUS_MODELS": str(tmp_path)}))
+    assert f"DLIBPLUS_MODELS is set to {tmp_path}" in line and "unset it" in line

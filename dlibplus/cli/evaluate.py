@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, face_options, face_settings, user_errors
+from .options import ENCODER_HELP, check_output_folder, face_options, face_settings, user_errors
 
 
 @click.command()
@@ -20,7 +20,7 @@ from .options import ENCODER_HELP, face_options, face_settings, user_errors
               help="A people folder of probes; FOLDER is then the whole gallery (--test-fraction is ignored).")
 @click.option("--holdout-people", type=click.IntRange(0), default=0, show_default=True,
               help="People (chosen by --seed) left out of the gallery: their probes are strangers (open set).")
-@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--pairs", "pairs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="LFW pairs.txt or CSV path1,path2,same (paths relative to the file or FOLDER): "
                    "adds the LFW 10-fold verification protocol.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -37,14 +37,18 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
     default), with bootstrap-over-people confidence intervals. Writes report.md, metrics.json and PNG
     charts into --report.
     """
-    from ..evaluate import evaluate_folder
-    from ..report import console_table, write_report
+    from ..evaluate import evaluate_folder, unique_names
+    from ..report import check_report_folder, console_table, write_report
 
+    check_output_folder(report, "--report")
+    check_report_folder(report, unique_names(encoders))
     result = evaluate_folder(folder, encoders, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
                              test_fraction=test_fraction, test_folder=test_folder, holdout_people=holdout_people,
                              pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot)
     click.echo(console_table(result))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     files = write_report(result, report)
     click.echo(f"report written to {files['report']} (metrics.json and charts in {report})", err=True)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import click
 
@@ -48,14 +50,51 @@ class BadInput(click.ClickException):
 
 
 def user_errors(f):
-    """Turn dlibplus's own errors into one clear line: exit 2 for bad input (a folder, an image or a model
-    file that cannot be used), 1 for anything else dlibplus reports."""
+    """Turn dlibplus's own errors into one clear line: exit 2 for bad input (a folder, an image, a model
+    or a pairs file that cannot be used), 1 for anything else dlibplus reports."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
         except (DataFolderError, ModelFileError, ImageReadError) as exc:
-            raise BadInput(str(exc)) from None
+            raise BadInput(_with_models_hint(exc)) from None
         except DlibplusError as exc:
+            if _is_bad_input(exc):
+                raise BadInput(str(exc)) from None
             raise click.ClickException(str(exc)) from None
     return wrapper
+
+
+def _is_bad_input(exc: DlibplusError) -> bool:
+    from ..pairs_file import PairsFileError
+
+    return isinstance(exc, PairsFileError)
+
+
+def _with_models_hint(exc: Exception) -> str:
+    """The error, plus where DLIBPLUS_MODELS points when the bad model file is one of dlib's found there."""
+    message = str(exc)
+    models = os.environ.get("DLIBPLUS_MODELS")
+    path = getattr(exc, "path", None)
+    if isinstance(exc, ModelFileError) and models and path and Path(path).parent == Path(models):
+        message += (f" (DLIBPLUS_MODELS is set to {models}: point it at a folder holding dlib's .dat files, "
+                    "or unset it to use face_recognition_models')")
+    return message
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file whose folder cannot be created or written to."""
+    from ..data import unwritable_reason
+
+    reason = unwritable_reason(Path(path).parent)
+    if reason:
+        raise BadInput(f"{option} {path}: its folder {reason}")
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written to."""
+    from ..data import unwritable_reason
+
+    reason = unwritable_reason(path)
+    if reason:
+        raise BadInput(f"{option} {path}: the folder {reason}")

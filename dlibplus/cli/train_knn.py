@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, face_options, face_settings, user_errors
+from .options import ENCODER_HELP, check_output_file, face_options, face_settings, user_errors
 
 
 @click.command("train-knn")
@@ -43,6 +43,9 @@ def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encode
             raise click.BadParameter("must be 'auto', 'sqrt' or a whole number", param_hint="--n-neighbors")
         if n_neighbors < 1:
             raise click.BadParameter("must be at least 1", param_hint="--n-neighbors")
+    check_output_file(output, "--output")
+    if report:
+        check_output_file(report, "--report")
     people = load_people(folder, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
                          encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache)
     for line in people.report_lines():
