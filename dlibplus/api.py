@@ -8,8 +8,8 @@ the original hurts users:
   raises :class:`~dlibplus.errors.ModelFileError` instead of printing and calling ``quit()``;
 - an unknown ``model=`` string raises ``ValueError`` (face_recognition silently falls back to HOG or
   to the 68-point predictor);
-- ``batch_face_locations`` clips each image's boxes to that image (the original clips all of them
-  to the first image's size);
+- ``batch_face_locations`` takes images of different sizes (the original raises dlib's RuntimeError) and
+  clips each image's boxes to that image (the original clips all of them to the first image's size);
 - ``face_encodings`` takes ``encoder=``: ``None`` (dlib itself, the default), an encoder object from
   :func:`dlibplus.load_encoder`, or a spec string (``'dlib'``, ``'torch'``, a fine-tuned model dir);
 - :func:`load_image_file` is documented in :mod:`dlibplus.images`.
@@ -44,13 +44,29 @@ def face_locations(img: np.ndarray, number_of_times_to_upsample: int = 1, model:
 
 def batch_face_locations(images: Sequence[np.ndarray], number_of_times_to_upsample: int = 1,
                          batch_size: int = 128) -> list[list[Css]]:
-    """CNN face boxes for a batch of same-sized images (faster on a CUDA build of dlib).
+    """CNN face boxes for a batch of images (faster on a CUDA build of dlib).
+
+    Images of different sizes are fine (dlib's detector takes one size per call: each size is run as its
+    own batch); results come back in input order, each box clipped to its own image.
 
     :return: one list of ``(top, right, bottom, left)`` tuples per image.
     """
-    batched = models.cnn_detector()(list(images), number_of_times_to_upsample, batch_size=batch_size)
-    return [[faces.trim_css_to_bounds(faces.rect_to_css(d.rect), img.shape) for d in detections]
-            for img, detections in zip(images, batched)]
+    images = list(images)
+    results: list[list[Css]] = [[] for _ in images]
+    for indices in _same_size_groups(images):
+        group = [images[i] for i in indices]
+        batched = models.cnn_detector()(group, number_of_times_to_upsample, batch_size=batch_size)
+        for i, detections in zip(indices, batched):
+            results[i] = [faces.trim_css_to_bounds(faces.rect_to_css(d.rect), images[i].shape) for d in detections]
+    return results
+
+
+def _same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
+    """Indices of the images grouped by shape, each group in input order, groups by first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(np.shape(img)), []).append(i)
+    return list(groups.values())
 
 
 def face_landmarks(face_image: np.ndarray, face_locations: Sequence[Css] | None = None,

@@ -71,6 +71,24 @@ def test_cnn_locations_match(faces_dir):
     assert dlibplus.batch_face_locations([img, img], 0) == fr.batch_face_locations([img, img], 0)
 
 
+def test_batch_face_locations_of_mixed_sizes(faces_dir):
+    """dlib's CNN takes one size per call (face_recognition raises its RuntimeError): each size is its own
+    batch, results in input order, each equal to the image's own face_locations(model="cnn")."""
+    kpop = sorted((faces_dir / "kpop_idols15" / "Arin").iterdir())[:2]  # 160x160 crops
+    lfw = faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"  # 250x250
+    small_a, small_b, large = (fr.load_image_file(str(p)) for p in (*kpop, lfw))
+    assert small_a.shape == small_b.shape != large.shape
+    mixed = [small_a, large, small_b]
+    with pytest.raises(RuntimeError):
+        fr.batch_face_locations(mixed, 0)
+    got = dlibplus.batch_face_locations(mixed, 0)
+    assert got == [dlibplus.face_locations(img, 0, model="cnn") for img in mixed]
+    assert all(len(boxes) == 1 for boxes in got)  # one face each: the comparison is not vacuous
+    # same-size images: face_recognition's own answer
+    assert dlibplus.batch_face_locations([small_a, small_b], 0) == fr.batch_face_locations([small_a, small_b], 0)
+    assert dlibplus.batch_face_locations([], 0) == []
+
+
 @pytest.mark.parametrize("model", ["large", "small"])
 def test_face_landmarks_match(photos, model):
     for name, img in photos.items():
