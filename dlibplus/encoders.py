@@ -31,6 +31,8 @@ from .errors import ModelFileError
 from .faces import CHIP_SIZE
 
 if TYPE_CHECKING:
+    import torch
+
     from .dlibnet import DlibResNet
 
 DESCRIPTOR_SIZE = 128
@@ -141,35 +143,78 @@ def dat_path_is_default(path: os.PathLike | str) -> bool:
         return False
 
 
+CPU_BATCH_SIZE = 32  # chips per forward pass on the CPU (benchmarks/bench_encoder.py: 32-64 are equally fast)
+CUDA_MAX_BATCH_SIZE = 2048
+_CUDA_BYTES_PER_CHIP = 8 << 20  # generous activation memory per chip in flight (float32, inference)
+_CUDA_CHUNK = 1 << 16  # chips whose descriptors stay on the GPU before one copy back
+
+
+def default_batch_size(device: "torch.device | str") -> int:
+    """Chips per forward pass for ``device``: :data:`CPU_BATCH_SIZE` off CUDA; on CUDA the largest
+    power of two from 128 to :data:`CUDA_MAX_BATCH_SIZE` that leaves the GPU's memory ~8 MiB per chip
+    (2048 on a 24 GiB or larger GPU, 1024 on 8-16 GiB)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    total = torch.cuda.get_device_properties(device).total_memory
+    size = 128
+    while size < CUDA_MAX_BATCH_SIZE and (2 * size) * _CUDA_BYTES_PER_CHIP <= total:
+        size *= 2
+    return size
+
+
 class TorchEncoder:
     """The PyTorch replica of dlib's network, batched.
 
     ``model``: a :class:`~dlibplus.dlibnet.DlibResNet` (default: dlib's original weights). The
     encoder keeps its own inference copy (affines folded into the convolutions), so later changes
     to ``model`` do not reach it. ``device``: ``"auto"`` (CUDA when available), ``"cpu"``,
-    ``"cuda"`` or ``"cuda:N"``. ``batch_size``: chips per forward pass. ``half``: float16 weights
-    and activations, CUDA only (descriptors then differ from dlib by ~1e-3). ``channels_last``:
-    NHWC memory format, faster on CPU and on tensor cores.
+    ``"cuda"`` or ``"cuda:N"``. ``batch_size``: chips per forward pass (default
+    :func:`default_batch_size` of the device). ``channels_last``: NHWC memory format, faster on CPU
+    and on tensor cores.
+
+    ``precision`` (:data:`dlibplus.precision.PRECISIONS`): ``"exact"`` (default) is float32 with TF32
+    and reduced-precision matmuls off for the encoder's own work, whatever the global settings (they
+    are restored after each call): dlib's descriptors to ~1e-6 per component on CPU and CUDA.
+    ``"fast"`` is float16 on CUDA and bfloat16 autocast on the CPU (slow there unless the CPU has
+    bfloat16 instructions); ``"float16"`` (float16 weights and activations, CUDA only) and
+    ``"bfloat16"`` (bfloat16 autocast) name one. Reduced precisions move descriptors by ~1e-3 to
+    1e-2 (measured by ``benchmarks/device_check.py``, with the share of pairs whose decision at
+    distance 0.6 flips). ``half=True`` is the older spelling of ``precision="float16"``.
+    ``compile``: run the network through ``torch.compile`` (static shapes: the last batch is padded).
+
+    On CUDA, chips go to the GPU as uint8 through pinned host buffers while the previous batch runs
+    (a copy stream), and become float32 there; descriptors are float32 until :meth:`encode` returns
+    them as float64.
     """
 
-    def __init__(self, model: "DlibResNet | None" = None, device: str = "auto", batch_size: int = 64,
-                 half: bool = False, channels_last: bool = True, *, _model_sha256: str | None = None):
+    def __init__(self, model: "DlibResNet | None" = None, device: str = "auto", batch_size: int | None = None,
+                 half: bool = False, channels_last: bool = True, *, precision: str = "exact",
+                 compile: bool = False, _model_sha256: str | None = None):
         import torch
 
         from . import dlibnet
+        from .precision import resolve_precision
 
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-        if half and self.device.type != "cuda":
-            raise ValueError("half=True needs a CUDA device; on CPU use float32 (half=False)")
-        self.batch_size = batch_size
-        self.half = half
+        if half:
+            if self.device.type != "cuda":
+                raise ValueError("half=True needs a CUDA device; on CPU use float32 (half=False)")
+            if precision not in ("exact", "float16"):
+                raise ValueError(f"half=True means precision='float16'; it contradicts precision={precision!r}")
+            precision = "float16"
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = batch_size or default_batch_size(self.device)
         self.channels_last = channels_last
+        self.compiled = bool(compile)
         if model is None:
             path = models.model_path(models.FACE_RECOGNITION_MODEL)
             model = dlibnet.load_dat(path)
@@ -177,10 +222,17 @@ class TorchEncoder:
         else:
             self._model_sha256 = _model_sha256 or _weights_sha256(model)
         net = model.folded().eval().requires_grad_(False)
-        net = net.to(self.device, torch.float16 if half else torch.float32)
+        net = net.to(self.device, torch.float16 if self.precision == "float16" else torch.float32)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self._net = net
+        self._forward_fn = torch.compile(net, dynamic=False) if compile else net
+        self._cuda_state: _CudaStaging | None = None
+
+    @property
+    def half(self) -> bool:
+        """Whether the weights and activations are float16 (``precision == "float16"``)."""
+        return self.precision == "float16"
 
     @classmethod
     def from_dat(cls, path: os.PathLike | str | None = None, **options) -> "TorchEncoder":
@@ -190,31 +242,134 @@ class TorchEncoder:
         path = Path(path) if path is not None else models.model_path(models.FACE_RECOGNITION_MODEL)
         return cls(dlibnet.load_dat(path), _model_sha256=file_sha256(path), **options)
 
+    def _math_mode(self):
+        from .precision import math_mode
+
+        return math_mode(self.precision, self.device)
+
+    def _forward(self, chips: "torch.Tensor") -> "torch.Tensor":
+        """(m, 128) float32 descriptors of uint8 (m, 150, 150, 3) chips on the encoder's device (one
+        batch; call under inference mode and :meth:`_math_mode`)."""
+        import torch
+
+        m = len(chips)
+        if self.compiled and m < self.batch_size:  # static shapes: no recompilation for a short last batch
+            chips = torch.cat([chips, chips.new_zeros((self.batch_size - m, *chips.shape[1:]))])
+        x = chips.permute(0, 3, 1, 2)  # NHWC memory: already channels_last; the network makes it float
+        if not self.channels_last:
+            x = x.contiguous()
+        return self._forward_fn(x)[:m].float()
+
     def encode(self, chips: Chips) -> np.ndarray:
         """(n, 128) float64 descriptors of uint8 RGB chips (n, 150, 150, 3)."""
         import torch
 
         array = as_chips(chips)
         out = np.zeros((len(array), DESCRIPTOR_SIZE))
-        with torch.inference_mode():
-            for start in range(0, len(array), self.batch_size):
-                batch = torch.from_numpy(array[start:start + self.batch_size]).to(self.device)
-                x = batch.permute(0, 3, 1, 2).float()  # NHWC memory: already channels_last
-                x = x.contiguous(memory_format=torch.channels_last if self.channels_last
-                                 else torch.contiguous_format)
-                out[start:start + len(batch)] = self._net(x).float().cpu().numpy()
+        if not len(array):
+            return out
+        with torch.inference_mode(), self._math_mode():
+            if self.device.type == "cuda":
+                for start in range(0, len(array), _CUDA_CHUNK):
+                    part = array[start:start + _CUDA_CHUNK]
+                    out[start:start + len(part)] = self._encode_cuda(part).cpu().numpy()
+            else:
+                for start in range(0, len(array), self.batch_size):
+                    batch = torch.from_numpy(array[start:start + self.batch_size]).to(self.device)
+                    out[start:start + len(batch)] = self._forward(batch).cpu().numpy()
+        return out
+
+    def _encode_cuda(self, array: np.ndarray) -> "torch.Tensor":
+        """(n, 128) float32 descriptors on the GPU of uint8 chips (n, 150, 150, 3) in host memory.
+
+        Each batch is copied into one of two pinned host buffers and sent on a copy stream while the
+        GPU runs the batch before it; the compute stream waits for its copy's event, so the GPU never
+        waits for the host unless the host is the slower of the two.
+        """
+        import torch
+
+        if self._cuda_state is None:
+            self._cuda_state = _CudaStaging(self.device, self.batch_size)
+        staging = self._cuda_state
+        out = torch.empty((len(array), DESCRIPTOR_SIZE), dtype=torch.float32, device=self.device)
+        starts = list(range(0, len(array), self.batch_size))
+        pending = staging.send(array[:self.batch_size], 0)
+        compute = torch.cuda.current_stream(self.device)
+        for index, start in enumerate(starts):
+            batch = staging.receive(pending, compute)
+            out[start:start + len(batch)] = self._forward(batch)
+            if index + 1 < len(starts):  # the next copy overlaps this batch's compute
+                following = starts[index + 1]
+                pending = staging.send(array[following:following + self.batch_size], index + 1)
+        return out
+
+    def embed(self, chips: "torch.Tensor") -> "torch.Tensor":
+        """(N, 128) float32 descriptors, on the encoder's device, of chips already in a tensor: uint8
+        (N, 150, 150, 3) RGB (or float pixel values 0-255 in that layout) on any device. For chips that
+        live on the GPU (training, benchmarks of the network alone); same precision rules as :meth:`encode`."""
+        import torch
+
+        if chips.dim() != 4 or tuple(chips.shape[1:]) != (CHIP_SIZE, CHIP_SIZE, 3):
+            raise ValueError(f"chips must have shape (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {tuple(chips.shape)}")
+        out = torch.empty((len(chips), DESCRIPTOR_SIZE), dtype=torch.float32, device=self.device)
+        with torch.inference_mode(), self._math_mode():
+            for start in range(0, len(chips), self.batch_size):
+                batch = chips[start:start + self.batch_size].to(self.device, non_blocking=True)
+                out[start:start + len(batch)] = self._forward(batch)
         return out
 
     @property
     def identity(self) -> dict[str, Any]:
         """``model_sha256``: the sha256 of the ``.dat`` file the weights came from, or for a model
         built in memory, of the ``.dat`` :func:`~dlibplus.dlibnet.save_dat` writes for it (the same
-        for unchanged weights), taken when the encoder was made."""
-        return {"kind": "torch", "model_sha256": self._model_sha256, "settings": {"half": self.half}}
+        for unchanged weights), taken when the encoder was made. ``settings``: ``{"precision":
+        "exact" | "float16" | "bfloat16"}`` (plus ``"compile": True`` when compiled)."""
+        settings: dict[str, Any] = {"precision": self.precision}
+        if self.compiled:
+            settings["compile"] = True
+        return {"kind": "torch", "model_sha256": self._model_sha256, "settings": settings}
 
     def __repr__(self) -> str:
         return (f"TorchEncoder(device={str(self.device)!r}, batch_size={self.batch_size}, "
-                f"half={self.half}, channels_last={self.channels_last})")
+                f"precision={self.precision!r}, channels_last={self.channels_last}, compile={self.compiled})")
+
+
+class _CudaStaging:
+    """Two pinned host buffers and a copy stream that move uint8 chip batches to one GPU."""
+
+    def __init__(self, device: "torch.device", batch_size: int):
+        import torch
+
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.buffers = [torch.empty((batch_size, CHIP_SIZE, CHIP_SIZE, 3), dtype=torch.uint8, pin_memory=True)
+                        for _ in range(2)]
+        self.copied: list["torch.cuda.Event | None"] = [None, None]
+
+    def send(self, chips: np.ndarray, index: int) -> tuple["torch.Tensor", "torch.cuda.Event"]:
+        """Start copying uint8 chips (m, 150, 150, 3) to the GPU (batch number ``index`` picks the buffer);
+        returns the device tensor and the event that marks the copy done."""
+        import torch
+
+        slot = index % 2
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # the buffer's previous copy has left it
+        host = self.buffers[slot][:len(chips)]
+        host.copy_(torch.from_numpy(chips))  # a parallel memcpy into pinned memory
+        with torch.cuda.stream(self.stream):
+            on_device = host.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        self.copied[slot] = done
+        return on_device, done
+
+    @staticmethod
+    def receive(pending: tuple["torch.Tensor", "torch.cuda.Event"], stream: "torch.cuda.Stream") -> "torch.Tensor":
+        """The device tensor of a :meth:`send`, usable on ``stream`` once its copy is done."""
+        tensor, done = pending
+        stream.wait_event(done)
+        tensor.record_stream(stream)  # the allocator keeps it until ``stream`` is through with it
+        return tensor
 
 
 class JitterEncoder:
