@@ -25,41 +25,75 @@ MANIFEST = ".dlibplus-annotated.json"  # the files this folder's annotation runs
 class AnnotationPlan:
     """Where the annotated copy of each input goes, checked before any image is processed.
 
-    :raises DataFolderError: an output would overwrite an input, or a file dlibplus did not write.
+    Paths are taken as given (made absolute, symlinks not followed), so a folder of links to photos
+    elsewhere is mirrored as it looks; the checks compare both the paths and what they point at.
+
+    :raises DataFolderError: the output folder holds an input photo, or an output would replace a file
+        dlibplus did not write.
     """
 
     def __init__(self, inputs: Sequence[os.PathLike | str], out_dir: os.PathLike | str):
         self.out_dir = Path(out_dir)
-        paths = [Path(p).resolve() for p in inputs]
+        self._out = _absolute(out_dir)
+        paths = [_absolute(p) for p in inputs]
         root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path.cwd()
-        self._targets = {p: self.out_dir.resolve() / p.relative_to(root) for p in paths}
-        self._written = self._read_manifest()
-        inputs_set = set(paths)
-        for src, out in self._targets.items():
-            if out in inputs_set:
-                raise DataFolderError(f"--annotate {self.out_dir}: the copy of {src} would overwrite an input "
-                                      "photo; choose an output folder outside the photos")
-            rel = str(out.relative_to(self.out_dir.resolve()))
-            if out.exists() and rel not in self._written:
+        self._targets = {p: self._out / p.relative_to(root) for p in paths}
+        self._written = read_manifest(self.out_dir)
+        self._check_inputs_outside(paths)
+        self._check_targets_free()
+
+    def _check_inputs_outside(self, paths: Sequence[Path]) -> None:
+        """The output folder must not hold any input: the copies would land among (or on) the photos."""
+        out_real = Path(os.path.realpath(self._out))
+        for p in paths:
+            if _inside(p, self._out) or _inside(Path(os.path.realpath(p)), out_real):
+                raise DataFolderError(f"--annotate {self.out_dir} holds the input photo {p}: the annotated copies "
+                                      "would land among (or on) the photos; choose an output folder outside them")
+
+    def _check_targets_free(self) -> None:
+        """Replace only what an earlier annotation run wrote."""
+        for out in self._targets.values():
+            rel = out.relative_to(self._out).as_posix()
+            if (out.exists() or out.is_symlink()) and rel not in self._written:
                 raise DataFolderError(f"--annotate {self.out_dir}: {out} exists and was not written by dlibplus; "
                                       "choose an empty or new folder")
 
-    def _read_manifest(self) -> set[str]:
-        try:
-            return set(json.loads((self.out_dir / MANIFEST).read_text()))
-        except (OSError, ValueError, TypeError):
-            return set()
-
     def target(self, path: os.PathLike | str) -> Path:
-        return self._targets[Path(path).resolve()]
+        return self._targets[_absolute(path)]
 
     def write(self, path: os.PathLike | str, predictions: Sequence) -> Path:
         """Write the annotated copy of ``path`` and record it in the manifest; returns where."""
         out = self.target(path)
         draw_predictions(path, predictions, out)
-        self._written.add(str(out.relative_to(self.out_dir.resolve())))
+        self._written.add(out.relative_to(self._out).as_posix())
         write_json(self.out_dir / MANIFEST, sorted(self._written))
         return out
+
+
+def read_manifest(out_dir: os.PathLike | str) -> set[str]:
+    """The files (relative paths) earlier annotation runs wrote into ``out_dir``."""
+    try:
+        names = json.loads((Path(out_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(names, list):
+        return set()
+    return {n for n in names if isinstance(n, str) and n and not Path(n).is_absolute() and ".." not in Path(n).parts}
+
+
+def earlier_copies(out_dir: os.PathLike | str) -> set[Path]:
+    """The annotated copies earlier runs wrote into ``out_dir`` (absolute paths): never inputs."""
+    out = _absolute(out_dir)
+    return {out / name for name in read_manifest(out_dir)}
+
+
+def _absolute(path: os.PathLike | str) -> Path:
+    """``path`` absolute and normalised, symlinks not followed."""
+    return Path(os.path.abspath(path))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder == path or folder in path.parents
 
 
 def draw_predictions(path: os.PathLike | str, predictions: Sequence, out: os.PathLike | str) -> None:

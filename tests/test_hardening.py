@@ -162,3 +162,61 @@ def test_models_folder_from_the_environment_is_named(kpop, tmp_path):
     line = one_line_error(run("train-knn", kpop, "-o", tmp_path / "m.npz", *WHOLE, "--no-cache",
                               env={"DLIBPLUS_MODELS": str(tmp_path)}))
     assert f"DLIBPLUS_MODELS is set to {tmp_path}" in line and "unset it" in line
+
+
+# --- predict --annotate: nothing lost ------------------------------------------------------------------------
+
+def _photos(root: Path, faces_dir: Path) -> dict[str, Path]:
+    """``a/x.jpg`` and ``b/x.jpg``: two different photos of the same name (symlinks), and ``a/y.jpg``."""
+    srcs = sorted((faces_dir / "kpop_idols15" / "Arin").iterdir())[:2] + \
+        sorted((faces_dir / "kpop_idols15" / "Eunha").iterdir())[:1]
+    files = {"a/x.jpg": srcs[0], "b/x.jpg": srcs[2], "a/y.jpg": srcs[1]}
+    for rel, src in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(src, root / rel)
+    return {rel: root / rel for rel in files}
+
+
+def test_annotate_mirrors_sub_folders_and_reruns_over_its_own_copies(knn_model, tmp_path, faces_dir):
+    photos = _photos(tmp_path / "photos", faces_dir)
+    out = tmp_path / "annotated"
+    res = run("predict", knn_model, tmp_path / "photos", "--annotate", out, *WHOLE)
+    assert res.exit_code == 0, res.output
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert written == ["a/x.jpg", "a/y.jpg", "b/x.jpg"]
+    for rel, src in photos.items():
+        with Image.open(out / rel) as a, Image.open(src) as b:
+            assert a.size == b.size
+    assert not np.array_equal(np.asarray(Image.open(out / "a/x.jpg")), np.asarray(Image.open(out / "b/x.jpg")))
+    # a second run replaces its own copies; the copies inside the photos are not taken for inputs
+    inside = tmp_path / "photos" / "annotated"
+    for _ in range(2):
+        res = run("predict", knn_model, tmp_path / "photos", "--annotate", inside, *WHOLE)
+        assert res.exit_code == 0, res.output
+        assert sorted(line.split(",")[0] for line in res.stdout.splitlines()[1:]) == sorted(map(str, photos.values()))
+    assert sorted(p.relative_to(inside).as_posix() for p in inside.rglob("*.jpg")) == written
+
+
+def test_annotate_never_writes_among_the_photos_nor_over_foreign_files(knn_model, tmp_path, faces_dir):
+    photos = _photos(tmp_path / "photos", faces_dir)
+    before = {rel: os.readlink(p) for rel, p in photos.items()}
+    for out, inputs in ((tmp_path / "photos", [tmp_path / "photos"]),  # the exact overwrite of the issue
+                        (tmp_path / "photos" / "a", [tmp_path / "photos" / "a"]),
+                        (tmp_path / "photos", [photos["a/x.jpg"], photos["a/y.jpg"]])):  # would land in photos/
+        line = one_line_error(run("predict", knn_model, *inputs, "--annotate", out, *WHOLE))
+        assert "holds the input photo" in line and "outside" in line
+    assert {rel: os.readlink(p) for rel, p in photos.items()} == before
+    assert sorted(p.relative_to(tmp_path / "photos").as_posix() for p in (tmp_path / "photos").rglob("*")) == \
+        ["a", "a/x.jpg", "a/y.jpg", "b", "b/x.jpg"]
+    # a file the user put in the output folder is never replaced
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "x.jpg").write_bytes(b"the user's own file")
+    line = one_line_error(run("predict", knn_model, tmp_path / "photos", "--annotate", out, *WHOLE))
+    assert "a/x.jpg exists and was not written by dlibplus" in line
+    assert (out / "a" / "x.jpg").read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in out.rglob("*")) == ["a", "x.jpg"]
+    # an output folder that cannot be created
+    line = one_line_error(run("predict", knn_model, photos["a/x.jpg"], "--annotate", photos["a/x.jpg"].parent /
+                              "x.jpg" / "sub", *WHOLE))
+    assert "is a file" in line

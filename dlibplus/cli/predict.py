@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from .options import BadInput, user_errors
+from .options import BadInput, check_output_folder, user_errors
 
 FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance", "error")
 NO_FACE = "no_persons_found"  # the example's name for an image without faces
@@ -55,14 +56,17 @@ def predict(model, paths, threshold, as_json, annotate, encoder, classifier, det
                      max_side=max_side)
     files = image_paths(paths)
     if annotate is not None:  # an earlier run's annotated copies are not inputs
-        out = annotate.resolve()
-        files = [f for f in files if out not in f.resolve().parents]
+        from ..annotate import earlier_copies
+
+        copies = earlier_copies(annotate)
+        files = [f for f in files if Path(os.path.abspath(f)) not in copies]
     if not files:
         raise click.UsageError("no image files found in the given paths")
     plan = None
     if annotate is not None:
         from ..annotate import AnnotationPlan
 
+        check_output_folder(annotate, "--annotate")
         plan = AnnotationPlan(files, annotate)
     n_failed = 0
     writer = _RowWriter(as_json)
