@@ -95,9 +95,12 @@ class TorchCnnDetector:
             raise ValueError(f"upsample must be >= 0, not {upsample}")
         arrays = [_check_image(image, index) for index, image in enumerate(images)]
         results: list[list[Detection]] = [[] for _ in arrays]
-        sizes = [a.shape for a in arrays]  # equal shapes: equal pyramids, kept together
+        # too small for the network (no score map; dlib fails on these): no faces
+        todo = [i for i, a in enumerate(arrays) if self._runs_on(_upsampled_shape(a.shape[:2], upsample))]
+        sizes = [arrays[i].shape for i in todo]  # equal shapes: equal pyramids, kept together
         for batch in _batches(sizes, upsample, self.net, self.batch_pixels):
-            for index, found in zip(batch, self._detect_batch([arrays[i] for i in batch], upsample)):
+            indices = [todo[i] for i in batch]
+            for index, found in zip(indices, self._detect_batch([arrays[i] for i in indices], upsample)):
                 results[index] = found
         return results
 
@@ -130,9 +133,14 @@ class TorchCnnDetector:
         out = []
         for (rects, nr, nc), score in zip(layouts, scores):
             rows, cols = self.net.output_size(nr, nc)
-            found = mmod.to_label(self.net, score[:, :rows, :cols], rects) if rects and rows > 0 and cols > 0 else []
-            out.append(_to_detections(found, upsample))
+            out.append(_to_detections(mmod.to_label(self.net, score[:, :rows, :cols], rects), upsample))
         return out
+
+    def _runs_on(self, shape: tuple[int, int]) -> bool:
+        """Whether an image of ``shape`` (after upsampling) gives a non-empty score map."""
+        rects, nr, nc = self._layout(shape)
+        rows, cols = self.net.output_size(nr, nc)
+        return bool(rects) and rows > 0 and cols > 0
 
     def _layout(self, shape: tuple[int, int]) -> tuple[list[mmod.Rect], int, int]:
         """(rects, NR, NC) of the tiled pyramid of an image of ``shape`` (after upsampling)."""
@@ -152,14 +160,20 @@ class TorchCnnDetector:
         if images.dim() == 3:  # greyscale: dlib copies it into R, G and B
             images = images.unsqueeze(-1).expand(*images.shape, 3)
         images = images.permute(0, 3, 1, 2).to(torch.float32)  # (B, 3, H, W), values 0..255
-        for _ in range(upsample):
-            images = _resize(images, *mmod.upsampled_size(*images.shape[-2:]), rgb8=True)
-        left, top, right, bottom = rects[0]
-        canvas[:, :, top:bottom + 1, left:right + 1] = (images - self._means) / 256.0
+
+        def level(rect: mmod.Rect) -> "torch.Tensor":
+            return canvas[:, :, rect[1]:rect[3] + 1, rect[0]:rect[2] + 1]
+
+        first = level(rects[0])
+        for step in range(upsample):  # the last one straight into the pyramid
+            images = _resize(images, *mmod.upsampled_size(*images.shape[-2:]), rgb8=True,
+                             out=first if step == upsample - 1 else None)
+        if upsample:
+            first.sub_(self._means).div_(256.0)  # float32 (x - mean), then an exact / 256
+        else:
+            torch.sub(images, self._means, out=first).div_(256.0)
         for prev, rect in zip(rects, rects[1:]):
-            src = canvas[:, :, prev[1]:prev[3] + 1, prev[0]:prev[2] + 1]
-            canvas[:, :, rect[1]:rect[3] + 1, rect[0]:rect[2] + 1] = _resize(
-                src, rect[3] - rect[1] + 1, rect[2] - rect[0] + 1, rgb8=False)
+            _resize(level(prev), rect[3] - rect[1] + 1, rect[2] - rect[0] + 1, rgb8=False, out=level(rect))
 
     def _scores(self, batch: "torch.Tensor", shapes: list[tuple[int, int]]) -> "torch.Tensor":
         """(B, K, h, w) float32 scores of a padded batch (B, 3, H, W) of tiled pyramids whose own
@@ -366,19 +380,11 @@ def _resize_plan(ih: int, iw: int, oh: int, ow: int) -> _ResizePlan:
     """dlib's ``resize_image`` (bilinear, ``interpolation.h``) index/weight tables for a
     (ih, iw) -> (oh, ow) resize: y and x step by (in - 1) / (out - 1) from 0."""
     y_scale = (ih - 1) / max(oh - 1, 1)
-    ys = np.empty(oh, np.float64)
-    y = -y_scale
-    for r in range(oh):  # a running double sum, as in dlib
-        y += y_scale
-        ys[r] = y
+    ys = _running_sums(np.array([-y_scale]), y_scale, oh)[:, 0]
     top = np.floor(ys).astype(np.int64)
     x_scale = (iw - 1) / max(ow - 1, 1)
     left, lr, done = _simd_columns(iw, ow, x_scale)
-    tail_x = np.empty(ow - done, np.float64)
-    x = -x_scale + done * x_scale
-    for i in range(ow - done):
-        x += x_scale
-        tail_x[i] = x
+    tail_x = _running_sums(np.array([-x_scale + done * x_scale]), x_scale, ow - done)[:, 0]
     tail_left = np.floor(tail_x).astype(np.int64)
     return _ResizePlan(top, np.minimum(top + 1, ih - 1), ys - top, left, lr,
                        tail_left, np.minimum(tail_left + 1, iw - 1), tail_x - tail_left)
@@ -390,18 +396,23 @@ def _simd_columns(iw: int, ow: int, x_scale: float) -> tuple[np.ndarray, np.ndar
     stops at the first group whose last lane would read past the input. Returns (left, lr, count)."""
     x = -4 * x_scale
     lanes = np.array([x, x + x_scale, x + 2 * x_scale, x + 3 * x_scale], np.float64).astype(np.float32)
-    step = np.float32(4 * x_scale)
     groups = math.ceil(ow / 4) + 1
-    sums = np.empty((groups, 4), np.float32)
-    for g in range(groups):  # float32 running sums, as the SIMD registers hold them
-        lanes = lanes + step
-        sums[g] = lanes
+    sums = _running_sums(lanes, np.float32(4 * x_scale), groups)  # as the SIMD registers hold them
     left = sums.astype(np.int64)  # truncation toward zero (_mm_cvttps_epi32); x >= 0 here
     stop = np.nonzero(left[:, 3] + 1 >= iw)[0]
     count = 4 * int(stop[0]) if stop.size else 4 * groups
     count = min(count, ow)
     flat_left = left.reshape(-1)[:count]
     return flat_left, (sums.reshape(-1)[:count] - flat_left.astype(np.float32)), count
+
+
+def _running_sums(start: np.ndarray, step, count: int) -> np.ndarray:
+    """(count, len(start)): start + step, + step again, ..., each addition rounded in
+    ``start``'s dtype, as a C loop ``x += step`` does (``np.cumsum`` accumulates sequentially)."""
+    terms = np.empty((count + 1, start.size), start.dtype)
+    terms[0] = start
+    terms[1:] = step
+    return np.cumsum(terms, axis=0, dtype=start.dtype)[1:]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -430,25 +441,36 @@ def _device_plan(ih: int, iw: int, oh: int, ow: int, device: str) -> dict:
     }
 
 
-def _resize(src: "torch.Tensor", oh: int, ow: int, rgb8: bool) -> "torch.Tensor":
+def _resize(src: "torch.Tensor", oh: int, ow: int, rgb8: bool,
+            out: "torch.Tensor | None" = None) -> "torch.Tensor":
     """dlib's bilinear ``resize_image`` of (..., ih, iw) float32 images to (..., oh, ow).
 
     ``rgb8``: the source holds uint8 values and the result is truncated to integers as dlib's
     ``rgb_pixel`` version does (``pyramid_up``); else dlib's float version (the tiled pyramid).
+    ``out``: where to write the result (a view into the tiled pyramid), else a new tensor. Every
+    product and sum is one float32 operation in dlib's order, so the result is dlib's bit for bit.
     """
     import torch
 
     ih, iw = src.shape[-2:]
     plan = _device_plan(ih, iw, oh, ow, str(src.device))
+    if out is None:
+        out = src.new_empty((*src.shape[:-2], oh, ow))
     rows_top = src.index_select(-2, plan["top"])
     rows_bottom = src.index_select(-2, plan["bottom"])
-    out = src.new_empty((*src.shape[:-2], oh, ow))
     n = plan["n_simd"]
     if n:
-        tl, tr = _columns(rows_top, plan["left"]), _columns(rows_top, plan["right"])
-        bl, br = _columns(rows_bottom, plan["left"]), _columns(rows_bottom, plan["right"])
-        value = ((plan["w_tl"] * tl + plan["w_tr"] * tr) + plan["w_bl"] * bl) + plan["w_br"] * br
-        out[..., :n] = torch.trunc(value) if rgb8 else value
+        left = plan["left"].expand(*rows_top.shape[:-1], n)
+        right = plan["right"].expand(*rows_top.shape[:-1], n)
+        value = torch.gather(rows_top, -1, left).mul_(plan["w_tl"])
+        term = torch.gather(rows_top, -1, right).mul_(plan["w_tr"])
+        value.add_(term)
+        value.add_(torch.gather(rows_bottom, -1, left, out=term).mul_(plan["w_bl"]))
+        value.add_(torch.gather(rows_bottom, -1, right, out=term).mul_(plan["w_br"]))
+        if rgb8:
+            torch.trunc(value, out=out[..., :n])
+        else:
+            out[..., :n] = value
     if n < ow:
         out[..., n:] = _resize_tail(rows_top, rows_bottom, plan, rgb8)
     return out

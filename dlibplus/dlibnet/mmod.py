@@ -231,7 +231,9 @@ def tiled_pyramid_rects(nr: int, nc: int, n: int = PYRAMID_N, padding: int = 10,
     Returns ``(rects, NR, NC)``: level i occupies ``rects[i]`` (left, top, right, bottom) of an
     NR x NC tensor, level 0 being the image itself at (outer_padding, outer_padding). The first
     levels go down the left column; the rest, once they fit, go up a second column at the right.
-    Emulates ``compute_tiled_image_pyramid_details``, its unsigned arithmetic included.
+    Emulates ``compute_tiled_image_pyramid_details``, its unsigned arithmetic included. An image
+    too small to lay out (a few pixels high: dlib then reads past its list and fails) gives
+    ``([], 0, 0)``.
     """
     if nr * nc == 0:
         return [], 0, 0
@@ -258,6 +260,8 @@ def tiled_pyramid_rects(nr: int, nc: int, n: int = PYRAMID_N, padding: int = 10,
         h, w = sizes[len(rects)]
         rects.append((outer_padding, y, outer_padding + w - 1, y + h - 1))
         y += h + padding
+    if not rects:  # too small an image (dlib itself fails on these)
+        return [], 0, 0
     y -= padding
     while len(rects) < len(sizes):
         h, w = sizes[len(rects)]
