@@ -220,3 +220,105 @@ def test_annotate_never_writes_among_the_photos_nor_over_foreign_files(knn_model
     line = one_line_error(run("predict", knn_model, photos["a/x.jpg"], "--annotate", photos["a/x.jpg"].parent /
                               "x.jpg" / "sub", *WHOLE))
     assert "is a file" in line
+
+
+# --- bad options: exit 2 before any work ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("command, args, expected", [
+    ("finetune", ["--val-fraction", "1.5"], "--val-fraction"),
+    ("finetune", ["--val-fraction", "0"], "--val-fraction"),
+    ("finetune", ["--margin", "-3"], "margin"),
+    ("finetune", ["--device", "gpu"], "--device"),
+    ("finetune", ["--lr", "-1"], "--lr"),
+    ("finetune", ["--head-lr", "0"], "--head-lr"),
+    ("finetune", ["--head", "sphereface", "--margin", "1.5"], "whole number"),
+    ("train-knn", ["--n-neighbors", "0"], "--n-neighbors"),
+    ("train-knn", ["--n-neighbors", "three"], "--n-neighbors"),
+    ("train-knn", ["--threshold", "-1"], "--threshold"),
+    ("predict", ["--threshold", "-1"], "--threshold"),
+    ("predict", ["--jobs", "-1"], "--jobs"),
+    ("evaluate", ["--test-fraction", "1"], "--test-fraction"),
+    ("evaluate", ["--n-boot", "0"], "--n-boot"),
+])
+def test_bad_options_exit_2_before_any_work(command, args, expected, kpop, knn_model, tmp_path, monkeypatch):
+    from dlibplus import data
+
+    monkeypatch.setattr(data, "_process_one", lambda *a: pytest.fail("started working"))
+    where = {"finetune": ["-o", tmp_path / "ft"], "train-knn": ["-o", tmp_path / "m.npz"],
+             "evaluate": ["--report", tmp_path / "rep"]}
+    positional = [knn_model, kpop] if command == "predict" else [kpop]
+    no_cache = ["--no-cache"] if command in ("train-knn", "predict") else []
+    line = one_line_error(run(command, *positional, *where.get(command, []), *WHOLE, *no_cache, *args))
+    assert expected in line
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "m.npz").exists() and not (tmp_path / "rep").exists()
+
+
+# --- predict: no silent wrong answer ---------------------------------------------------------------------------
+
+LFW_PHOTO = "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"  # an ordinary 250x250 photo
+
+
+def test_tight_crop_model_on_ordinary_photos_says_so_and_face_settings_can_be_overridden(knn_model, faces_dir):
+    photo = faces_dir / LFW_PHOTO
+    res = run("predict", knn_model, photo, "--json", "-j", "1")
+    assert res.exit_code == 0, res.output
+    assert "trained on tight face crops" in res.stderr and "--face-box detect" in res.stderr
+    whole = json.loads(res.stdout)[0]
+    assert (whole["top"], whole["right"], whole["bottom"], whole["left"]) == (0, 250, 250, 0)
+    res = run("predict", knn_model, photo, "--json", "-j", "1", "--face-box", "detect", "--upsample", "0",
+              "--max-side", "200")
+    assert res.exit_code == 0, res.output
+    assert "tight face crops" not in res.stderr
+    detected = json.loads(res.stdout)[0]
+    assert 0 < detected["left"] < detected["right"] < 250 and 0 < detected["top"] < detected["bottom"] < 250
+
+
+def test_predict_with_another_encoder_than_the_models_is_refused(knn_model, faces_dir):
+    line = one_line_error(run("predict", knn_model, faces_dir / LFW_PHOTO, "--encoder", "dlib+flip", *WHOLE))
+    assert "trained with encoder dlib" in line and "retrain" in line
+
+
+def test_unreadable_inputs_show_in_every_output_and_the_exit_status(knn_model, kpop, tmp_path):
+    good = next((kpop / KPOP[0]).iterdir())
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a photo")
+    missing = tmp_path / "missing.jpg"
+    res = run("predict", knn_model, good, broken, missing, *WHOLE)
+    assert res.exit_code == 1 and "2 of 3 inputs could not be read" in res.stderr
+    rows = list(csv_rows(res.stdout))
+    assert [(r["path"], r["name"]) for r in rows] == [(str(good), KPOP[0]), (str(broken), "error"),
+                                                      (str(missing), "error")]
+    assert rows[0]["error"] == "" and rows[1]["error"] and "No such file" in rows[2]["error"]
+    res = run("predict", knn_model, good, broken, missing, "--json", *WHOLE)
+    assert res.exit_code == 1
+    assert [r["name"] for r in json.loads(res.stdout)] == [KPOP[0], "error", "error"]
+
+
+def csv_rows(text: str):
+    import csv
+    import io
+
+    return csv.DictReader(io.StringIO(text))
+
+
+def test_knn_model_travels_with_its_encoder_and_notices_a_replaced_one(kpop, tmp_path, faces_dir):
+    from dlibplus import models
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(models.model_path(models.FACE_RECOGNITION_MODEL), folder / "net.dat")
+    res = run("train-knn", kpop, "-o", folder / "people.npz", "--encoder", folder / "net.dat", *WHOLE)
+    assert res.exit_code == 0, res.output
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    photo = next((kpop / KPOP[1]).iterdir())
+    res = run("predict", moved / "people.npz", photo, "--json", *WHOLE)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["name"] == KPOP[1]
+    data = (moved / "net.dat").read_bytes()
+    (moved / "net.dat").write_bytes(data[:-8] + bytes(8))  # another network in its place
+    line = one_line_error(run("predict", moved / "people.npz", photo, *WHOLE))
+    assert "net.dat is not the model it was trained with" in line
+    (moved / "net.dat").unlink()
+    line = one_line_error(run("predict", moved / "people.npz", photo, *WHOLE))
+    assert "net.dat is missing" in line
