@@ -322,3 +322,19 @@ def test_knn_model_travels_with_its_encoder_and_notices_a_replaced_one(kpop, tmp
     (moved / "net.dat").unlink()
     line = one_line_error(run("predict", moved / "people.npz", photo, *WHOLE))
     assert "net.dat is missing" in line
+
+
+# --- help ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["train-knn", "predict", "encode", "finetune", "evaluate"])
+def test_help_reads_well(command):
+    import click
+
+    res = run(command, "--help")
+    assert res.exit_code == 0 and "Traceback" not in res.output
+    cmd = main.commands[command]
+    options = [p for p in cmd.params if isinstance(p, click.Option)]
+    assert [p.name for p in options if not (p.help or "").strip()] == []  # every option says what it does
+    jobs = next(p for p in options if p.name == "jobs")
+    assert "0: all cores" in jobs.help and jobs.default == 0
+    assert cmd.help and cmd.help.strip().splitlines()[0].endswith(".")

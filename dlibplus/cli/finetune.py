@@ -14,25 +14,35 @@ from .options import face_options, face_settings, user_errors
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write the fine-tuned model into (model.dat, model.pt, head.pt, metadata.json).")
+              help="Folder to write the fine-tuned model into (model.dat, model.pt, head.pt, classes.json, "
+                   "metadata.json; checkpoint.pt while it runs).")
 @click.option("--head", type=click.Choice(list(_TRAIN_HEADS)),
-              default=_FT.head, show_default=True, help="Classification head and margin.")
+              default=_FT.head, show_default=True,
+              help="Classification head trained with the network: arcface, cosface or sphereface (angular-margin "
+                   "heads), softmax (no margin) or combined (all three margins).")
 @click.option("--margin", type=float, default=None,
-              help="Head margin: radians for arcface, cosine units for cosface, a whole number m for sphereface.")
-@click.option("--scale", type=float, default=None, help="Head logit scale s (arcface, cosface, combined).")
-@click.option("--center-loss", type=click.FloatRange(0), default=_FT.center_loss, show_default=True, help="Weight of the center loss.")
+              help="Head margin [default: the head's own]: radians for arcface, cosine units for cosface, a "
+                   "whole number m for sphereface.")
+@click.option("--scale", type=float, default=None,
+              help="Head logit scale s (arcface, cosface, combined) [default: the head's own].")
+@click.option("--center-loss", type=click.FloatRange(0), default=_FT.center_loss, show_default=True,
+              help="Weight of the center loss, which pulls each photo towards its person's centre (0: off).")
 @click.option("--triplet", type=click.FloatRange(0), default=_FT.triplet, show_default=True,
               help="Weight of the triplet loss (batch semi-hard mining).")
 @click.option("--metric-loss", type=click.FloatRange(0), default=_FT.metric_loss, show_default=True,
               help="Weight of dlib's own pairwise hinge loss around distance 0.6 (loss_metric).")
 @click.option("--epochs", type=click.IntRange(1), default=_FT.epochs, show_default=True,
               help="Passes over the training photos.")
-@click.option("--batch-people", type=click.IntRange(2), default=_FT.people_per_batch, show_default=True, help="P in P x K batches.")
-@click.option("--batch-images", type=click.IntRange(1), default=_FT.images_per_person, show_default=True, help="K in P x K batches.")
+@click.option("--batch-people", type=click.IntRange(2), default=_FT.people_per_batch, show_default=True,
+              help="People per batch (P of P x K batches).")
+@click.option("--batch-images", type=click.IntRange(1), default=_FT.images_per_person, show_default=True,
+              help="Photos of each person per batch (K of P x K batches).")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=_FT.optimizer, show_default=True,
               help="AdamW, or SGD with Nesterov momentum 0.9.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_FT.lr, show_default=True, help="Learning rate of the network.")
-@click.option("--head-lr", type=click.FloatRange(0, min_open=True), default=_FT.head_lr, show_default=True, help="Learning rate of the head.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_FT.lr, show_default=True,
+              help="Peak learning rate of the network.")
+@click.option("--head-lr", type=click.FloatRange(0, min_open=True), default=_FT.head_lr, show_default=True,
+              help="Peak learning rate of the head.")
 @click.option("--weight-decay", type=click.FloatRange(0), default=_FT.weight_decay, show_default=True,
               help="Decoupled weight decay of the network (the head has none).")
 @click.option("--anchor", type=click.FloatRange(0), default=_FT.anchor, show_default=True,
@@ -40,9 +50,10 @@ from .options import face_options, face_settings, user_errors
                    "it was not trained on; lower it to adapt more to yours.")
 @click.option("--warmup-epochs", type=click.FloatRange(0), default=_FT.warmup_epochs, show_default=True,
               help="Epochs of linear learning-rate warm-up before the cosine decay.")
-@click.option("--grad-clip", type=click.FloatRange(0), default=_FT.grad_clip, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--grad-clip", type=click.FloatRange(0), default=_FT.grad_clip, show_default=True,
+              help="Clip the gradient to this norm (0: off).")
 @click.option("--freeze", type=click.IntRange(0, 7), default=_FT.freeze, show_default=True,
-              help="Stages to freeze from the input (stem, layer1..layer5, fc).")
+              help="Stages kept frozen, counted from the input: stem, layer1 ... layer5, fc (0: train all).")
 @click.option("--no-augment", is_flag=True, help="Turn off dlib's jitter and colour augmentation.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_FT.val_fraction,
               show_default=True,
@@ -53,8 +64,9 @@ from .options import face_options, face_settings, user_errors
               help="Stop after this many epochs without a better validation accuracy (0: never).")
 @click.option("--seed", type=int, default=_FT.seed, show_default=True,
               help="Seed of the split, the batches, the augmentation and the calibration folds.")
-@click.option("--device", default=_FT.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--no-amp", is_flag=True, help="No mixed precision on CUDA.")
+@click.option("--device", default=_FT.device, show_default=True,
+              help="Where to train: auto (CUDA when there is one, else CPU), cpu, cuda or cuda:N.")
+@click.option("--no-amp", is_flag=True, help="Train in float32 on CUDA (no mixed precision).")
 @click.option("--target-far", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Calibrate distance 0.6 at this false-accept rate on your photos (stricter, for open-set "
                    "use) instead of the default: the point of best balanced accuracy, as 0.6 is for dlib.")
@@ -62,8 +74,9 @@ from .options import face_options, face_settings, user_errors
               help="auto: hand back whichever of dlib, an interpolation between dlib and the fine-tuned weights, "
                    "or the fine-tuned weights names your validation photos best, and dlib unless another beats "
                    "it with confidence. finetuned: the fine-tuned weights (calibrated) whatever they measure.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT/checkpoint.pt.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished model already in OUTPUT.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from OUTPUT/checkpoint.pt (give the same options).")
+@click.option("--overwrite", is_flag=True, help="Replace a finished model already in OUTPUT (refused otherwise).")
 @face_options
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,

@@ -14,6 +14,14 @@ ENCODER_HELP = "Encoder: dlib (face_recognition's), torch (the exact PyTorch rep
                "its mirror image (test-time flip: better accuracy, twice the encoding time)."
 
 
+JOBS_HELP = "Worker processes for detection and encoding (0: all cores)."
+
+
+def jobs_option():
+    """``--jobs/-j``: 0 (the default) means all cores, in every command."""
+    return click.option("--jobs", "-j", type=click.IntRange(0), default=0, show_default=True, help=JOBS_HELP)
+
+
 def face_options(f):
     """Options that decide how faces are found and aligned (shared by every command that scans)."""
     options = [
@@ -27,8 +35,7 @@ def face_options(f):
                      help="'whole' uses the whole image as the face box: for folders of tight face crops."),
         click.option("--max-side", type=click.IntRange(0), default=0, show_default=True,
                      help="Shrink images longer than this many pixels before detection (0: never)."),
-        click.option("--jobs", "-j", type=click.IntRange(0), default=0,
-                     help="Worker processes for detection and encoding (default: all cores)."),
+        jobs_option(),
     ]
     for option in reversed(options):
         f = option(f)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import BadInput, check_output_folder, user_errors
+from .options import BadInput, check_output_folder, jobs_option, user_errors
 
 FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance", "error")
 NO_FACE = "no_persons_found"  # the example's name for an image without faces
@@ -20,24 +20,28 @@ UNREADABLE = "error"  # the name column of an input that could not be read
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--threshold", type=click.FloatRange(0), default=None,
-              help="Distance beyond which a face is 'unknown' [default: the model's, 0.6].")
+              help="Distance beyond which a face is 'unknown' (default: the model's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of rows instead of CSV.")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path),
               help="Write copies of the images with boxes and names drawn into this folder (never over an "
                    "input; sub-folders mirror the inputs').")
-@click.option("--encoder", default=None,
-              help="Where the model's encoder folder moved to (must be the same model: checked).")
+@click.option("--encoder", default=None, metavar="PATH",
+              help="The model's own encoder (fine-tuned folder or .dat) when it was moved apart from the model "
+                   "file; it must be the very network the model was trained with (checked).")
 @click.option("--classifier", type=click.Choice(["knn", "head"]), default="knn", show_default=True,
               help="knn: MODEL is a train-knn .npz. head: MODEL is a `dlibplus finetune` folder, whose own "
                    "head names the faces (distance = 1 - cosine; strangers rejected at its calibrated threshold).")
-@click.option("--detector", type=click.Choice(["hog", "cnn"]), default=None, help="Override the model's detector.")
-@click.option("--upsample", type=click.IntRange(0, 4), default=None, help="Override the model's upsampling.")
+@click.option("--detector", type=click.Choice(["hog", "cnn"]), default=None,
+              help="Override the model's face detector (hog: fast on CPU; cnn: dlib's MMOD, slow on CPU).")
+@click.option("--upsample", type=click.IntRange(0, 4), default=None,
+              help="Override the model's upsampling before detection (higher finds smaller faces).")
 @click.option("--face-box", type=click.Choice(["detect", "whole"]), default=None,
               help="Override the model's face box: 'detect' to find faces in ordinary photos with a model "
                    "trained on tight crops, 'whole' to take each image as one face.")
-@click.option("--max-side", type=click.IntRange(0), default=None, help="Override the model's --max-side.")
+@click.option("--max-side", type=click.IntRange(0), default=None,
+              help="Override the model's --max-side: shrink longer images before detection (0: never).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
-@click.option("--jobs", "-j", type=click.IntRange(0), default=0, help="Worker processes (default: all cores).")
+@jobs_option()
 @user_errors
 def predict(model, paths, threshold, as_json, annotate, encoder, classifier, detector, upsample, face_box,
             max_side, no_cache, jobs):

@@ -12,10 +12,10 @@ from .options import ENCODER_HELP, check_output_file, face_options, face_setting
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Model file to write (.npz).")
-@click.option("--n-neighbors", default="auto", show_default=True,
-              help="k: 'auto' (leave-one-out choice), 'sqrt' (the example's round(sqrt(n))) or a number.")
+@click.option("--n-neighbors", default="auto", show_default=True, metavar="K|auto|sqrt",
+              help="k: 'auto' (leave-one-out choice), 'sqrt' (the example's round(sqrt(n))) or a whole number >= 1.")
 @click.option("--algorithm", type=click.Choice(["ball_tree", "kd_tree", "brute", "auto"]), default="ball_tree",
-              show_default=True, help="scikit-learn neighbour search.")
+              show_default=True, help="scikit-learn's neighbour search (same answers, different speed).")
 @click.option("--threshold", type=click.FloatRange(0), default=0.6, show_default=True,
               help="Distance beyond which a face is 'unknown' (stored in the model).")
 @click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
