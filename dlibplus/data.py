@@ -57,10 +57,16 @@ def scan_people(folder: os.PathLike | str) -> list[tuple[str, Path]]:
             files = sorted(person_dir.iterdir())
         except OSError as exc:
             raise DataFolderError(f"person folder {person_dir} cannot be read ({exc.strerror or exc})") from None
-        pairs += [(person_dir.name, p) for p in files if p.is_file() and is_image_file(p)]
+        pairs += [(person_dir.name, p) for p in files if _is_image_entry(p)]
     if not pairs:
         raise DataFolderError(f"no images found in {root}: expected {root}/<person>/<image>.jpg")
     return pairs
+
+
+def _is_image_entry(path: Path) -> bool:
+    """An image file by its name, or a broken link by an image's name (kept, so that it is reported as
+    unreadable instead of silently left out)."""
+    return is_image_file(path) and (path.is_file() or (path.is_symlink() and not path.exists()))
 
 
 def image_paths(paths: Iterable[os.PathLike | str]) -> list[Path]:
@@ -68,7 +74,7 @@ def image_paths(paths: Iterable[os.PathLike | str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            out += sorted(q for q in p.rglob("*") if _is_image_entry(q))
         else:
             out.append(p)
     return out

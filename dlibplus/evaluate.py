@@ -308,6 +308,10 @@ def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[
            progress: bool) -> _Split:
     """Encode, split into gallery and probes (or take ``test_folder``'s), hold people out of the gallery."""
     notes: list[str] = []
+    if test_folder is not None and Path(test_folder).resolve() == folder.resolve():
+        raise DataFolderError(f"--test-folder {test_folder} is the people folder itself: every probe would also be "
+                              "in the gallery; give a separate folder of test photos, or leave --test-folder out "
+                              "to split the folder")
     main_set, dropped, main_report = _load_common(folder, specs, names, settings, jobs, progress)
     image_reports = {"folder": main_report}
     if test_folder is None:
@@ -384,6 +388,15 @@ def _measurability_notes(base: EncoderEvaluation) -> list[str]:
             if row.reason:
                 notes.append(f"open-set DIR at false-alarm rate {row.far:g} not measurable: {row.reason}")
     return notes
+
+
+def _duplicate_notes(base: EncoderEvaluation) -> list[str]:
+    """Known probes whose very photo (distance 0) is in the gallery: named right by any encoder."""
+    n = int(np.sum(base.nn1_distance <= 1e-6))  # float noise only: different photos lie ~0.1 or more apart
+    if not n:
+        return []
+    return [f"{n} of {len(base.nn1_distance)} known probes have an identical photo in the gallery (distance 0): "
+            "any encoder names them right; remove the duplicates for a fair measure"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -619,7 +632,7 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
              int((~known).sum()))
     evaluations = [_evaluate_encoder(n, s, gallery, probes, known, n_neighbors, seed, THRESHOLD)
                    for n, s in zip(names, specs)]
-    notes += _measurability_notes(evaluations[0])
+    notes += _measurability_notes(evaluations[0]) + _duplicate_notes(evaluations[0])
     comparisons, cmp_notes = _compare(evaluations, probes, known, n_boot, seed)
     notes += cmp_notes
 

@@ -206,6 +206,7 @@ class FaceKNN:
             raise ModelFileError(path, "not a dlibplus KNN model (wrong format tag)")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ModelFileError(path, f"written by a newer dlibplus (format {meta['format_version']})")
+        _check_encodings(path, arrays["encodings"])
         recipe = Recipe.from_dict(meta, path).resolved_from(path.parent)
         _check_encoder(path, recipe.encoder, meta.get("encoder_sha256"))
         try:
@@ -218,6 +219,17 @@ class FaceKNN:
         model.loo_scores_ = {int(k): v for k, v in meta.get("loo_accuracy", {}).items()}
         model.info_ = meta.get("info", {k: v for k, v in meta.items() if k in _V1_INFO})
         return model
+
+
+def is_model_file(path: os.PathLike | str) -> bool:
+    """Whether ``path`` is a train-knn model file (what :meth:`FaceKNN.save` writes), judged by its tag."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        return _read_npz(path)[1].get("format") == FORMAT
+    except ModelFileError:
+        return False
 
 
 _V1_INFO = ("dlibplus_version", "trained_on", "n_images", "n_people")  # format 1 kept these at the top
@@ -261,9 +273,31 @@ def _check_encoder(path: Path, spec: str, recorded_sha256: str | None) -> None:
     if not Path(base).exists():
         raise ModelFileError(path, f"its encoder {base} is missing (keep the fine-tuned folder where it was "
                                    "relative to the model file, or retrain with train-knn --encoder)")
+    _check_encoder_folder(path, Path(base))
     if recorded_sha256 and encoder_sha256(spec) != recorded_sha256:
         raise ModelFileError(path, f"its encoder {base} is not the model it was trained with (its model.dat "
                                    "changed): retrain with train-knn --encoder")
+
+
+def _check_encoder_folder(path: Path, folder: Path) -> None:
+    """A fine-tuned encoder folder must still hold its network (a re-run into it may have removed it)."""
+    from . import model_folder
+
+    if not folder.is_dir() or (folder / model_folder.MODEL_DAT).is_file():
+        return
+    if (folder / model_folder.CHECKPOINT).is_file():
+        raise ModelFileError(path, f"its encoder folder {folder} holds an unfinished `dlibplus finetune` run "
+                                   f"({model_folder.CHECKPOINT}, no {model_folder.MODEL_DAT}): finish that run "
+                                   "with --resume, or retrain with train-knn --encoder")
+    raise ModelFileError(path, f"its encoder folder {folder} holds no {model_folder.MODEL_DAT} any more: put the "
+                               "fine-tuned model back, or retrain with train-knn --encoder")
+
+
+def _check_encodings(path: Path, encodings: np.ndarray) -> None:
+    """The stored encodings must be face encodings: (n, 128) real numbers."""
+    if encodings.ndim != 2 or encodings.shape[1] != 128 or not np.issubdtype(encodings.dtype, np.number):
+        raise ModelFileError(path, f"its encodings are not 128-d face encodings (shape {encodings.shape}, "
+                                   f"{encodings.dtype}): not a train-knn model, or damaged")
 
 
 # --- the example's functions ---------------------------------------------------------------------

@@ -338,3 +338,81 @@ def test_help_reads_well(command):
     jobs = next(p for p in options if p.name == "jobs")
     assert "0: all cores" in jobs.help and jobs.default == 0
     assert cmd.help and cmd.help.strip().splitlines()[0].endswith(".")
+
+
+# --- the fresh pass: what else broken input did --------------------------------------------------------------
+
+def test_broken_link_to_a_photo_is_reported_not_silently_left_out(kpop, knn_model, tmp_path):
+    root = tmp_path / "people"
+    shutil.copytree(kpop, root, symlinks=True)
+    os.symlink(tmp_path / "moved_away.jpg", root / KPOP[0] / "gone.jpg")
+    report = tmp_path / "report.json"
+    res = run("train-knn", root, "-o", tmp_path / "m.npz", "--report", report, *WHOLE)
+    assert res.exit_code == 0, res.output
+    skipped = json.loads(report.read_text())["people"][KPOP[0]]["skipped"]
+    assert [(Path(s["path"]).name, "No such file" in s["reason"]) for s in skipped] == [("gone.jpg", True)]
+    res = run("predict", knn_model, root / KPOP[0], *WHOLE)
+    assert res.exit_code == 1 and [r["name"] for r in csv_rows(res.stdout)].count("error") == 1
+
+
+def test_predict_points_out_a_folder_without_images(knn_model, kpop, tmp_path):
+    empty = tmp_path / "holiday"
+    empty.mkdir()
+    res = run("predict", knn_model, kpop / KPOP[0], empty, *WHOLE)
+    assert res.exit_code == 0 and f"warning: no image file in {empty}" in res.stderr
+
+
+def test_train_knn_never_replaces_a_file_it_did_not_write(kpop, knn_model, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(next((kpop / KPOP[0]).iterdir()), photo)
+    before = photo.read_bytes()
+    line = one_line_error(run("train-knn", kpop, "-o", photo, *WHOLE))
+    assert "exists and is not a train-knn model" in line and photo.read_bytes() == before
+    line = one_line_error(run("train-knn", kpop, "-o", tmp_path / "m.npz", "--report", photo, *WHOLE))
+    assert "exists and is not a train-knn report" in line and photo.read_bytes() == before
+    # its own model and report are replaced as before
+    model, report = tmp_path / "m.npz", tmp_path / "r.json"
+    shutil.copy(knn_model, model)
+    for _ in range(2):
+        assert run("train-knn", kpop, "-o", model, "--report", report, *WHOLE).exit_code == 0
+
+
+def test_knn_model_with_encodings_of_the_wrong_size_is_refused(knn_model, tmp_path):
+    with np.load(knn_model) as z:
+        arrays = dict(z)
+    arrays["encodings"] = arrays["encodings"][:, :64]
+    bad = tmp_path / "half.npz"
+    np.savez(bad, **arrays)
+    line = one_line_error(run("predict", bad, tmp_path, *WHOLE))
+    assert "half.npz" in line and "not 128-d face encodings" in line
+
+
+def test_knn_model_whose_encoder_folder_lost_its_network(tmp_path):
+    from dlibplus import models
+    from dlibplus.errors import ModelFileError
+    from dlibplus.knn import FaceKNN
+    from dlibplus.recipe import Recipe
+
+    encoder = tmp_path / "mymodel"
+    encoder.mkdir()
+    shutil.copy(models.model_path(models.FACE_RECOGNITION_MODEL), encoder / "model.dat")
+    X = np.random.default_rng(0).normal(size=(4, 128)) * 0.1
+    FaceKNN(recipe=Recipe(str(encoder))).fit(X, ["a", "a", "b", "b"]).save(tmp_path / "m.npz")
+    assert FaceKNN.load(tmp_path / "m.npz").recipe.encoder == str(encoder.resolve())
+    (encoder / "model.dat").unlink()  # `finetune -o mymodel --overwrite`, interrupted
+    (encoder / "checkpoint.pt").write_bytes(b"\0")
+    with pytest.raises(ModelFileError, match="unfinished `dlibplus finetune` run .* --resume"):
+        FaceKNN.load(tmp_path / "m.npz")
+    (encoder / "checkpoint.pt").unlink()
+    with pytest.raises(ModelFileError, match="holds no model.dat any more"):
+        FaceKNN.load(tmp_path / "m.npz")
+
+
+def test_evaluate_refuses_its_folder_as_test_folder_and_notes_identical_probes(kpop, tmp_path):
+    line = one_line_error(run("evaluate", kpop, "--test-folder", kpop, "--report", tmp_path / "r", *WHOLE))
+    assert "is the people folder itself" in line
+    copy = tmp_path / "same_photos"
+    shutil.copytree(kpop, copy, symlinks=True)  # other paths, the very same photos
+    res = run("evaluate", kpop, "--test-folder", copy, "--report", tmp_path / "r", "--n-boot", "10", *WHOLE)
+    assert res.exit_code == 0, res.output
+    assert "6 of 6 known probes have an identical photo in the gallery" in res.stderr

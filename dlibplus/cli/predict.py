@@ -52,13 +52,12 @@ def predict(model, paths, threshold, as_json, annotate, encoder, classifier, det
     an input that could not be read. Rows are written as each image is done. Exit status 1 when any
     input could not be read.
     """
-    from ..data import image_paths
     from ..predict import predict_images
 
     clf = _load_classifier(model, classifier)
     recipe = _recipe(clf, model, encoder, detector=detector, upsample=upsample, face_box=face_box,
                      max_side=max_side)
-    files = image_paths(paths)
+    files = _inputs(paths)
     if annotate is not None:  # an earlier run's annotated copies are not inputs
         from ..annotate import earlier_copies
 
@@ -88,6 +87,19 @@ def predict(model, paths, threshold, as_json, annotate, encoder, classifier, det
     if n_failed:
         raise click.ClickException(f"{n_failed} of {len(files)} inputs could not be read (rows with name "
                                    f"'{UNREADABLE}')")
+
+
+def _inputs(paths) -> list[Path]:
+    """The image files of ``paths``; a folder without any is pointed out (a typo, or the wrong folder)."""
+    from ..data import image_paths
+
+    files: list[Path] = []
+    for path in paths:
+        found = image_paths([path])
+        if path.is_dir() and not found:
+            click.echo(f"warning: no image file in {path}", err=True)
+        files += found
+    return files
 
 
 def _load_classifier(model: Path, classifier: str):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, check_output_file, face_options, face_settings, user_errors
+from .options import ENCODER_HELP, BadInput, check_output_file, face_options, face_settings, user_errors
 
 
 @click.command("train-knn")
@@ -43,9 +43,7 @@ def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encode
             raise click.BadParameter("must be 'auto', 'sqrt' or a whole number", param_hint="--n-neighbors")
         if n_neighbors < 1:
             raise click.BadParameter("must be at least 1", param_hint="--n-neighbors")
-    check_output_file(output, "--output")
-    if report:
-        check_output_file(report, "--report")
+    _check_outputs(output, report)
     people = load_people(folder, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
                          encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache)
     for line in people.report_lines():
@@ -57,3 +55,29 @@ def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encode
     click.echo(f"trained on {counted(len(people.labels), 'face')} of {counted(len(model.classes_), 'person')}, "
                f"k={model.k_} "
                f"({model.n_neighbors}); model written to {output}", err=True)
+
+
+def _check_outputs(output: Path, report: Path | None) -> None:
+    """Before any work: both files can be written, and neither replaces a file train-knn did not write."""
+    from ..knn import is_model_file
+
+    check_output_file(output, "--output")
+    if output.exists() and not is_model_file(output):
+        raise BadInput(f"--output {output} exists and is not a train-knn model: choose another file name "
+                       "(train-knn replaces only its own models)")
+    if report is None:
+        return
+    check_output_file(report, "--report")
+    if report.exists() and not _is_people_report(report):
+        raise BadInput(f"--report {report} exists and is not a train-knn report: choose another file name")
+
+
+def _is_people_report(path: Path) -> bool:
+    """Whether ``path`` holds a report train-knn --report wrote (a JSON object with its keys)."""
+    import json
+
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and {"folder", "people", "used"} <= report.keys()
