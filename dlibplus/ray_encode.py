@@ -65,25 +65,33 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
         return
     local = address in (None, "local")
+    # a local cluster is the user's foreground job, as process_images' workers are: Ray's default worker
+    # niceness (15) would let every other process on the machine go first
+    extra = {"_system_config": {"worker_niceness": 0}} if local else {}
     ray.init(address="local" if local else address, num_cpus=num_cpus if local else None,
-             include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+             include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **extra)
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def _quiet_data_context():
+@contextlib.contextmanager
+def _job_context() -> Iterator[None]:
+    """Ray Data settings for the datasets made in the block (each dataset keeps a copy of the context it
+    was made in), the process's own restored afterwards: order preserved (results stream back nearly in
+    order, so the driver buffers little), no Ray progress bars (ours shows)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # results stream back nearly in order: bounded buffering
-    ctx.enable_progress_bars = False
-    with contextlib.suppress(AttributeError):
-        ctx.print_on_execution_start = False
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": ours shows
-    return ctx
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
 
 # --- the two stages (run in Ray workers) ------------------------------------------------------------
@@ -174,14 +182,14 @@ def iter_results(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, 
 
     if not paths:
         return
-    _quiet_data_context()
     items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
     actors, resources = _encoder_resources(ray)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // images_per_task)))
-    ds = ds.map_batches(chips_stage, fn_kwargs={"settings": settings}, batch_size=images_per_task,
-                        batch_format="numpy", num_cpus=1)
-    ds = ds.map_batches(EncoderActor, fn_constructor_args=(encoder, num_jitters), batch_size=encode_batch,
-                        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+    with _job_context():
+        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // images_per_task)))
+        ds = ds.map_batches(chips_stage, fn_kwargs={"settings": settings}, batch_size=images_per_task,
+                            batch_format="numpy", num_cpus=1)
+        ds = ds.map_batches(EncoderActor, fn_constructor_args=(encoder, num_jitters), batch_size=encode_batch,
+                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
     pending: dict[int, ImageFaces] = {}
     next_index = 0
     for row in ds.iter_rows():
@@ -318,12 +326,15 @@ def encode_to_parquet(paths: Sequence[os.PathLike | str], folder: os.PathLike | 
     Shard ``k`` (``part-0000k.parquet``) holds the faces of images ``k*shard_size`` to
     ``(k+1)*shard_size - 1`` in input order; ``manifest.json`` records the job (image list hash, settings,
     encoder), and a shard already written for the same job is skipped. Without ``use_ray`` the shards are
-    computed by :func:`~dlibplus.data.process_images` (same results, one machine).
+    computed by :func:`~dlibplus.data.iter_images` (same results, one machine).
 
+    :param options: to :func:`iter_results` (``images_per_task``, ``encode_batch``) on Ray, else to
+        :func:`~dlibplus.data.iter_images` (``jobs``).
     :raises DataFolderError: ``folder`` holds another job's shards.
     """
     from tqdm.auto import tqdm
 
+    from .encoders import with_jitter
     from .people import resolve_encoder
 
     require("pyarrow.parquet", "ray", "Parquet output")
@@ -331,8 +342,6 @@ def encode_to_parquet(paths: Sequence[os.PathLike | str], folder: os.PathLike | 
         raise ValueError(f"shard_size must be >= 1, not {shard_size}")
     paths, folder = [Path(p) for p in paths], Path(folder)
     local_encoder = resolve_encoder(encoder)[0] if encoder is None or isinstance(encoder, (str, os.PathLike)) else encoder
-    from .encoders import with_jitter
-
     _check_manifest(folder, _manifest(paths, settings, with_jitter(local_encoder, num_jitters).identity,
                                       num_jitters, shard_size))
     result = ParquetResult(folder)

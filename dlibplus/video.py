@@ -121,7 +121,7 @@ def video_info(path: os.PathLike | str) -> VideoInfo:
 
 
 def read_frames(path: os.PathLike | str, every: int = 1, *, all_frames: bool = False
-                ) -> Iterator[tuple[int, np.ndarray | None, bool]]:
+                ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """``(index, bgr_frame, sampled)`` for the frames of a video, in order.
 
     A frame is sampled when ``index % every == 0``. Without ``all_frames`` only sampled frames are
