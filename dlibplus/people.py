@@ -104,7 +104,7 @@ class PeopleSet:
                 lines += [f"  skipped {s}: {r}" for s, r in skipped]
         empty = set(self.empty_person_folders)
         for p in self.people_without_images:
-            why = f"has no image file (its folder {self.folder / p} is empty)" if p in empty else "has no usable image"
+            why = f"has no image file in {self.folder / p}" if p in empty else "has no usable image"
             lines.append(f"warning: {p} {why} and is left out")
         lines.append(f"{counted(len(self.labels), 'face')} of {counted(len(set(self.labels.tolist())), 'person')} "
                      f"from {counted(sum(self.total_per_person.values()), 'image')}")

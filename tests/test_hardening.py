@@ -92,7 +92,7 @@ def test_empty_person_folder_is_named_and_one_person_is_singular(kpop, tmp_path)
     report = tmp_path / "report.json"
     res = run("train-knn", root, "-o", tmp_path / "m.npz", "--report", report, *WHOLE)
     assert res.exit_code == 0, res.output
-    assert f"Nobody has no image file (its folder {root / 'Nobody'} is empty)" in res.output
+    assert f"warning: Nobody has no image file in {root / 'Nobody'} and is left out" in res.output
     rep = json.loads(report.read_text())
     assert rep["people"]["Nobody"] == {"images": 0, "used": 0, "skipped": []}
     assert rep["people_without_usable_images"] == ["Nobody"] and rep["empty_person_folders"] == ["Nobody"]
@@ -416,3 +416,10 @@ def test_evaluate_refuses_its_folder_as_test_folder_and_notes_identical_probes(k
     res = run("evaluate", kpop, "--test-folder", copy, "--report", tmp_path / "r", "--n-boot", "10", *WHOLE)
     assert res.exit_code == 0, res.output
     assert "6 of 6 known probes have an identical photo in the gallery" in res.stderr
+
+
+def test_evaluate_report_inside_the_people_folder_is_refused(kpop, tmp_path):
+    for report in (kpop, kpop / "report", kpop / KPOP[0]):
+        line = one_line_error(run("evaluate", kpop, "--report", report, *WHOLE))
+        assert "inside the people folder" in line
+    assert not (kpop / "report").exists() and not list(kpop.glob("*.png"))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, check_output_folder, face_options, face_settings, user_errors
+from .options import ENCODER_HELP, BadInput, check_output_folder, face_options, face_settings, user_errors
 
 
 @click.command()
@@ -40,6 +40,7 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
     from ..evaluate import evaluate_folder, unique_names
     from ..report import check_report_folder, console_table, write_report
 
+    _check_report_outside(report, [folder] + ([test_folder] if test_folder else []))
     check_output_folder(report, "--report")
     check_report_folder(report, unique_names(encoders))
     result = evaluate_folder(folder, encoders, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
@@ -52,3 +53,13 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
         click.echo(f"warning: {warning}", err=True)
     files = write_report(result, report)
     click.echo(f"report written to {files['report']} (metrics.json and charts in {report})", err=True)
+
+
+def _check_report_outside(report: Path, people_folders: list[Path]) -> None:
+    """The report must not go into a people folder: its PNG charts would become someone's photos."""
+    out = report.resolve()
+    for folder in people_folders:
+        root = folder.resolve()
+        if out == root or root in out.parents:
+            raise BadInput(f"--report {report} is inside the people folder {folder}: its charts would be taken for "
+                           "photos next time; choose a folder outside it")
