@@ -1,0 +1,207 @@
+"""Does `dlibplus finetune` make a user's recognition better, on every labelled set, at every photo count?
+
+For each set in ``../shared/data/faces`` with enough people and each number of training photos per
+person (2, 4, and "all" up to ``--max-per-person``), with a seeded per-person split (half of each
+person's photos are the test photos, the training photos are drawn from the other half), in the same run:
+
+- **dlib**: train-knn on the training photos, predict every test photo at tolerance 0.6 (an "unknown"
+  counts as wrong), as a user does today;
+- **fine-tuned**: ``finetune`` on the same training photos (library call, default settings: the run picks
+  dlib, an interpolation or the fine-tuned weights), then the same train-knn + predict with its encoder;
+- for both: 1-NN accuracy, the share of known test photos called "unknown", TAR at FAR 1e-3 and 1e-2
+  over all test pairs, same/different pairs accepted at 0.6, a linear SVM and class-mean prototypes on
+  the same encodings (what a user might try instead of fine-tuning), and lfw_dev 10-fold verification
+  accuracy over people never trained on;
+- the difference in train-knn accuracy with a 95 % bootstrap interval over people, and the wall time.
+
+    python benchmarks/bench_suite.py --out /tmp/suite                    # every set, counts 2 4 all, seed 0
+    python benchmarks/bench_suite.py --sets kpop_idols15 --seeds 0 1 2   # one set, three seeds
+
+Writes ``results.json`` and prints a markdown table. On 2 CPU cores one seed over every set takes about
+half an hour (most of it fine-tuning).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchlib import faces_root
+from dlibplus import metrics
+from dlibplus.encoders import TorchEncoder
+from dlibplus.faces import FaceSettings
+from dlibplus.finetune_data import ChipSet, FinetuneData, drop_small_classes, load_chipset
+from dlibplus.knn import FaceKNN
+from dlibplus.selection import bootstrap_gain
+from dlibplus.train import finetune
+from dlibplus.train_config import FinetuneConfig
+
+FACES = faces_root()
+WHOLE, DETECT = FaceSettings(face_box="whole"), FaceSettings()
+# set -> (folder, settings, minimum photos per person to take part)
+SETS = {
+    "kpop_idols15": ("kpop_idols15", WHOLE, 4),
+    "glint360k_celeb24": ("glint360k_celeb24", WHOLE, 4),
+    "orl_att": ("orl_att", WHOLE, 4),
+    "yale_faces": ("yale_faces", DETECT, 4),
+    "five_celebrity": ("five_celebrity", WHOLE, 4),
+    "deepface_tests": ("deepface_tests", DETECT, 4),
+    "lfw_dev4": ("lfw_dev", DETECT, 8),  # lfw_dev people with >= 8 photos (4 test, up to 4 train)
+}
+LFW_GENERAL_PEOPLE = 300  # lfw_dev people (never trained on) of the generalisation check
+
+
+@dataclass
+class Split:
+    """Chips of one set with a seeded split: ``test`` half, ``train`` drawn from the other half."""
+
+    data: ChipSet
+    train: np.ndarray
+    test: np.ndarray
+
+
+def split(data: ChipSet, per_person: int | None, seed: int) -> Split:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for person in range(len(data.classes)):
+        idx = rng.permutation(np.flatnonzero(data.labels == person))
+        half = len(idx) // 2
+        test += idx[:half].tolist()
+        pool = idx[half:]
+        train += pool[:per_person].tolist() if per_person else pool.tolist()
+    return Split(data, np.sort(train), np.sort(test))
+
+
+def user_path(emb_train, y_train, emb_test, y_test) -> dict:
+    """train-knn + predict at 0.6 (unknown = wrong), 1-NN, SVM, prototypes, pairs at 0.6, TAR."""
+    from sklearn.svm import LinearSVC
+
+    knn = FaceKNN().fit(emb_train, y_train)
+    names, _, people = knn.predict_with_distance(emb_test)
+    correct = names == y_test
+    nearest, _ = metrics.nearest_identity(emb_train, y_train, emb_test)
+    classes = np.unique(y_train)
+    protos = np.stack([emb_train[y_train == c].mean(0) for c in classes])
+    proto_pred = classes[np.argmin(((emb_test[:, None] - protos[None]) ** 2).sum(-1), axis=1)]
+    svm_pred = LinearSVC(C=1.0, max_iter=20000).fit(emb_train, y_train).predict(emb_test)
+    dist, same = metrics.pair_distances(emb_test, y_test)
+    tars = {f"tar@{r.far:g}": r.tar for r in metrics.tar_at_far(dist, same, (1e-3, 1e-2))}
+    return {"knn_accuracy": float(correct.mean()), "correct": correct,
+            "unknown_rate": float(np.mean((people == y_test) & (names != y_test))),
+            "1nn_accuracy": float(np.mean(nearest == y_test)), "svm_accuracy": float(np.mean(svm_pred == y_test)),
+            "prototype_accuracy": float(np.mean(proto_pred == y_test)),
+            "same_at_0.6": float(np.mean(dist[same] <= 0.6)), "different_at_0.6": float(np.mean(dist[~same] <= 0.6)),
+            **tars}
+
+
+def lfw_general(encoder, lfw: ChipSet) -> float:
+    """10-fold accuracy over balanced pairs of lfw_dev people never trained on."""
+    emb = encoder.encode(lfw.chips)
+    dist, same = metrics.pair_distances(emb, lfw.labels)
+    rng = np.random.default_rng(0)
+    diff = rng.choice(np.flatnonzero(~same), int(same.sum()), replace=False)
+    pick = np.concatenate([np.flatnonzero(same), diff])
+    return float(metrics.kfold_verification(dist[pick], same[pick], folds=10, seed=0).mean)
+
+
+def load_set(name: str, progress: bool) -> ChipSet:
+    folder, settings, minimum = SETS[name]
+    data, _ = load_chipset(FACES / folder, settings, progress=progress)
+    return drop_small_classes(data, minimum)[0]
+
+
+def general_lfw(exclude: set[str]) -> ChipSet:
+    lfw, _ = load_chipset(FACES / "lfw_dev", DETECT, progress=False)
+    keep_people = [i for i, c in enumerate(lfw.classes) if c not in exclude][:LFW_GENERAL_PEOPLE]
+    rows = np.flatnonzero(np.isin(lfw.labels, keep_people))
+    return drop_small_classes(lfw.subset(rows), 2)[0]
+
+
+def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, workdir: Path) -> dict:
+    data = sp.data
+    names = np.array(data.classes)[data.labels]
+    train_set = data.subset(sp.train)
+    from dlibplus.data import split_per_person
+
+    inner_train, inner_val = split_per_person(train_set.labels, config.val_fraction, seed)
+    fdata = FinetuneData(train_set.subset(inner_train), train_set.subset(inner_val), people=None,
+                         folder=f"{name} (suite)")
+    t0 = time.time()
+    out = workdir / f"{name}-{len(sp.train)}-{seed}"
+    result = finetune(fdata, out, config, progress=False, overwrite=True, echo=lambda m: None)
+    wall = time.time() - t0
+    tuned = TorchEncoder.from_dat(out / "model.dat", device="cpu")
+    rows = {}
+    for label, enc in (("dlib", dlib), ("finetuned", tuned)):
+        emb = enc.encode(data.chips)
+        rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
+        rows[label]["lfw_10fold"] = lfw_general(enc, lfw)
+    draws = bootstrap_gain(rows["finetuned"].pop("correct"), rows["dlib"].pop("correct"), names[sp.test], seed=seed)
+    return {"set": name, "seed": seed, "n_people": len(data.classes), "n_train": len(sp.train),
+            "n_test": len(sp.test), "kept": result.selection.chosen.name, "beats_dlib": result.selection.beats_dlib,
+            "wall_seconds": wall, "knn_gain": rows["finetuned"]["knn_accuracy"] - rows["dlib"]["knn_accuracy"],
+            "knn_gain_ci": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))], **rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--counts", nargs="+", default=["2", "4", "all"], help="training photos per person")
+    ap.add_argument("--max-per-person", type=int, default=10, help="'all' means at most this many")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "dlibplus-suite")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FinetuneConfig fields")
+    args = ap.parse_args()
+    extra = {}
+    for kv in args.set:
+        key, value = kv.split("=", 1)
+        extra[key] = json.loads(value)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dlib = TorchEncoder(device="cpu")  # dlib's weights; equals dlib to ~1e-6 (tests/test_encoders.py)
+    results = []
+    for name in args.sets:
+        data = load_set(name, progress=True)
+        lfw = general_lfw(set(data.classes) if SETS[name][0] == "lfw_dev" else set())
+        for count in args.counts:
+            per_person = args.max_per_person if count == "all" else int(count)
+            for seed in args.seeds:
+                sp = split(data, per_person, seed)
+                if np.bincount(data.labels[sp.train]).min() < 2:
+                    print(f"skip {name} at {count}: a person has fewer than 2 training photos", file=sys.stderr)
+                    continue
+                row = run_one(name, sp, seed, FinetuneConfig(seed=seed, device="cpu", **extra), dlib, lfw, args.out)
+                row["count"] = count
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def _f(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n| set | photos/person | kept | train-knn acc dlib → ft (gain, 95 % CI) | unknown dlib → ft | "
+          "1-NN | SVM dlib → ft | prototypes dlib → ft | TAR@1e-3 | diff. pairs ≤ 0.6 | lfw 10-fold | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        d, f = r["dlib"], r["finetuned"]
+        lo, hi = r["knn_gain_ci"]
+        print(f"| {r['set']} | {r['count']} ({r['n_train']}) | {r['kept']} | {d['knn_accuracy']:.3f} → "
+              f"{f['knn_accuracy']:.3f} ({r['knn_gain']:+.3f}, [{lo:+.3f}, {hi:+.3f}]) | {d['unknown_rate']:.3f} → "
+              f"{f['unknown_rate']:.3f} | {d['1nn_accuracy']:.3f} → {f['1nn_accuracy']:.3f} | "
+              f"{d['svm_accuracy']:.3f} → {f['svm_accuracy']:.3f} | {d['prototype_accuracy']:.3f} → "
+              f"{f['prototype_accuracy']:.3f} | {_f(d['tar@0.001'])} → {_f(f['tar@0.001'])} | "
+              f"{d['different_at_0.6']:.3f} → {f['different_at_0.6']:.3f} | {d['lfw_10fold']:.4f} → "
+              f"{f['lfw_10fold']:.4f} | {r['wall_seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
