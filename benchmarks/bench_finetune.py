@@ -31,7 +31,9 @@ from dlibplus.data import split_per_person
 from dlibplus.faces import FaceSettings
 from dlibplus.encoders import TorchEncoder
 from dlibplus.knn import FaceKNN
-from dlibplus.train import FinetuneConfig, drop_small_classes, finetune, load_chipset
+from dlibplus.finetune_data import FinetuneData, drop_small_classes, load_chipset
+from dlibplus.train import finetune
+from dlibplus.train_config import FinetuneConfig
 
 FACES = faces_root()
 
@@ -40,7 +42,7 @@ def closed_set(encoder, data, train_idx, test_idx, far=1e-3) -> dict:
     emb = encoder.encode(data.chips)
     names = np.array(data.classes)[data.labels]
     knn = FaceKNN().fit(emb[train_idx], names[train_idx])
-    _, _, pred = knn.predict_with_distance(emb[test_idx])
+    pred, _, _ = knn.predict_with_distance(emb[test_idx])  # names: an "unknown" counts as wrong
     nearest, _ = metrics.nearest_identity(emb[train_idx], names[train_idx], emb[test_idx])
     dist, same = metrics.pair_distances(emb[test_idx], names[test_idx])
     tars = {f"tar@{r.far:g}": r.tar for r in metrics.tar_at_far(dist, same, (1e-2, far))}
@@ -114,8 +116,8 @@ def main() -> None:
             name = head if len(args.seeds) == 1 else f"{head} seed {seed}"
             out = args.out / name.replace(" ", "_")
             t0 = time.time()
-            res = finetune(half.subset(inner_train), half.subset(inner_val), out, config, progress=False,
-                           echo=lambda m: print(m, file=sys.stderr))
+            data = FinetuneData(half.subset(inner_train), half.subset(inner_val), people=None, folder="kpop (bench)")
+            res = finetune(data, out, config, progress=False, overwrite=True, echo=lambda m: print(m, file=sys.stderr))
             wall = time.time() - t0
             enc = TorchEncoder.from_dat(out / "model.dat", device="cpu")
             results[name] = {"head": head, "seed": seed, "kpop": closed_set(enc, kpop, train_idx, test_idx),
