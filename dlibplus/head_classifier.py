@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +35,6 @@ class HeadClassifier:
 
         :raises ModelFileError: a file is missing or unreadable, or the metadata has no open-set threshold.
         """
-        import torch
-
-        from .heads import create_head
-
         folder = Path(folder)
         _check_folder(folder)
         meta = model_folder.read_metadata(folder)
@@ -46,18 +43,12 @@ class HeadClassifier:
         if not isinstance(cos_threshold, (int, float)):
             raise ModelFileError(folder / model_folder.METADATA, "has no open-set threshold (head_open_set); "
                                  "without it every stranger would be named: fine-tune again")
-        head_path = folder / model_folder.HEAD_PT
-        if not head_path.is_file():
-            raise ModelFileError(head_path, "missing: expected the output folder of `dlibplus finetune`")
+        head, mean = _load_head(folder / model_folder.HEAD_PT, classes)
         try:
-            saved = torch.load(head_path, map_location="cpu", weights_only=True)
-            head = create_head(saved["name"], len(classes), **saved["options"])
-            head.load_state_dict(saved["state"])
-        except Exception as exc:
-            raise ModelFileError(head_path, f"cannot load the head ({type(exc).__name__}: {exc})") from None
-        recipe = meta.recipe.with_encoder(str(folder.resolve()))
-        return cls(head, saved["embedding_mean"].numpy().astype(np.float64), classes, 1.0 - float(cos_threshold),
-                   recipe)
+            recipe = meta.recipe.with_encoder(str(folder.resolve()))
+        except ModelFileError as exc:  # the recipe names no file: say which one
+            raise ModelFileError(folder / model_folder.METADATA, exc.reason) from None
+        return cls(head, mean, classes, 1.0 - float(cos_threshold), recipe)
 
     def predict_with_distance(self, encodings: np.ndarray, threshold: float | None = None
                               ) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -96,6 +87,40 @@ def _check_folder(folder: Path) -> None:
         raise ModelFileError(folder, f"an unfinished `dlibplus finetune` run (it holds {model_folder.CHECKPOINT} but "
                                      f"no {model_folder.MODEL_DAT} yet): finish it with the same "
                                      f"`dlibplus finetune ... -o {folder}` command plus --resume")
+
+
+def _load_head(path: Path, classes: list[str]) -> tuple[Any, np.ndarray]:
+    """The head in ``head.pt`` and the embedding mean it was trained around (128,)."""
+    from .heads import create_head
+
+    if not path.is_file():
+        raise ModelFileError(path, "missing: expected the output folder of `dlibplus finetune`")
+    saved = _load_weights(path)
+    try:
+        head = create_head(saved["name"], len(classes), **saved["options"])
+        head.load_state_dict(saved["state"])
+        mean = saved["embedding_mean"].numpy().astype(np.float64).reshape(128)
+    except Exception as exc:
+        raise ModelFileError(path, f"does not match {model_folder.CLASSES} or is damaged "
+                                   f"({type(exc).__name__}: {exc})") from None
+    return head, mean
+
+
+def _load_weights(path: Path) -> dict:
+    """``head.pt``'s saved dict, loaded with ``weights_only`` (never unpickling code)."""
+    import pickle
+
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        # torch's own message suggests weights_only=False, which could run code from the file: never say that
+        raise ModelFileError(path, f"not a head saved by `dlibplus finetune`, or damaged ({type(exc).__name__}); "
+                                   "fine-tune again") from None
+    if not isinstance(saved, dict) or not {"name", "options", "state", "embedding_mean"} <= saved.keys():
+        raise ModelFileError(path, "not a head saved by `dlibplus finetune` (missing its name, options or weights)")
+    return saved
 
 
 def _is_zip(path: Path) -> bool:

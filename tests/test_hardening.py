@@ -423,3 +423,40 @@ def test_evaluate_report_inside_the_people_folder_is_refused(kpop, tmp_path):
         line = one_line_error(run("evaluate", kpop, "--report", report, *WHOLE))
         assert "inside the people folder" in line
     assert not (kpop / "report").exists() and not list(kpop.glob("*.png"))
+
+
+def test_damaged_fine_tuned_folder_for_head_never_suggests_unsafe_loading(tmp_path, kpop):
+    import torch
+
+    from dlibplus import model_folder, models
+
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    os.symlink(models.model_path(models.FACE_RECOGNITION_MODEL), folder / "model.dat")
+    meta = model_folder.FinetunedMetadata(base_model={}, config={}, classes=list(KPOP),
+                                          face_settings={"face_box": "whole"}, calibration={"scale": 1.0},
+                                          head_open_set={"cosine_threshold": 0.3})
+    model_folder.write_metadata(folder, meta)
+    (folder / "classes.json").write_text(json.dumps(list(KPOP)))
+    photo = next((kpop / KPOP[0]).iterdir())
+    for content, expected in ((b"garbage", "not a head saved by `dlibplus finetune`, or damaged"),
+                              (None, "missing its name, options or weights")):
+        if content is None:
+            torch.save(torch.zeros(3), folder / "head.pt")
+        else:
+            (folder / "head.pt").write_bytes(content)
+        line = one_line_error(run("predict", folder, photo, "--classifier", "head", *WHOLE))
+        assert "head.pt" in line and expected in line and "weights_only" not in line
+    meta.face_settings = {"detector": "xyz"}
+    model_folder.write_metadata(folder, meta)
+    torch.save({"name": "arcface", "options": {}, "state": {}, "embedding_mean": torch.zeros(128)},
+               folder / "head.pt")
+    line = one_line_error(run("predict", folder, photo, "--classifier", "head", *WHOLE))
+    assert "head.pt" in line and "does not match classes.json or is damaged" in line
+    from dlibplus.heads import create_head
+
+    head = create_head("arcface", len(KPOP))
+    torch.save({"name": "arcface", "options": {}, "state": head.state_dict(), "embedding_mean": torch.zeros(128)},
+               folder / "head.pt")
+    line = one_line_error(run("predict", folder, photo, "--classifier", "head", *WHOLE))
+    assert f"{folder / 'metadata.json'}:" in line and "xyz" in line
