@@ -1,4 +1,5 @@
-"""dlibplus.align against dlib itself on real photos: chips with 0 differing pixels, same jitter."""
+"""dlibplus.align (and the chip placement in align_reference) against dlib itself on real photos: chips
+with 0 differing pixels, same jitter."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlibplus import align, models
+import align_reference as align
+from dlibplus import models
 
 dlib = pytest.importorskip("dlib")
 
