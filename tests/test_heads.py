@@ -348,3 +348,14 @@ def test_bad_inputs_raise_value_error():
         SphereFaceHead(3, margin=1.5)
     with pytest.raises(ValueError, match="num_classes"):
         CosFaceHead(1)
+
+
+def test_the_cli_head_names_are_the_registry():
+    """train_config lists the heads without importing torch (the CLI's choices); it must list exactly the
+    heads that create_head builds."""
+    from dlibplus.heads import HEADS
+    from dlibplus.train_config import HEAD_NAMES
+
+    assert set(HEAD_NAMES) == set(HEADS)
+    for name in HEAD_NAMES:
+        assert create_head(name, 3).num_classes == 3

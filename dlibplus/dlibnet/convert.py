@@ -1,7 +1,7 @@
 """Pure conversions between a parsed dlib ``.dat`` (:class:`~.dat_io.DatNet`) and a
 :class:`~.net.DlibResNet` state dict. This is the only code that knows dlib's layer order.
 
-dlib's face network, input to output (``dlib-reference.md`` 1.1): stem ``con, affine, relu,
+dlib's face network, input to output (dlib/examples/dnn_face_recognition_ex.cpp): stem ``con, affine, relu,
 max_pool``; per residual block ``con, affine, relu, con, affine, [avg_pool], add_prev, relu``; head
 ``avg_pool`` (the whole map) and ``fc``. Variants dlib itself accepts are folded into that plan on
 load: ``bn_con2`` (batch norm, g = gamma / sqrt(var + eps), b = beta - g * mean), disabled
