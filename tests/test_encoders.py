@@ -15,6 +15,7 @@ from dlibplus import encoders, models
 from dlibplus.dlibnet import load_dat, save_dat
 from dlibplus.encoders import DlibEncoder, FlipEncoder, TorchEncoder, load_encoder, split_flip, with_jitter
 from dlibplus.errors import ModelFileError
+from dlibplus.precision import float32_settings
 
 TOL = 1e-5  # max |torch - dlib| per descriptor component
 # Tight crops (whole image = face box), 212 faces of 59 people.
@@ -117,17 +118,98 @@ def test_options_are_checked():
         TorchEncoder(device="cpu", half=True)
     with pytest.raises(ValueError, match="batch_size"):
         TorchEncoder(device="cpu", batch_size=0)
+    with pytest.raises(ValueError, match="'float16' needs a CUDA device"):
+        TorchEncoder(device="cpu", precision="float16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TorchEncoder(device="cpu", precision="tf32")
+    assert TorchEncoder(device="cpu").batch_size == encoders.CPU_BATCH_SIZE
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             TorchEncoder(device="cuda")
         assert TorchEncoder().device.type == "cpu"
 
 
+@pytest.fixture
+def tf32_on():
+    """TF32 (and reduced-precision float32 matmuls) switched on globally, as PyTorch users often do;
+    PyTorch's defaults back after the test."""
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+def test_exact_whatever_the_global_settings_and_they_are_restored(chips, dlib_reference, tf32_on):
+    before = float32_settings()
+    encoder = TorchEncoder(device="cpu")
+    seen = []
+    network = encoder._forward_fn
+    encoder._forward_fn = lambda x: (seen.append(float32_settings()), network(x))[1]
+    assert np.abs(encoder.encode(chips[:16]) - dlib_reference[:16]).max() <= TOL
+    assert seen and all(v in ("ieee", "none", False, "highest") for v in seen[0].values() if v is not None)
+    assert float32_settings() == before
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert torch.get_float32_matmul_precision() == "high"
+
+    def fail(x):
+        raise RuntimeError("boom")
+
+    encoder._forward_fn = fail
+    with pytest.raises(RuntimeError, match="boom"):
+        encoder.encode(chips[:2])
+    assert float32_settings() == before
+
+
+def test_fast_precision_on_cpu_is_bfloat16_autocast(chips, dlib_reference):
+    fast = TorchEncoder(device="cpu", precision="fast")
+    assert fast.precision == "bfloat16" and not fast.half
+    out = fast.encode(chips[:8])
+    error = np.abs(out - dlib_reference[:8])
+    print(f"bfloat16 on CPU vs dlib: max |d| {error.max():.2e}, max L2 {np.linalg.norm(out - dlib_reference[:8], axis=1).max():.2e}")
+    assert 1e-5 < error.max() <= 2e-2  # measured ~4e-3: really reduced precision, still close
+    assert np.abs(TorchEncoder(device="cpu", precision="bfloat16").encode(chips[:2]) - out[:2]).max() == 0
+
+
+def test_identity_differs_per_precision():
+    exact = TorchEncoder(device="cpu").identity
+    assert exact["settings"] == {"precision": "exact"}
+    fast = TorchEncoder(device="cpu", precision="fast").identity
+    assert fast != exact and fast == TorchEncoder(device="cpu", precision="bfloat16").identity
+    compiled = TorchEncoder(device="cpu", compile=True)  # compiles on first use only
+    assert compiled.identity != exact and compiled.identity["settings"]["compile"] is True
+    assert fast["model_sha256"] == exact["model_sha256"]
+
+
+def test_embed_takes_tensors(chips):
+    encoder = TorchEncoder(device="cpu", batch_size=5)
+    out = encoder.embed(torch.from_numpy(chips[:7]))
+    assert out.dtype == torch.float32 and out.shape == (7, 128)
+    assert np.array_equal(out.double().numpy(), encoder.encode(chips[:7]))
+    with pytest.raises(ValueError, match="shape"):
+        encoder.embed(torch.from_numpy(chips[:2]).permute(0, 3, 1, 2))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_float32_and_half(chips, dlib_reference):
-    assert np.abs(TorchEncoder(device="cuda").encode(chips) - dlib_reference).max() <= 1e-4
-    half = TorchEncoder(device="cuda", half=True, batch_size=256).encode(chips)
-    assert np.abs(half - dlib_reference).max() <= 2e-2
+def test_cuda_float32_and_half(chips, dlib_reference, tf32_on):
+    """On CUDA with TF32 globally on: exact stays within 1e-5 of dlib; fast modes are reduced precision."""
+    before = float32_settings()
+    exact = TorchEncoder(device="cuda")
+    assert exact.precision == "exact" and exact.batch_size >= 128
+    assert np.abs(exact.encode(chips) - dlib_reference).max() <= TOL
+    assert float32_settings() == before and torch.backends.cudnn.allow_tf32
+    small_batches = TorchEncoder(device="cuda", batch_size=7).encode(chips)  # the copy/compute overlap
+    assert np.abs(small_batches - dlib_reference).max() <= TOL
+    on_gpu = exact.embed(torch.from_numpy(chips).cuda())
+    assert on_gpu.device.type == "cuda" and np.abs(on_gpu.double().cpu().numpy() - dlib_reference).max() <= TOL
+    half = TorchEncoder(device="cuda", half=True, batch_size=256)
+    assert half.precision == "float16" and half.identity == TorchEncoder(device="cuda", precision="fast").identity
+    assert np.abs(half.encode(chips) - dlib_reference).max() <= 2e-2
+    bf16 = TorchEncoder(device="cuda", precision="bfloat16").encode(chips)
+    assert np.abs(bf16 - dlib_reference).max() <= 3e-2
+    assert float32_settings() == before
 
 
 def test_load_encoder(tmp_path):
