@@ -460,3 +460,12 @@ def test_damaged_fine_tuned_folder_for_head_never_suggests_unsafe_loading(tmp_pa
                folder / "head.pt")
     line = one_line_error(run("predict", folder, photo, "--classifier", "head", *WHOLE))
     assert f"{folder / 'metadata.json'}:" in line and "xyz" in line
+
+
+def test_evaluate_of_one_person_says_person(kpop, tmp_path):
+    one = tmp_path / "one"
+    shutil.copytree(kpop / KPOP[0], one / KPOP[0], symlinks=True)
+    res = run("evaluate", one, "--report", tmp_path / "r", "--n-boot", "10", *WHOLE)
+    assert res.exit_code == 0, res.output
+    assert "gallery 1 image of 1 person;" in res.stdout and "1 people" not in res.output
+    assert "gallery 1 image of 1 person;" in (tmp_path / "r" / "report.md").read_text()
