@@ -1,0 +1,122 @@
+"""The training loop's parts on real chips: every head, the auxiliary losses, the schedule, --val-folder."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dlibplus.cli import main
+from dlibplus.faces import FaceSettings
+from dlibplus.finetune_data import load_chipset, prepare_finetune_data
+from dlibplus.train import TrainState, _lr_lambda, build, train_one_epoch
+from dlibplus.train_config import HEAD_NAMES, FinetuneConfig
+
+PEOPLE = ["Arin", "Chaeyong", "Dahyun"]
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory, faces_dir):
+    root = tmp_path_factory.mktemp("loop-people")
+    for person in PEOPLE:
+        (root / person).mkdir()
+        for src in sorted((faces_dir / "kpop_idols15" / person).iterdir())[:6]:
+            os.symlink(src, root / person / src.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def chips(people):
+    return load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0]
+
+
+class _Bar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_every_head_trains_with_center_and_metric_losses_in_the_loop(head, chips):
+    """Each head in short real epochs with the center, triplet and dlib's metric losses: they add to the
+    loss the network sees, the trained parts move, the frozen ones do not, every value stays finite."""
+    cpu, dist = torch.device("cpu"), __import__("dlibplus.distributed").distributed.Dist()
+    common = dict(head=head, epochs=2, freeze=5, augment=False, people_per_batch=3, images_per_person=4,
+                  anchor=0, device="cpu")
+    torch.manual_seed(0)
+    run = build(chips, FinetuneConfig(center_loss=0.1, metric_loss=0.5, triplet=1.0, **common), cpu, dist)
+    plain = build(chips, FinetuneConfig(center_loss=0, metric_loss=0, triplet=0, **common), cpu, dist)
+    x = torch.from_numpy(chips.chips[:12]).permute(0, 3, 1, 2).float()
+    y = torch.from_numpy(chips.labels[:12])
+    with torch.no_grad():
+        assert float(run.model(x, y)[0]) > float(plain.model(x, y)[0])  # the auxiliary losses count
+    fc0 = run.backbone.fc.weight.detach().clone()
+    head0 = [p.detach().clone() for p in run.head.parameters()]
+    stem0 = run.backbone.stem.conv.weight.detach().clone()
+    rows = [train_one_epoch(run, chips, epoch, _Bar()) for epoch in range(2)]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["train_acc"] <= 1 for r in rows)
+    assert not torch.equal(run.backbone.fc.weight, fc0)
+    assert any(not torch.equal(p, p0) for p, p0 in zip(run.head.parameters(), head0))
+    assert torch.equal(run.backbone.stem.conv.weight, stem0)
+    assert all(not p.requires_grad for name in ("stem", "layer1", "layer4") for p in getattr(run.backbone, name).parameters())
+
+
+def test_learning_rate_schedule_warms_up_then_follows_a_cosine(chips):
+    config = FinetuneConfig(epochs=5, freeze=6, augment=False, people_per_batch=3, images_per_person=2,
+                            warmup_epochs=1, device="cpu", lr=1e-3)
+    run = build(chips, config, torch.device("cpu"), __import__("dlibplus.distributed").distributed.Dist())
+    steps = len(run.sampler)
+    total, warmup = steps * config.epochs, steps
+    seen = []
+    for epoch in range(config.epochs):
+        for _ in range(steps):
+            seen.append(run.scheduler.get_last_lr()[0])
+            run.optimizer.step()
+            run.scheduler.step()
+    expected = [config.lr * ((s + 1) / warmup if s < warmup else
+                             0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))) for s in range(total)]
+    assert np.allclose(seen, expected, rtol=1e-9)
+    assert _lr_lambda(10, 0)(0) == 1.0  # no warm-up: the cosine starts at the full rate
+
+
+def test_val_folder_validates_on_known_people_only(people, tmp_path, faces_dir):
+    val = tmp_path / "val"
+    for person in PEOPLE + ["Eunha"]:  # Eunha is not in the training folder
+        (val / person).mkdir(parents=True)
+        for src in sorted((faces_dir / "kpop_idols15" / person).iterdir())[6:8]:
+            os.symlink(src, val / person / src.name)
+    data = prepare_finetune_data(people, FaceSettings(face_box="whole"), val_folder=val, jobs=1, progress=False)
+    assert data.val_strangers == ["Eunha"] and len(data.val) == 6 and len(data.train) == 18
+    assert data.val.classes == data.train.classes == PEOPLE
+    out = tmp_path / "model"
+    res = CliRunner().invoke(main, ["finetune", str(people), "-o", str(out), "--val-folder", str(val),
+                                    "--face-box", "whole", "--epochs", "1", "--freeze", "6", "--jobs", "1",
+                                    "--batch-people", "3", "--batch-images", "2"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "Eunha is not in the training folder" in res.output
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["data"]["n_val"] == 6 and meta["data"]["n_train"] == 18
+
+
+def test_checkpoint_state_round_trip(chips, tmp_path):
+    config = FinetuneConfig(epochs=2, freeze=6, augment=False, people_per_batch=3, images_per_person=2, device="cpu")
+    dist = __import__("dlibplus.distributed").distributed.Dist()
+    run = build(chips, config, torch.device("cpu"), dist)
+    train_one_epoch(run, chips, 0, _Bar())
+    state = TrainState(epoch=0, best_epoch=0, history=[{"epoch": 1}], best_metrics={"identification_1nn": 1.0},
+                       best_backbone={k: v.clone() for k, v in run.backbone.state_dict().items()})
+    state.save(tmp_path / "ckpt.pt", run)
+    fresh = build(chips, config, torch.device("cpu"), dist)
+    loaded = TrainState.load(tmp_path / "ckpt.pt", fresh)
+    assert loaded.epoch == 0 and loaded.history == [{"epoch": 1}] and loaded.best_score == (1.0, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.trainee.state_dict().values(),
+                                                 run.trainee.state_dict().values()))
+    other = build(chips, FinetuneConfig(**{**config.to_dict(), "lr": 1e-4}), torch.device("cpu"), dist)
+    with pytest.raises(Exception, match="other settings"):
+        TrainState.load(tmp_path / "ckpt.pt", other)
