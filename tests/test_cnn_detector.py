@@ -112,31 +112,51 @@ def test_one_image_at_a_time_gives_the_batched_result(images, detector, torch_re
         assert detector.detect(images[case], 0) == torch_results[(case, 0)]
 
 
-def test_tiled_pyramid_is_dlibs_resize_bit_for_bit(images, detector):
-    """Every pyramid level equals dlib.resize_image (float32) of the level before, and the
-    upsampled image equals dlib's RGB resize_image to pyramid_up's size."""
-    image = images["kpop crop"]
-    for upsample in (0, 1):
-        shape = image.shape[:2]
-        for _ in range(upsample):
-            shape = mmod.upsampled_size(*shape)
-        rects, nr, nc = detector._layout(shape)
-        canvas = torch.zeros((1, 3, nr, nc))
-        detector._fill_pyramid(canvas, [image], upsample, rects)
-        canvas = canvas[0].numpy()
-        up = image if upsample == 0 else dlib.resize_image(image, *shape)
-        first = canvas[:, rects[0][1]:rects[0][3] + 1, rects[0][0]:rects[0][2] + 1]
-        means = np.array(detector.net.means, np.float32).reshape(3, 1, 1)
-        assert np.array_equal(first, (up.transpose(2, 0, 1).astype(np.float32) - means) / np.float32(256))
-        for prev, rect in zip(rects, rects[1:]):
-            src = canvas[:, prev[1]:prev[3] + 1, prev[0]:prev[2] + 1]
-            want = np.stack([dlib.resize_image(np.ascontiguousarray(ch), rect[3] - rect[1] + 1, rect[2] - rect[0] + 1)
-                             for ch in src])
-            assert np.array_equal(canvas[:, rect[1]:rect[3] + 1, rect[0]:rect[2] + 1], want)
-        outside = np.ones(canvas.shape[1:], bool)
-        for left, top, right, bottom in rects:
-            outside[top:bottom + 1, left:right + 1] = False
-        assert not canvas[:, outside].any()
+def canvas_of(detector: TorchCnnDetector, image: np.ndarray, upsample: int) -> tuple[np.ndarray, list]:
+    shape = image.shape[:2]
+    for _ in range(upsample):
+        shape = mmod.upsampled_size(*shape)
+    rects, nr, nc = detector._layout(shape)
+    canvas = torch.zeros((1, 3, nr, nc))
+    detector._fill_pyramid(canvas, [image], upsample, rects)
+    return canvas[0].numpy(), rects
+
+
+@pytest.mark.parametrize("case,upsample", [("kpop crop", 0), ("kpop crop", 1), ("orl greyscale crop", 2)])
+def test_tiled_pyramid_is_dlibs_resize_bit_for_bit(case, upsample, images, detector):
+    """Both pyramid builders give the same tensor, and it is dlib's: the image upsampled by
+    dlib.resize_image to pyramid_up's size, (pixel - mean) / 256, each level dlib.resize_image
+    (float32) of the level before, zero elsewhere."""
+    image = images[case]
+    canvas, rects = canvas_of(detector, image, upsample)
+    torch_built, _ = canvas_of(TorchCnnDetector(device="cpu", pyramid="torch"), image, upsample)
+    assert detector.pyramid == "dlib" and np.array_equal(torch_built, canvas)
+    up = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+    for _ in range(upsample):
+        up = dlib.resize_image(up, *mmod.upsampled_size(*up.shape[:2]))
+    means = np.array(detector.net.means, np.float32).reshape(3, 1, 1)
+    first = canvas[:, rects[0][1]:rects[0][3] + 1, rects[0][0]:rects[0][2] + 1]
+    assert np.array_equal(first, (up.transpose(2, 0, 1).astype(np.float32) - means) / np.float32(256))
+    for prev, rect in zip(rects, rects[1:]):
+        src = canvas[:, prev[1]:prev[3] + 1, prev[0]:prev[2] + 1]
+        want = np.stack([dlib.resize_image(np.ascontiguousarray(ch), rect[3] - rect[1] + 1, rect[2] - rect[0] + 1)
+                         for ch in src])
+        assert np.array_equal(canvas[:, rect[1]:rect[3] + 1, rect[0]:rect[2] + 1], want)
+    outside = np.ones(canvas.shape[1:], bool)
+    for left, top, right, bottom in rects:
+        outside[top:bottom + 1, left:right + 1] = False
+    assert not canvas[:, outside].any()
+
+
+def test_torch_pyramid_path_matches_dlib(images, dlib_results):
+    """The path CUDA takes (pyramid built with tensor ops), run on the CPU."""
+    detector = TorchCnnDetector(device="cpu", pyramid="torch")
+    for up in (0, 1):
+        cases = [case for case, u in RUNS if u == up][:4]
+        for case, got in zip(cases, detector([images[c] for c in cases], up)):
+            ref = dlib_results[(case, up)]
+            assert [d.box for d in got] == [box for box, _ in ref], case
+            assert all(abs(d.confidence - c) <= CONFIDENCE_TOLERANCE for d, (_, c) in zip(got, ref))
 
 
 def test_pyramid_layout_has_dlibs_shape():
@@ -159,6 +179,8 @@ def test_bad_inputs(detector):
         detector([np.zeros((50, 50), np.uint8)], -1)
     with pytest.raises(ValueError, match="precision"):
         TorchCnnDetector(precision="half")
+    with pytest.raises(ValueError, match="pyramid"):
+        TorchCnnDetector(pyramid="opencv")
 
 
 def test_cached_loader_and_fast_mode_on_cpu(images):
