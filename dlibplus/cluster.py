@@ -141,6 +141,79 @@ def chinese_whispers(encodings=None, threshold: float = DEFAULT_THRESHOLD, *, gr
     return relabel(chinese_whispers_graph(w, iterations=iterations, seed=seed))
 
 
+# --- average linkage ------------------------------------------------------------------------------------
+
+def average_linkage(encodings, threshold: float = DEFAULT_THRESHOLD, *, graph=None,
+                    max_neighbors: int = DEFAULT_NEIGHBORS, index=None) -> np.ndarray:
+    """Agglomerative clustering, average linkage on squared distances, cut at ``threshold``.
+
+    Two groups merge while the root mean square of the distances between their faces is below
+    ``threshold`` (closest pair of groups first), i.e. scipy's ``linkage(pdist(X, "sqeuclidean"),
+    "average")`` cut at ``threshold²``. Unlike chaining methods one close pair cannot join two people:
+    the whole groups must be close. The mean squared distance of two groups has a closed form
+    (``Σ|a|²/nA + Σ|b|²/nB - 2 ΣA·ΣB/(nA nB)``), so a merge costs one dot product per neighbouring
+    group; candidate groups are those linked in the neighbour graph (a pair of groups closer than
+    ``threshold`` on average has at least one pair of faces closer than ``threshold``).
+
+    :param encodings: (n, d) float. :return: labels (n,) int64 as :func:`relabel` numbers them.
+    """
+    import heapq
+
+    X = np.asarray(encodings, np.float64)
+    if graph is None:
+        graph = neighbor_graph(X, threshold, max_neighbors=max_neighbors, index=index)
+    n = len(X)
+    t2 = float(threshold) ** 2
+    count = np.ones(n)
+    sums = X.copy()
+    sq = np.einsum("ij,ij->i", X, X)
+    version = np.zeros(n, np.int64)
+    parent = np.arange(n)
+    g = graph.tocsr()
+    adj = [set(g.indices[g.indptr[i]:g.indptr[i + 1]].tolist()) - {i} for i in range(n)]
+    coo = g.tocoo()
+    upper = coo.row < coo.col
+    heap = [(float(d) ** 2, int(i), int(j), 0, 0)
+            for d, i, j in zip(coo.data[upper], coo.row[upper], coo.col[upper]) if float(d) ** 2 < t2]
+    heapq.heapify(heap)
+    while heap:
+        m, a, b, va, vb = heapq.heappop(heap)
+        if version[a] != va or version[b] != vb or parent[a] != a or parent[b] != b:
+            continue  # a group that has changed (or gone) since this pair was scored
+        if len(adj[a]) < len(adj[b]):
+            a, b = b, a  # the group with more neighbours absorbs the other
+        parent[b] = a
+        count[a] += count[b]
+        sums[a] += sums[b]
+        sq[a] += sq[b]
+        version[a] += 1
+        for c in adj[b]:
+            if c != a:
+                adj[c].discard(b)
+                adj[c].add(a)
+        adj[a] |= adj[b]
+        adj[a] -= {a, b}
+        adj[b] = set()
+        if not adj[a]:
+            continue
+        nbrs = np.fromiter(adj[a], np.int64, len(adj[a]))
+        msq = sq[a] / count[a] + sq[nbrs] / count[nbrs] - 2.0 * (sums[nbrs] @ sums[a]) / (count[a] * count[nbrs])
+        va = int(version[a])
+        for c, mc in zip(nbrs[msq < t2].tolist(), msq[msq < t2].tolist()):
+            heapq.heappush(heap, (mc, a, c, va, int(version[c])) if a < c else (mc, c, a, int(version[c]), va))
+    return relabel(_roots(parent))
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
+    """Root of every node of a forest given by parent pointers."""
+    roots = parent.copy()
+    while True:
+        nxt = roots[roots]
+        if np.array_equal(nxt, roots):
+            return roots
+        roots = nxt
+
+
 # --- DBSCAN -----------------------------------------------------------------------------------------------
 
 def dbscan(encodings=None, threshold: float = DEFAULT_THRESHOLD, *, graph=None, min_samples: int = 2,

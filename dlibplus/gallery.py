@@ -7,38 +7,42 @@ measured recall, on faiss, and opened from disk in milliseconds.
   computed in float64. The result is scikit-learn's ``NearestNeighbors(algorithm="brute")``: same
   neighbours, same distances (to ~1e-7). Equal distances (duplicate faces) are ordered by gallery row,
   where scikit-learn's order is arbitrary. Without faiss the same search runs on numpy.
-- **Approximate** (``kind="ivf"``, the default above :data:`EXACT_MAX`): faiss ``IndexIVFFlat``, ``nlist``
-  chosen from the gallery size (about 4·√n lists), ``nprobe`` (lists visited per query) tuned at build
-  time: the smallest power of two whose recall@1 against exact search reaches ``recall_target`` on a
-  sample of gallery faces used as queries (leave-one-out: each query's own row does not count). The
-  measured recall is kept in :attr:`GalleryIndex.info`. Candidates are re-ranked like exact ones, so the
-  distances returned are exact Euclidean distances whatever the index.
+- **Approximate**, the default above :data:`EXACT_MAX`: ``kind="hnsw"`` (faiss ``IndexHNSWFlat``, ``M``
+  links per face from the gallery size, :func:`hnsw_m`), or ``kind="ivf"`` (``IndexIVFFlat``, about 4·√n
+  lists, :func:`ivf_nlist`: faster to build, slower to search at high recall). The search breadth
+  (HNSW's ``efSearch``, IVF's ``nprobe``) is tuned at build time: the smallest value whose recall@1
+  against exact search reaches ``recall_target`` on a sample of gallery faces used as queries
+  (leave-one-out: a query's own row does not count; a neighbour at the same distance counts as found).
+  The measured recall is kept in :attr:`GalleryIndex.info`. Candidates are re-ranked like exact ones,
+  so the distances returned are exact Euclidean distances whatever the index. HNSW is the default
+  because face encodings need a large share of an IVF's lists probed for recall 0.99 (measured in
+  benchmarks/bench_gallery.py), while HNSW reaches it visiting a few thousand faces per query.
 
-``add(X)`` appends rows (ids continue from ``len(index)``): an exact gallery just grows; an IVF gallery
-assigns the new faces to its existing lists, nothing is retrained. The kind never changes on add;
-``info["trained_on"]`` says how many faces the IVF lists were trained on, so a caller can rebuild when
-the gallery has grown far beyond that (see :meth:`GalleryIndex.needs_rebuild`).
+``add(X)`` appends rows (ids continue from ``len(index)``): an exact gallery just grows, an HNSW graph
+links the new faces in, an IVF assigns them to its trained lists; nothing is retrained or rebuilt,
+and the kind never changes. ``info["trained_on"]`` says how many faces the index was built on, so a
+caller can rebuild when the gallery has grown far beyond that (:meth:`GalleryIndex.needs_rebuild`).
 
 Files (:meth:`GalleryIndex.save` writes a folder, never a pickle)::
 
     gallery.json              format tag, sizes, file names, info (what load checks first)
     encodings-<token>.npy     (n, d) float32, opened with np.load(mmap_mode="r", allow_pickle=False)
-    ivf-<token>.faiss         IVF gallery only: faiss.write_index's own binary format
+    ann-<token>.faiss         approximate galleries only: faiss.write_index's own binary format
 
-The approximate index is stored with faiss's serialisation rather than rebuilt at load: rebuilding means
-k-means and assigning every face again, about a minute for 1M faces on two cores, against a few
-milliseconds to open the stored one memory-mapped (``IO_FLAG_MMAP``: lists are paged in as queries touch
-them, so opening takes neither time nor memory). faiss's format is plain arrays and headers, not
-pickle: reading it cannot run code. (Like any C++ reader, faiss trusts the file's sizes: open galleries
-you made, as with any model file.) The encodings are kept as an .npy beside it because exact re-ranking,
-recall measurement and rebuilding need them; the IVF's copy is not readable as a plain array.
+The approximate index is stored with faiss's serialisation rather than rebuilt at load: rebuilding
+means building the HNSW graph (or k-means) over every face again, minutes for 1M faces on two cores,
+against milliseconds to open the stored one memory-mapped (``IO_FLAG_MMAP_IFC`` for HNSW: vectors and
+graph are paged in as queries touch them; ``IO_FLAG_MMAP`` for IVF lists). faiss's format is plain
+arrays and headers, not pickle: reading it cannot run code. (Like any C++ reader, faiss trusts the
+sizes in the file: open galleries you made, as with any model file.) The encodings are kept as an
+.npy beside it because exact re-ranking, recall measurement and rebuilding need them as an array.
 
 Saving is atomic: new files get a fresh token, ``gallery.json`` is replaced in one step (the commit
 point), then the previous token's files are deleted. A crash leaves the old gallery intact.
 
 faiss is optional (``pip install dlibplus[scale]``, i.e. ``faiss-cpu``): without it exact search works
 (numpy) and anything approximate raises :class:`FaissMissingError`. With ``faiss-gpu`` and a visible GPU,
-``device="auto"`` searches on the GPU (a resident copy of the gallery); everything else stays on the CPU.
+``device="auto"`` runs exact and IVF searches on the GPU (a resident copy); HNSW stays on the CPU.
 """
 from __future__ import annotations
 
@@ -67,13 +71,15 @@ RECALL_TARGET = 0.995
 """Build-time recall@1 that picks ``nprobe`` (a margin over the 0.99 the issue asks for)."""
 RECALL_SAMPLE = 2000
 """Gallery faces used as queries to measure recall at build time."""
-KINDS = ("auto", "exact", "ivf")
+KINDS = ("auto", "exact", "hnsw", "ivf")
+APPROXIMATE = ("hnsw", "ivf")
+_BREADTH = {"hnsw": "ef_search", "ivf": "nprobe"}  # the search-time knob tuned per kind
 _QUERY_BATCH = 1024  # queries per block: bounds the re-ranking buffers to a few tens of MB
 _NUMPY_CHUNK = 65536  # gallery rows per block in the numpy fallback
 
 
 class FaissMissingError(DlibplusError, ImportError):
-    """faiss is needed (approximate index, or an IVF gallery file) and is not installed."""
+    """faiss is needed (an approximate index, or opening one) and is not installed."""
 
     def __init__(self, purpose: str):
         super().__init__(f"{purpose} needs faiss: pip install dlibplus[scale] (or pip install faiss-cpu)")
@@ -101,8 +107,17 @@ def gpu_available() -> bool:
 
 
 def choose_kind(n: int, exact_max: int = EXACT_MAX) -> str:
-    """``"exact"`` up to ``exact_max`` faces, ``"ivf"`` above."""
-    return "exact" if n <= exact_max else "ivf"
+    """``"exact"`` up to ``exact_max`` faces, ``"hnsw"`` above."""
+    return "exact" if n <= exact_max else "hnsw"
+
+
+def hnsw_m(n: int) -> int:
+    """HNSW links per face for ``n`` faces: 32 up to 5M faces, 48 above.
+
+    Face encodings need many links: with M=16 recall@1 stays below 0.97 at 200k faces even at
+    efSearch 128, M=32 reaches 0.99 at efSearch 32 (bench_gallery.py); bigger graphs need more still.
+    """
+    return 32 if n <= 5_000_000 else 48
 
 
 def ivf_nlist(n: int) -> int:
@@ -190,23 +205,29 @@ class GalleryIndex:
         self.device = device
         self._base = np.zeros((0, self.dim), np.float32)  # may be a read-only memmap
         self._tail = np.zeros((0, self.dim), np.float32)  # rows added since build/load, in memory
-        self._ann = None  # faiss IVF index over every row, or None for an exact gallery
+        self._ann = None  # faiss HNSW or IVF index over every row, or None for an exact gallery
         self._ann_mmapped = False
+        self._ann_path: Path | None = None
         self._gpu = None  # (resources, index) resident on the GPU, made on first search
         self._info: dict[str, Any] = {"kind": "exact", "metric": "euclidean"}
 
     # -- building ----------------------------------------------------------------------------------
     @classmethod
-    def build(cls, encodings, kind: str = "auto", *, exact_max: int = EXACT_MAX, nlist: int | None = None,
+    def build(cls, encodings, kind: str = "auto", *, exact_max: int = EXACT_MAX, hnsw_m: int | None = None,
+              ef_construction: int = 40, ef_search: int | None = None, nlist: int | None = None,
               nprobe: int | None = None, recall_target: float = RECALL_TARGET, recall_sample: int = RECALL_SAMPLE,
               seed: int = 0, device: str = "auto") -> "GalleryIndex":
         """An index over ``encodings`` (n, d), any float dtype (stored as float32).
 
-        :param kind: ``"auto"`` (exact up to ``exact_max`` faces, else IVF), ``"exact"`` or ``"ivf"``.
-        :param nlist: IVF lists (default :func:`ivf_nlist`). :param nprobe: lists visited per query
-            (default: tuned to ``recall_target`` on ``recall_sample`` gallery faces).
-        :param seed: seeds k-means and the recall sample (same inputs → same index).
-        :raises FaissMissingError: an IVF index without faiss installed.
+        :param kind: ``"auto"`` (exact up to ``exact_max`` faces, else HNSW), ``"exact"``, ``"hnsw"``
+            or ``"ivf"``.
+        :param hnsw_m: HNSW links per face (default :func:`hnsw_m`); ``ef_construction``: its build breadth.
+        :param nlist: IVF lists (default :func:`ivf_nlist`).
+        :param ef_search: HNSW search breadth, ``nprobe``: IVF lists visited per query; by default the
+            smallest reaching ``recall_target`` on ``recall_sample`` gallery faces.
+        :param seed: seeds k-means and the recall sample. (A multi-threaded HNSW build is not
+            bit-reproducible; its recall is measured on the graph it built.)
+        :raises FaissMissingError: an approximate index without faiss installed.
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -217,12 +238,27 @@ class GalleryIndex:
             kind = choose_kind(len(X), exact_max)
         t0 = time.perf_counter()
         if kind == "exact":
-            index._info.update(kind="exact", recall_at_1=1.0, recall_queries=0, trained_on=None)
+            index._info.update(kind="exact", recall_at_1=1.0, recall_queries=0)
+        elif kind == "hnsw":
+            index._build_hnsw(hnsw_m or globals()["hnsw_m"](len(X)), ef_construction, seed)
+            index._tune(ef_search, [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
+                        recall_target, recall_sample, seed)
         else:
             index._build_ivf(nlist or ivf_nlist(len(X)), seed)
-            index._tune_nprobe(nprobe, recall_target, recall_sample, seed)
-        index._info.update(build_seconds=round(time.perf_counter() - t0, 3), seed=seed)
+            n_lists = index._info["nlist"]
+            index._tune(nprobe, [p for p in (2 ** i for i in range(17)) if p < n_lists] + [n_lists],
+                        recall_target, recall_sample, seed)
+        index._info.update(trained_on=int(len(X)), build_seconds=round(time.perf_counter() - t0, 3), seed=seed)
         return index
+
+    def _build_hnsw(self, m: int, ef_construction: int, seed: int) -> None:
+        faiss = _faiss(required_for="an approximate (HNSW) gallery index")
+        hnsw = faiss.IndexHNSWFlat(self.dim, int(m), faiss.METRIC_L2)
+        hnsw.hnsw.efConstruction = int(ef_construction)
+        for start in range(0, len(self._base), 1 << 18):
+            hnsw.add(np.ascontiguousarray(self._base[start:start + (1 << 18)]))
+        self._ann = hnsw
+        self._info.update(kind="hnsw", hnsw_m=int(m), ef_construction=int(ef_construction))
 
     def _build_ivf(self, nlist: int, seed: int) -> None:
         faiss = _faiss(required_for="an approximate (IVF) gallery index")
@@ -245,31 +281,53 @@ class GalleryIndex:
         for start in range(0, len(X), 1 << 18):
             ivf.add(np.ascontiguousarray(X[start:start + (1 << 18)]))
         self._ann = ivf
-        self._info.update(kind="ivf", nlist=int(nlist), trained_on=int(len(X)))
+        self._info.update(kind="ivf", nlist=int(nlist))
 
-    def _tune_nprobe(self, nprobe: int | None, target: float, sample: int, seed: int) -> None:
-        """Set nprobe (given, or the smallest power of two reaching ``target``) and record its recall."""
+    def _set_breadth(self, value: int) -> None:
+        if self.kind == "hnsw":
+            self._ann.hnsw.efSearch = int(value)
+        else:
+            self._ann.nprobe = int(value)
+        self._gpu = None
+
+    def _breadth(self) -> int | None:
+        if self._ann is None:
+            return None
+        return int(self._ann.hnsw.efSearch if self.kind == "hnsw" else self._ann.nprobe)
+
+    def _in_memory_ann(self):
+        """The approximate index with nothing memory-mapped: a mapped one cannot grow (faiss aborts the
+        process, it does not raise). IVF lists are copied from the mapping; HNSW is read again."""
+        if self.kind == "ivf":
+            return _writable_ivf(self._ann)
+        faiss = _faiss(required_for="adding to an HNSW gallery")
+        if not self._ann_path.is_file():
+            raise ModelFileError(self._ann_path, "was replaced since the gallery was opened: load it again")
+        ann = faiss.read_index(str(self._ann_path))
+        ann.hnsw.efSearch = self._ann.hnsw.efSearch
+        return ann
+
+    def _tune(self, given: int | None, candidates: list[int], target: float, sample: int, seed: int) -> None:
+        """Set the search breadth (given, or the smallest candidate reaching ``target``); record recall."""
         queries = self._recall_queries(sample, seed)
         exact = self._nearest_other(queries, exact=True)
-        nlist = self._info["nlist"]
-        candidates = [nprobe] if nprobe else [p for p in (2 ** i for i in range(17)) if p < nlist] + [nlist]
         curve = {}
-        for p in candidates:
-            self._ann.nprobe = int(p)
-            curve[int(p)] = _recall(exact, self._nearest_other(queries, exact=False))
-            if curve[int(p)] >= target:
+        for value in [given] if given else candidates:
+            self._set_breadth(value)
+            curve[int(value)] = _recall(exact, self._nearest_other(queries, exact=False))
+            if curve[int(value)] >= target:
                 break
-        self._ann.nprobe = int(p)
-        self._gpu = None
-        self._info.update(nprobe=int(p), recall_at_1=curve[int(p)], recall_queries=int(len(queries)),
-                          recall_target=target, recall_by_nprobe={str(k): v for k, v in curve.items()})
+        name = _BREADTH[self.kind]
+        self._info.update({name: int(value), "recall_at_1": curve[int(value)], "recall_queries": int(len(queries)),
+                           "recall_target": target, f"recall_by_{name}": {str(k): v for k, v in curve.items()}})
 
     # -- growing ---------------------------------------------------------------------------------------
     def add(self, encodings) -> np.ndarray:
         """Append faces; returns their ids (n_old … n_new-1), int64. Nothing already there is rebuilt.
 
-        An IVF gallery assigns them to its trained lists (``nprobe`` and the recorded recall stay as
-        measured at build; :meth:`measure_recall` measures again).
+        HNSW links them into its graph, IVF assigns them to its trained lists; the search breadth and
+        the recorded recall stay as measured at build (:meth:`measure_recall` measures again). A
+        memory-mapped approximate index is first read into memory (faiss cannot grow a mapped one).
         """
         X = _as_encodings(encodings, self.dim)
         start = len(self)
@@ -277,7 +335,7 @@ class GalleryIndex:
             return np.zeros(0, np.int64)
         if self._ann is not None:
             if self._ann_mmapped:
-                self._ann = _writable_ivf(self._ann)
+                self._ann = self._in_memory_ann()
                 self._ann_mmapped = False
             self._ann.add(X)
         self._tail = np.concatenate([self._tail, X]) if len(self._tail) else X.copy()
@@ -293,8 +351,8 @@ class GalleryIndex:
         """The ``k`` nearest gallery faces of each query.
 
         :param queries: (m, d) or (d,) float.
-        :param exact: ``None``: the index's own kind; ``True``: brute force even on an IVF gallery;
-            ``False``: the IVF (an error on an exact gallery).
+        :param exact: ``None``: the index's own kind; ``True``: brute force even on an approximate
+            gallery; ``False``: the approximate index (an error on an exact gallery).
         :return: ``(distances (m, k) float32, ids (m, k) int64)``: Euclidean (not squared) distances,
             nearest first, equal distances by ascending id; rows beyond the gallery size are ``inf``/-1.
         """
@@ -314,7 +372,7 @@ class GalleryIndex:
         return D, I
 
     def _candidates(self, Q: np.ndarray, c: int, use_ann: bool) -> np.ndarray:
-        """Candidate ids (m, c) (-1 pads) from the IVF or brute force, on the GPU when enabled."""
+        """Candidate ids (m, c) (-1 pads) from the approximate index or brute force (GPU when enabled)."""
         gpu = self._gpu_index(use_ann)
         if gpu is not None:
             return gpu.search(Q, min(c, 2048))[1].astype(np.int64)  # faiss-gpu's largest k
@@ -327,32 +385,30 @@ class GalleryIndex:
         return ids
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
-        """Gallery rows of valid ids (any shape), as float64 (…, d)."""
-        flat = ids.ravel()
-        out = np.empty((len(flat), self.dim), np.float64)
+        """Gallery rows (len(ids), d) float32 of valid ids (1-D); a memory map reads only those rows."""
         nb = len(self._base)
-        in_base = flat < nb
-        if in_base.any():
-            # memmap fancy indexing reads only the rows asked for; sorted ids read the file in order
-            b = flat[in_base]
-            order = np.argsort(b, kind="stable")
-            rows = np.empty((len(b), self.dim), np.float64)
-            rows[order] = self._base[b[order]]
-            out[in_base] = rows
-        if (~in_base).any():
-            out[~in_base] = self._tail[flat[~in_base] - nb]
-        return out.reshape(*ids.shape, self.dim)
+        if not len(self._tail):
+            return np.asarray(self._base[ids])
+        out = np.empty((len(ids), self.dim), np.float32)
+        in_base = ids < nb
+        out[in_base] = self._base[ids[in_base]]
+        out[~in_base] = self._tail[ids[~in_base] - nb]
+        return out
 
     def _rerank(self, Q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact float64 distances of the candidates, duplicates dropped, sorted by (distance, id), top k."""
-        cand = np.sort(cand, axis=1)
-        cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # a candidate listed twice counts once
+        """Exact float64 distances of the candidates (m, c), sorted by (distance, id), top k.
+
+        One candidate column at a time: no (m, c, d) temporaries, however many neighbours are asked for.
+        """
+        cand = np.sort(cand, axis=1)  # by id (-1 pads first): the stable sort below then orders ties by id
         valid = cand >= 0
         safe = np.where(valid, cand, 0)
-        diff = self._rows(safe) - Q[:, None, :].astype(np.float64)
-        dist = np.sqrt(np.einsum("mcd,mcd->mc", diff, diff))
+        q64 = Q.astype(np.float64)
+        dist = np.empty(cand.shape)
+        for j in range(cand.shape[1]):
+            diff = self._rows(safe[:, j]) - q64
+            dist[:, j] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
         dist[~valid] = np.inf
-        # cand is sorted by id, so a stable sort on distance orders ties by id
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
         d = np.take_along_axis(dist, order, 1)
         i = np.take_along_axis(np.where(valid, cand, -1), order, 1)
@@ -367,7 +423,8 @@ class GalleryIndex:
 
         Not exercised by the test-suite (no GPU there); any failure falls back to the CPU with a warning.
         """
-        if self.device == "cpu" or (self.device == "auto" and not gpu_available()):
+        if self.device == "cpu" or (self.device == "auto" and not gpu_available()) or \
+                (use_ann and self.kind == "hnsw"):
             return None
         if self._gpu is not None and self._gpu[2] == use_ann:
             return self._gpu[1]
@@ -375,8 +432,7 @@ class GalleryIndex:
         try:
             res = faiss.StandardGpuResources()
             if use_ann:
-                cpu = self._ann if not self._ann_mmapped else _writable_ivf(faiss.clone_index(self._ann))
-                gpu = faiss.index_cpu_to_gpu(res, 0, cpu)
+                gpu = faiss.index_cpu_to_gpu(res, 0, self._in_memory_ann() if self._ann_mmapped else self._ann)
             else:
                 gpu = faiss.GpuIndexFlatL2(res, self.dim)
                 for start in range(0, len(self._base), 1 << 18):
@@ -399,13 +455,13 @@ class GalleryIndex:
 
     def _nearest_other(self, rows: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         """(distance, id) of each gallery row's nearest *other* row (leave-one-out)."""
-        D, I = self.search(self._rows(rows).astype(np.float32), 2, exact=exact)
+        D, I = self.search(self._rows(rows), 2, exact=exact)
         first_is_self = I[:, 0] == rows
         pick = np.where(first_is_self, 1, 0)
         return D[np.arange(len(rows)), pick], I[np.arange(len(rows)), pick]
 
     def measure_recall(self, sample: int = RECALL_SAMPLE, seed: int = 0) -> float:
-        """recall@1 of the IVF against exact search, leave-one-out on ``sample`` gallery faces
+        """recall@1 of the approximate index against exact search, leave-one-out on ``sample`` gallery faces
         (a hit: the same neighbour, or one at the same distance); 1.0 for an exact gallery.
         Updates ``info["recall_at_1"]``."""
         if self._ann is None:
@@ -416,8 +472,9 @@ class GalleryIndex:
         return r
 
     def needs_rebuild(self, factor: float = 4.0) -> bool:
-        """True for an IVF gallery grown past ``factor`` × the faces its lists were trained on, or an
-        exact one grown past :data:`EXACT_MAX` (rebuild with :meth:`build` on :attr:`encodings`)."""
+        """True for an exact gallery grown past :data:`EXACT_MAX`, or an approximate one grown past
+        ``factor`` × the faces it was built on (its IVF lists, or its HNSW parameters and tuned breadth,
+        were chosen for that size). Rebuild with ``GalleryIndex.build(index.encodings)``."""
         if self._ann is None:
             return len(self) > EXACT_MAX
         return len(self) > factor * self._info.get("trained_on", len(self))
@@ -439,11 +496,12 @@ class GalleryIndex:
 
     @property
     def info(self) -> dict[str, Any]:
-        """JSON-able facts: kind, n, dim, metric, nlist, nprobe, recall_at_1, recall_queries, trained_on,
-        build_seconds, faiss version, device."""
+        """JSON-able facts: kind, n, dim, metric, recall_at_1 (1.0 for exact), recall_queries,
+        recall_target, trained_on, build_seconds, seed, faiss version, device; for HNSW hnsw_m,
+        ef_construction, ef_search, recall_by_ef_search; for IVF nlist, nprobe, recall_by_nprobe."""
         faiss = _faiss()
-        nprobe = int(self._ann.nprobe) if self._ann is not None else None
-        return {**self._info, "n": len(self), "dim": self.dim, "nprobe": nprobe,
+        breadth = {_BREADTH[self.kind]: self._breadth()} if self._ann is not None else {}
+        return {**self._info, **breadth, "n": len(self), "dim": self.dim,
                 "faiss": getattr(faiss, "__version__", None) if faiss else None,
                 "device": "gpu" if self._gpu is not None else "cpu"}
 
@@ -458,8 +516,8 @@ class GalleryIndex:
         with atomic_path(folder / files["encodings"]) as tmp:
             self._write_npy(tmp)
         if self._ann is not None:
-            files["ann"] = f"ivf-{token}.faiss"
-            faiss = _faiss(required_for="saving an IVF gallery")
+            files["ann"] = f"ann-{token}.faiss"
+            faiss = _faiss(required_for="saving an approximate gallery")
             with atomic_path(folder / files["ann"]) as tmp:
                 faiss.write_index(self._ann, str(tmp))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "n": len(self), "dim": self.dim,
@@ -486,10 +544,10 @@ class GalleryIndex:
     @classmethod
     def load(cls, folder: os.PathLike | str, *, mmap: bool = True, device: str = "auto") -> "GalleryIndex":
         """Open a gallery written by :meth:`save`: the encodings memory-mapped (``mmap=False`` reads
-        them into memory), an IVF memory-mapped too. Never unpickles.
+        them into memory), an approximate index memory-mapped too. Never unpickles.
 
         :raises ModelFileError: missing, incomplete, or not a dlibplus gallery.
-        :raises FaissMissingError: an IVF gallery without faiss installed.
+        :raises FaissMissingError: an approximate gallery without faiss installed.
         """
         folder = Path(folder)
         meta_path = folder / META_FILE
@@ -507,10 +565,16 @@ class GalleryIndex:
             raise ModelFileError(enc_path, f"encodings are {X.dtype} {X.shape}, {META_FILE} says float32 {(n, dim)}")
         index = cls(dim, device=device)
         index._base = X
-        index._info.update({k: v for k, v in meta.get("info", {}).items() if k not in ("nprobe", "faiss")})
-        if files.get("ann"):
-            index._ann = _read_ivf(folder / files["ann"], n, dim, meta["info"].get("nprobe"), mmap)
-            index._ann_mmapped = mmap
+        info = meta.get("info") or {}
+        index._info.update({k: v for k, v in info.items() if k not in ("faiss", *_BREADTH.values())})
+        if index.kind in APPROXIMATE:
+            if not files.get("ann"):
+                raise ModelFileError(meta_path, f"a {index.kind} gallery without its index file")
+            index._ann_path = folder / files["ann"]
+            index._ann = _read_ann(index._ann_path, index.kind, n, dim, mmap)
+            index._ann_mmapped = bool(mmap)
+            if info.get(_BREADTH[index.kind]):
+                index._set_breadth(info[_BREADTH[index.kind]])
         return index
 
 
@@ -535,19 +599,19 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_ivf(path: Path, n: int, dim: int, nprobe: int | None, mmap: bool):
+def _read_ann(path: Path, kind: str, n: int, dim: int, mmap: bool):
+    """A stored HNSW or IVF index, memory-mapped when ``mmap`` (and this faiss can)."""
     faiss = _faiss(required_for=f"opening the approximate gallery index {path.name}")
     if not path.is_file():
-        raise ModelFileError(path, "the gallery's IVF index file is missing")
-    flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+        raise ModelFileError(path, "the gallery's index file is missing")
+    mapped = getattr(faiss, "IO_FLAG_MMAP" if kind == "ivf" else "IO_FLAG_MMAP_IFC", 0) if mmap else 0
+    flags = mapped | faiss.IO_FLAG_READ_ONLY if mapped else 0
     try:
         ann = faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         raise ModelFileError(path, f"not a readable faiss index ({str(exc).splitlines()[0][:200]})") from None
     if ann.ntotal != n or ann.d != dim:
         raise ModelFileError(path, f"index holds {ann.ntotal} x {ann.d}, the gallery {n} x {dim}")
-    if nprobe:
-        ann.nprobe = int(nprobe)
     return ann
 
 

@@ -84,14 +84,28 @@ def _input_files(paths, output: Path) -> tuple[list[Path], list[tuple[Path, str]
     for f in image_paths(paths):
         if _is_under(f.resolve(), output):
             continue
-        if not f.is_file() or not os.access(f, os.R_OK):
-            unreadable.append((f, "not a readable file"))
+        reason = _unreadable(f)
+        if reason:
+            unreadable.append((f, reason))
         else:
             files.append(f)
     if not files:
         what = "no readable image files" if unreadable else "no image files (jpg, jpeg, png, bmp, webp)"
         raise click.UsageError(f"{what} found in the given paths")
     return files, unreadable
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` is not an image file we can open (its header only: milliseconds), or ``None``."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file() or not os.access(path, os.R_OK):
+        return "not a readable file"
+    try:
+        with Image.open(path):
+            return None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return f"not an image ({type(exc).__name__})"
 
 
 def _is_under(path: Path, folder: Path) -> bool:
