@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("exact", "fast")
 PYRAMID_BUILDERS = ("auto", "dlib", "torch")
 DEFAULT_BATCH_PIXELS = 1 << 24  # tiled-pyramid pixels per forward pass (about 1 GB of activations)
+MAX_PADDING = 1.25  # a batch's padded pixels over its images' own: more, and a new batch starts
 
 
 class Detection(NamedTuple):
@@ -162,10 +163,18 @@ class TorchCnnDetector:
         """Write dlib's ``input_rgb_image_pyramid`` tensor of equally shaped images into ``canvas``
         (B, 3, NR, NC), which is zero: the image upsampled ``upsample`` times, (pixel - mean) / 256
         at ``rects[0]``, then each level a bilinear resize of the one before."""
+        import torch
+
         if not rects:
             return
-        if self.pyramid == "dlib" and canvas.device.type == "cpu":
-            _fill_pyramid_dlib(canvas.numpy(), arrays, upsample, rects, np.array(self.net.means, np.float32))
+        if self.pyramid == "dlib":
+            means = np.array(self.net.means, np.float32)
+            if canvas.device.type == "cpu":
+                _fill_pyramid_dlib(canvas.numpy(), arrays, upsample, rects, means)
+            else:  # built in host memory, then copied over
+                host = np.zeros(tuple(canvas.shape), np.float32)
+                _fill_pyramid_dlib(host, arrays, upsample, rects, means)
+                canvas.copy_(torch.from_numpy(host))
         else:
             self._fill_pyramid_torch(canvas, arrays, upsample, rects)
 
@@ -262,20 +271,22 @@ def _upsampled_shape(shape: Sequence[int], upsample: int) -> tuple[int, int]:
 
 def _batches(sizes: list[tuple[int, ...]], upsample: int, net: mmod.MmodNet, budget: int) -> list[list[int]]:
     """Image indices grouped for forward passes: sorted by tiled-pyramid size (equal image sizes
-    adjacent), each group's padded pixels within ``budget`` (a larger image goes alone)."""
+    adjacent); a group's padded pixels stay within ``budget`` (a larger image goes alone) and
+    within ``MAX_PADDING`` times its images' own pixels."""
     canvas = {size: _layout(net, *_upsampled_shape(size[:2], upsample))[1:] for size in set(sizes)}
     order = sorted(range(len(sizes)), key=lambda i: (canvas[sizes[i]], sizes[i]))
     batches: list[list[int]] = []
     current: list[int] = []
-    height = width = 0
+    height = width = own = 0
     for index in order:
         h, w = canvas[sizes[index]]
         new_h, new_w = max(height, h), max(width, w)
-        if current and (len(current) + 1) * new_h * new_w > budget:
+        padded = (len(current) + 1) * new_h * new_w
+        if current and (padded > budget or padded > MAX_PADDING * (own + h * w)):
             batches.append(current)
-            current, new_h, new_w = [], h, w
+            current, new_h, new_w, own = [], h, w, 0
         current.append(index)
-        height, width = new_h, new_w
+        height, width, own = new_h, new_w, own + h * w
     if current:
         batches.append(current)
     return batches
