@@ -130,6 +130,9 @@ def prepare_finetune_data(folder: os.PathLike | str, settings: FaceSettings | No
 
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction}")
+    if val_folder is not None and os.path.realpath(val_folder) == os.path.realpath(folder):
+        raise DataFolderError(f"--val-folder {val_folder} is the training folder: validating on the training photos "
+                              "would measure nothing; give a folder of other photos, or leave it out to split")
     settings = settings or FaceSettings()
     guard = contextlib.nullcontext()
     if dist_info is not None and dist_info.active:

@@ -84,9 +84,9 @@ class FinetunedMetadata:
         return None
 
     @property
-    def train_file_hashes(self) -> list[str]:
-        """sha256 of each training photo (format 2), for evaluate's overlap check."""
-        return list(self.data.get("train_files_sha256", []))
+    def file_hashes(self) -> list[str]:
+        """sha256 of every photo the run used, training and validation (format 2): evaluate's overlap check."""
+        return list(self.data.get("files_sha256", []))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -179,29 +179,60 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
 
 # --- the epochs -----------------------------------------------------------------------------------------
 
-def _to_tensor(chips: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(chips)).to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+def augment_on_device(run: Run) -> bool:
+    """Where the augmentation runs: on the training device (batched tensor ops) or on the host (dlib's
+    exact numpy jitter, one chip at a time). ``auto``: the device on CUDA, the host on CPU."""
+    where = run.config.augment_on
+    return where == "device" or (where == "auto" and run.device.type == "cuda")
 
 
-def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, float]:
-    """One pass of P×K batches; returns the epoch's mean loss, training accuracy and seconds."""
+def _host_batches(run: Run, train: ChipSet, epoch: int):
+    """``(step, idx, x)`` of every step of an epoch, each batch's chips gathered (and, on the host,
+    augmented) by a background thread while the previous step runs, so the loop never waits on numpy."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from . import augment  # looked up per call: tests interrupt a run through it
 
     config, dist_info = run.config, run.dist
-    run.trainee.train()
-    run.sampler.set_epoch(epoch)
-    t_epoch, seen = time.time(), 0
-    loss_sum = torch.zeros((), device=run.device)
-    correct = torch.zeros((), device=run.device, dtype=torch.long)
-    for step, batch in enumerate(run.sampler):
+    on_device = config.augment and augment_on_device(run)
+
+    def prepare(step: int, batch) -> tuple[int, np.ndarray, np.ndarray, torch.Tensor]:
         batch = np.asarray(batch)
         slots = np.arange(len(batch))[dist_info.rank::dist_info.world_size]
         idx = batch[slots]
         chips = train.chips[idx]
-        if config.augment:
+        if config.augment and not on_device:
             chips = augment.augment_batch(chips, config.seed, epoch, step, slots)
-        x = _to_tensor(chips, run.device)
+        x = torch.from_numpy(np.ascontiguousarray(chips))
+        return step, idx, slots, (x.pin_memory() if run.device.type == "cuda" else x)
+
+    batches = list(enumerate(run.sampler))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, *batches[0]) if batches else None
+        for i in range(len(batches)):
+            step, idx, slots, x = pending.result()
+            pending = pool.submit(prepare, *batches[i + 1]) if i + 1 < len(batches) else None
+            yield step, idx, slots, x
+
+
+def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, float]:
+    """One pass of P×K batches; returns the epoch's mean loss, training accuracy and seconds. Nothing is
+    read back from the device inside a step (the progress bar reads the sums every few steps)."""
+    config, dist_info = run.config, run.dist
+    run.trainee.train()
+    run.sampler.set_epoch(epoch)
+    device_aug = config.augment and augment_on_device(run)
+    t_epoch, seen = time.time(), 0
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    for step, idx, slots, chips in _host_batches(run, train, epoch):
+        chips = chips.to(run.device, non_blocking=True)  # uint8: a quarter of float32's bytes to copy
+        if device_aug:
+            from .device_augment import augment_on_device as device_augment
+
+            x = device_augment(chips, config.seed, epoch, step, slots)
+        else:
+            x = chips.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(train.labels[idx]).to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
             loss, cos = run.model(x, y)
@@ -215,8 +246,7 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, floa
         if run.anchors:
             pull = min(1.0, run.scheduler.get_last_lr()[0] * config.anchor)
             with torch.no_grad():
-                for p, p0 in run.anchors:
-                    p.lerp_(p0, pull)
+                torch._foreach_lerp_([p for p, _ in run.anchors], [p0 for _, p0 in run.anchors], pull)
         run.scheduler.step()
         run.head.step()
         seen += len(idx)
@@ -229,7 +259,8 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, floa
                             img_s=f"{seen * dist_info.world_size / (time.time() - t_epoch):.0f}")
     seen = max(seen, 1)
     return {"loss": float(loss_sum) / seen, "train_acc": int(correct) / seen, "lr": run.scheduler.get_last_lr()[0],
-            "seconds": time.time() - t_epoch}
+            "seconds": time.time() - t_epoch, "images_per_second": seen * dist_info.world_size /
+            max(time.time() - t_epoch, 1e-9)}
 
 
 def _score(m: dict[str, Any]) -> tuple:

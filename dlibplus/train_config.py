@@ -17,7 +17,10 @@ class FinetuneConfig:
     Learning rates are per step; ``freeze`` counts stages from the input (stem, layer1..layer5, fc).
     ``target_far``: ``None`` calibrates distance 0.6 to the point of best balanced accuracy on the user's
     photos (what 0.6 means for dlib on general faces); a rate puts 0.6 at that false-accept rate instead
-    (a stricter, open-set operating point). ``keep``: see :data:`KEEP_CHOICES`.
+    (a stricter, open-set operating point). ``keep``: see :data:`KEEP_CHOICES`. ``augment_on``: where
+    the augmentation runs: ``host`` (dlib's exact numpy jitter, in a background thread), ``device``
+    (the same transform as batched tensor ops on the training device, :mod:`dlibplus.device_augment`)
+    or ``auto`` (the device on CUDA, the host on CPU).
     """
 
     head: str = "arcface"
@@ -39,6 +42,7 @@ class FinetuneConfig:
     grad_clip: float = 5.0
     freeze: int = 0
     augment: bool = True
+    augment_on: str = "auto"
     val_fraction: float = 0.25
     patience: int = 15
     seed: int = 0
@@ -54,6 +58,8 @@ class FinetuneConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
         if self.epochs < 1 or self.people_per_batch < 2 or self.images_per_person < 1:
             raise ValueError("need epochs >= 1, people_per_batch >= 2, images_per_person >= 1")
+        if self.augment_on not in ("auto", "host", "device"):
+            raise ValueError(f"augment_on must be 'auto', 'host' or 'device', not {self.augment_on!r}")
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, not {self.keep!r}")
         if self.target_far is not None and not 0 < self.target_far < 1:

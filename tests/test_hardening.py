@@ -469,3 +469,18 @@ def test_evaluate_of_one_person_says_person(kpop, tmp_path):
     assert res.exit_code == 0, res.output
     assert "gallery 1 image of 1 person;" in res.stdout and "1 people" not in res.output
     assert "gallery 1 image of 1 person;" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_finetune_output_that_cannot_be_written_and_val_folder_equal_to_folder_fail_first(kpop, tmp_path,
+                                                                                         monkeypatch):
+    """Both used to be found only after the photos were aligned (the first after the whole training)."""
+    from dlibplus import data
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    monkeypatch.setattr(data, "_process_one", lambda *a: pytest.fail("aligned photos before failing"))
+    line = one_line_error(run("finetune", kpop, "-o", a_file / "model", *WHOLE))
+    assert "--output" in line and "is a file" in line
+    monkeypatch.undo()
+    line = one_line_error(run("finetune", kpop, "-o", tmp_path / "model", "--val-folder", kpop, *WHOLE))
+    assert "--val-folder" in line and "training folder" in line and not (tmp_path / "model").exists()

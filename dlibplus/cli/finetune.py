@@ -8,7 +8,7 @@ import click
 
 from ..train_config import HEAD_NAMES as _TRAIN_HEADS
 from ..train_config import FinetuneConfig as _FT
-from .options import face_options, face_settings, user_errors
+from .options import check_output_folder, face_options, face_settings, user_errors
 
 
 @click.command()
@@ -54,6 +54,9 @@ from .options import face_options, face_settings, user_errors
               help="Clip the gradient to this norm (0: off).")
 @click.option("--freeze", type=click.IntRange(0, 7), default=_FT.freeze, show_default=True,
               help="Stages kept frozen, counted from the input: stem, layer1 ... layer5, fc (0: train all).")
+@click.option("--augment-on", type=click.Choice(["auto", "host", "device"]), default="auto", show_default=True,
+              help="Where the augmentation runs: host (dlib's exact jitter in numpy, in a background thread), "
+                   "device (the same transform as batched tensor ops on the GPU), auto (device on CUDA).")
 @click.option("--no-augment", is_flag=True, help="Turn off dlib's jitter and colour augmentation.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_FT.val_fraction,
               show_default=True,
@@ -80,7 +83,8 @@ from .options import face_options, face_settings, user_errors
 @face_options
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,
-             optimizer, lr, head_lr, weight_decay, anchor, warmup_epochs, grad_clip, freeze, no_augment, val_fraction,
+             optimizer, lr, head_lr, weight_decay, anchor, warmup_epochs, grad_clip, freeze, augment_on, no_augment,
+             val_fraction,
              val_folder, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
@@ -105,7 +109,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
                                    epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images,
                                    optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay, anchor=anchor,
                                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze=freeze,
-                                   augment=not no_augment, val_fraction=val_fraction, patience=patience,
+                                   augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, patience=patience,
                                    seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
         config.check_head()
     except (ValueError, TypeError) as exc:
@@ -115,6 +119,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
     except DlibplusError as exc:
         raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--device") from None
     tr.check_output(output, resume=resume, overwrite=overwrite)
+    check_output_folder(output, "--output")
     settings = face_settings(detector, upsample, landmarks, face_box, max_side)
     dist_info = init_distributed(device)
     data = prepare_finetune_data(folder, settings, val_folder=val_folder, val_fraction=val_fraction, seed=seed,
