@@ -10,7 +10,8 @@ CUDA, many images per forward pass. What it reproduces of dlib (v20, see
   copied into all three channels first;
 - ``input_rgb_image_pyramid<pyramid_down<6>>``: (pixel - mean) / 256 placed in a zeroed tiled
   image, every further level a 5/6 bilinear resize of the one before, bit for bit dlib's
-  (SIMD) float arithmetic;
+  (SIMD) float arithmetic: built by dlib's own ``resize_image`` on a CPU, by tensor ops that
+  replay its arithmetic on CUDA;
 - the network (convolutions, affine, ReLU) in float32, TF32 off on CUDA for its own work;
 - ``loss_mmod``'s to_label and the mapping of each rectangle back to the input image.
 
