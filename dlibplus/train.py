@@ -3,10 +3,9 @@
 :func:`finetune` runs them: :func:`build` the network (dlib's weights), a margin head imprinted with
 each person's mean embedding, the auxiliary losses, optimizer, schedule and mixed precision;
 :func:`fit` the epochs (:func:`train_one_epoch`, then validation; the epoch with the best validation
-identification is kept, a :class:`TrainState` checkpoint written after each); then :func:`finish`:
-choose between dlib, interpolations and the fine-tuned weights and calibrate
-(:mod:`dlibplus.selection`, :mod:`dlibplus.calibration`), and write the folder
-(:mod:`dlibplus.model_folder`). Every validation embedding goes through the encoders users run
+identification is kept, a :class:`TrainState` checkpoint written after each); then
+:func:`dlibplus.finish.finish`: choose between dlib, interpolations and the fine-tuned weights, calibrate,
+and write the folder (:mod:`dlibplus.model_folder`). Every validation embedding goes through the encoders users run
 (:class:`~dlibplus.encoders.TorchEncoder`, :class:`~dlibplus.encoders.FlipEncoder`).
 
 Runs on CUDA when present, on CPU otherwise, and on several GPUs under ``torchrun`` (DDP: each process
@@ -19,11 +18,10 @@ import copy
 import json
 import logging
 import math
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -31,14 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import model_folder
-from ._version import __version__
-from .calibration import head_open_set_threshold, operating_point, probe_pairs, validation_metrics
+from .calibration import validation_metrics
 from .distributed import Dist, barrier, gather, init_distributed, training_device
-from .errors import DataFolderError, DlibplusError
-from .fileio import atomic_path, file_sha256
+from .errors import DataFolderError
+from .fileio import atomic_path
 from .finetune_data import ChipSet, FinetuneData
-from .selection import ALPHAS, Selection, assess, interpolate, select
 from .train_config import FinetuneConfig
+
+if TYPE_CHECKING:
+    from .finish import FinetuneResult
 
 log = logging.getLogger(__name__)
 
@@ -361,147 +360,6 @@ def fit(run: Run, train: ChipSet, val: ChipSet, state: TrainState, checkpoint: P
     return state
 
 
-# --- choosing, calibrating, writing -------------------------------------------------------------------
-
-@dataclass
-class FinetuneResult:
-    """What a run measured and wrote."""
-
-    output: Path
-    history: list[dict]
-    dlib_val: dict
-    finetuned_val: dict
-    finetuned_flip_val: dict
-    selection: Selection
-    calibration: dict
-    best_epoch: int
-    wall_seconds: float
-
-    @property
-    def better(self) -> bool:
-        """Whether the written model beats dlib on the user's path with confidence (else it is dlib)."""
-        return self.selection.beats_dlib
-
-
-def choose_network(run: Run, best_backbone: dict, train: ChipSet, val: ChipSet) -> tuple[Selection, dict]:
-    """Judge dlib, the interpolations and the fine-tuned weights on the validation photos; return the
-    selection and the chosen state dict (uncalibrated)."""
-    config = run.config
-    model = copy.deepcopy(run.backbone)
-    states, candidates = {}, []
-    dlib = None
-    for alpha in (0.0, *ALPHAS):
-        states[alpha] = interpolate(run.base_state, best_backbone, alpha)
-        model.load_state_dict(states[alpha])
-        encoder = encoder_of(model, run.device)
-        judged = assess(encoder.encode(train.chips), train.labels, encoder.encode(val.chips), val.labels,
-                        alpha=alpha, calibrate=alpha > 0, target_far=config.target_far, seed=config.seed)
-        if alpha == 0:
-            dlib = judged
-        else:
-            candidates.append(judged)
-    selection = select(candidates, dlib, val.labels, seed=config.seed, force=config.keep == "finetuned")
-    return selection, states[selection.chosen.alpha]
-
-
-def finish(run: Run, state: TrainState, data: FinetuneData, output: Path, *, dlib_val: dict, t_start: float,
-           extra: dict[str, Any]) -> FinetuneResult:
-    """Choose and calibrate the network, fit the head's open-set threshold, write the folder."""
-    config, train, val = run.config, data.train, data.val
-    selection, chosen_state = choose_network(run, state.best_backbone, train, val)
-    chosen = selection.chosen
-    run.backbone.load_state_dict(chosen_state)
-    scale = chosen.point.scale
-    with torch.no_grad():
-        run.backbone.fc.weight.mul_(scale)  # distances scale with the last linear layer: 0.6 calibrated
-    encoder, flip = encoder_of(run.backbone, run.device), encoder_of(run.backbone, run.device, flip=True)
-    train_emb, val_emb = encoder.encode(train.chips), encoder.encode(val.chips)
-    train_flip, val_flip = flip.encode(train.chips), flip.encode(val.chips)
-    far = config.target_far or 1e-3
-    finetuned_val = validation_metrics(train_emb, train.labels, val_emb, val.labels, far)
-    finetuned_flip_val = validation_metrics(train_flip, train.labels, val_flip, val.labels, far)
-    if chosen.alpha > 0:  # DIR+flip averages with the mirror image, which shrinks distances: calibrate it
-        flip_point, _ = operating_point(probe_pairs(train_flip, train.labels, val_flip, val.labels),
-                                        target_far=config.target_far, seed=config.seed)
-        calibration_flip = {**flip_point.to_dict(), "scale": flip_point.scale}
-    else:  # the folder is dlib: DIR+flip is dlib+flip, which is not calibrated either
-        calibration_flip = {"scale": 1.0, "note": "the model is dlib's: +flip is left as dlib+flip"}
-
-    head, head_mean = _head_for(run, chosen.alpha, scale, train_emb, train.labels)
-    open_set = head_open_set_threshold(head, val_emb - head_mean, val.labels, far)
-    result = FinetuneResult(output, state.history, dlib_val, finetuned_val, finetuned_flip_val, selection,
-                            {**chosen.point.to_dict(), "scale": scale}, state.best_epoch + 1, time.time() - t_start)
-    if run.dist.main:
-        meta = _metadata(run, state, data, result, calibration_flip, open_set, extra)
-        write_outputs(output, run.backbone, head, head_mean, train.classes, meta)
-    return result
-
-
-def _head_for(run: Run, alpha: float, scale: float, train_emb: np.ndarray, train_y: np.ndarray
-              ) -> tuple[nn.Module, np.ndarray]:
-    """The head and the mean it subtracts, in the written network's units.
-
-    For the fine-tuned weights, the trained head (it saw embeddings minus dlib's mean; cosines do not
-    change when both are scaled by the calibration). For dlib or an interpolation, whose embeddings the
-    trained head never saw, a head of the same kind imprinted with each person's mean embedding.
-    """
-    from .heads import create_head
-
-    if alpha == 1.0:
-        return run.head, run.trainee.embedding_mean.cpu().numpy().astype(np.float64) * scale
-    mean = train_emb.mean(axis=0)
-    head = create_head(run.config.head, len(np.unique(train_y)), **run.config.head_options)
-    head.imprint(torch.from_numpy(train_emb - mean).float(), torch.from_numpy(train_y)).to(run.device)
-    return head, mean
-
-
-def _metadata(run: Run, state: TrainState, data: FinetuneData, result: FinetuneResult, calibration_flip: dict,
-              open_set: dict, extra: dict) -> model_folder.FinetunedMetadata:
-    from .models import FACE_RECOGNITION_MODEL, model_path
-
-    base = model_path(FACE_RECOGNITION_MODEL)
-    train, val = data.train, data.val
-    return model_folder.FinetunedMetadata(
-        base_model={"file": base.name, "sha256": file_sha256(base)}, config=run.config.to_dict(),
-        classes=train.classes, face_settings=extra.get("face_settings", {}), calibration=result.calibration,
-        calibration_flip=calibration_flip, head_open_set=open_set, selection=result.selection.to_dict(),
-        validation={"dlib": result.dlib_val, "finetuned": result.finetuned_val,
-                    "finetuned_flip": result.finetuned_flip_val, "better_than_dlib": result.better},
-        data={"train_fingerprint": train.fingerprint(), "n_train": len(train), "n_val": len(val),
-              "files_sha256": data.file_hashes()},
-        frozen_stages=run.frozen, history=state.history, best_epoch=state.best_epoch + 1,
-        epochs_run=len(state.history), trained_on=extra.get("trained_on", data.folder),
-        wall_seconds=result.wall_seconds, device=str(run.device), world_size=run.dist.world_size,
-        versions=_versions())
-
-
-def _versions() -> dict[str, str]:
-    import dlib
-
-    return {"dlibplus": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "dlib": getattr(dlib, "__version__", "?"), "python": platform.python_version()}
-
-
-def write_outputs(output: Path, backbone, head, head_mean: np.ndarray, classes: list[str],
-                  meta: model_folder.FinetunedMetadata) -> None:
-    """model.dat (dlib loads it), model.pt, head.pt, classes.json, metadata.json — each atomically."""
-    from . import dlibnet
-    from .fileio import write_json
-
-    output.mkdir(parents=True, exist_ok=True)
-    cpu_backbone = copy.deepcopy(backbone).float().cpu().to(memory_format=torch.contiguous_format)
-    dlibnet.save_dat(cpu_backbone, output / model_folder.MODEL_DAT)
-    with atomic_path(output / model_folder.MODEL_PT) as tmp:
-        torch.save(cpu_backbone.state_dict(), tmp)
-    with atomic_path(output / model_folder.HEAD_PT) as tmp:
-        torch.save({"name": meta.config["head"], "options": meta.config["head_options"],
-                    "state": {k: v.cpu() for k, v in head.state_dict().items()},
-                    "embedding_mean": torch.from_numpy(np.asarray(head_mean)).float()}, tmp)
-    write_json(output / model_folder.CLASSES, classes)
-    meta.model_dat_sha256 = file_sha256(output / model_folder.MODEL_DAT)
-    model_folder.write_metadata(output, meta)
-
-
 # --- the whole run ----------------------------------------------------------------------------------------
 
 def check_output(output: Path, *, resume: bool, overwrite: bool = False) -> None:
@@ -526,7 +384,7 @@ def check_output(output: Path, *, resume: bool, overwrite: bool = False) -> None
 
 def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig(), *, resume: bool = False,
              overwrite: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
-             extra_metadata: dict | None = None) -> FinetuneResult:
+             extra_metadata: dict | None = None) -> "FinetuneResult":
     """Fine-tune dlib's network on ``data.train``, choose and calibrate on ``data.val``, write ``output``.
 
     ``data`` comes from :func:`dlibplus.finetune_data.prepare_finetune_data`. Raises KeyboardInterrupt
@@ -556,6 +414,8 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
         + f", frozen: {', '.join(run.frozen) or 'nothing'}")
     state = fit(run, train, val, state, checkpoint, progress=progress, say=say)
     run.backbone.load_state_dict(state.best_backbone)
+    from .finish import finish  # the end of the run: choosing, calibrating, writing
+
     result = finish(run, state, data, output, dlib_val=dlib_val, t_start=t_start, extra=extra_metadata or {})
     barrier(dist_info)
     if dist_info.main:
@@ -563,30 +423,3 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
     return result
 
 
-def summary_lines(result: FinetuneResult) -> list[str]:
-    """The end-of-run table: per-epoch history, the candidates on the user's path, the decision."""
-    lines = [f"{'epoch':>5} {'loss':>8} {'train acc':>9} {'val 1-NN':>8} {'val AUC':>8} {'s':>6}"]
-    for h in result.history:
-        lines.append(f"{h['epoch']:>5} {h['loss']:>8.4f} {h['train_acc']:>9.3f} {h['identification_1nn']:>8.3f} "
-                     f"{h.get('auc', float('nan')):>8.4f} {h['seconds']:>6.1f}")
-    sel = result.selection
-    lines += ["", "on the validation photos (train-knn + predict at tolerance 0.6; rates at 0.6 cross-validated):",
-              f"{'network':<18}{'named right':>12}{'unknown':>9}{'same pairs ok':>15}{'diff. pairs in':>16}"]
-    for c in [sel.dlib] + sel.candidates:
-        mark = " <- kept" if c is sel.chosen else ""
-        lines.append(f"{c.name:<18}{c.accuracy:>12.3f}{c.unknown_rate:>9.3f}{c.point.same_accepted:>15.3f}"
-                     f"{c.point.different_accepted:>16.3f}{mark}")
-    flip = result.finetuned_flip_val.get("identification_1nn")
-    plain = result.finetuned_val.get("identification_1nn")
-    if flip is not None and plain is not None:
-        lines.append(f"validation 1-NN of the kept network: {plain:.3f}, with +flip {flip:.3f}")
-    if sel.chosen.alpha > 0:
-        lines.append(f"kept: {sel.chosen.name} (best epoch {result.best_epoch}) — {sel.reason}. "
-                     f"Use it with --encoder {result.output}")
-        if not sel.beats_dlib:
-            lines.append(f"WARNING: it does not beat dlib with confidence on your validation photos "
-                         f"(gain {sel.gain:+.1%}, lower bound {sel.gain_low:+.1%}).")
-    else:
-        lines.append(f"NOT better than dlib: {sel.reason}. {result.output} holds dlib's own network, so "
-                     "--encoder with it behaves exactly as dlib; add photos or try another head.")
-    return lines

@@ -85,7 +85,6 @@ def _validation_pairs(encoder, data, val_idx):
     """Each validation photo against every training photo and every other validation photo."""
     train_idx = np.setdiff1d(np.arange(len(data.labels)), val_idx)
     emb = encoder.encode(data.chips)
-    val, train = emb[val_idx], emb[train_idx]
     dist, same = [], []
     for i, v in enumerate(val_idx):
         others = np.concatenate([train_idx, val_idx[i + 1:]])

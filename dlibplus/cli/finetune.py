@@ -134,5 +134,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
     except KeyboardInterrupt:
         sys.exit(130)
     if dist_info.main:
-        for line in tr.summary_lines(result):
+        from ..finish import summary_lines
+
+        for line in summary_lines(result):
             click.echo(line, err=True)
