@@ -170,11 +170,3 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
                      chips=stacked if want == "chips" else None, skipped=dict(skipped),
                      total_per_person=dict(total))
 
-
-# TEMPORARY (removed when video.py moves to Recipe): the old metadata readers
-def encoder_from_metadata(meta: dict[str, Any]):
-    return resolve_encoder(meta.get("encoder", "dlib"))[0]
-
-
-def settings_from_metadata(meta: dict[str, Any]) -> FaceSettings:
-    return FaceSettings(**meta.get("face_settings", {}))
