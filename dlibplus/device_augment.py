@@ -226,9 +226,12 @@ def _bilinear(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, size: int) -
     top = torch.floor(y).clamp_(0, last - 1)
     lr = (x - left).view(n, -1, 1)
     tb = (y - top).view(n, -1, 1)
-    index = top.mul_(size).add_(left).long().view(n, -1, 1).expand(-1, -1, 3)
-    source = flat.double()
-    tl, tr, bl, br = (torch.gather(source, 1, index + offset) for offset in (0, 1, size, size + 1))
+    # row of each top-left neighbour in the (N * size * size, 3) pixel table
+    first = torch.arange(n, device=x.device).view(n, 1, 1) * (size * size)
+    index = top.mul_(size).add_(left).long().add_(first).view(-1)
+    pixels = flat.reshape(-1, 3)
+    tl, tr, bl, br = (pixels.index_select(0, index + offset).view(n, -1, 3).double()
+                      for offset in (0, 1, size, size + 1))
     not_lr, not_tb = 1 - lr, 1 - tb
     upper = tl.mul_(not_lr).add_(tr.mul_(lr))
     lower = bl.mul_(not_lr).add_(br.mul_(lr))
