@@ -226,7 +226,7 @@ class TorchEncoder:
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self._net = net
-        self._forward_fn = torch.compile(net, dynamic=False) if compile else net
+        self._forward_fn = net  # the compiled module replaces it on first use (importing dynamo is slow)
         self._cuda_state: _CudaStaging | None = None
 
     @property
@@ -253,6 +253,8 @@ class TorchEncoder:
         import torch
 
         m = len(chips)
+        if self.compiled and self._forward_fn is self._net:
+            self._forward_fn = torch.compile(self._net, dynamic=False)
         if self.compiled and m < self.batch_size:  # static shapes: no recompilation for a short last batch
             chips = torch.cat([chips, chips.new_zeros((self.batch_size - m, *chips.shape[1:]))])
         x = chips.permute(0, 3, 1, 2)  # NHWC memory: already channels_last; the network makes it float

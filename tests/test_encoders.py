@@ -184,10 +184,10 @@ def test_identity_differs_per_precision():
 
 
 def test_embed_takes_tensors(chips):
-    encoder = TorchEncoder(device="cpu", batch_size=5)
-    out = encoder.embed(torch.from_numpy(chips[:7]))
-    assert out.dtype == torch.float32 and out.shape == (7, 128)
-    assert np.array_equal(out.double().numpy(), encoder.encode(chips[:7]))
+    encoder = TorchEncoder(device="cpu", batch_size=2)
+    out = encoder.embed(torch.from_numpy(chips[:3]))
+    assert out.dtype == torch.float32 and out.shape == (3, 128)
+    assert np.array_equal(out.double().numpy(), encoder.encode(chips[:3]))
     with pytest.raises(ValueError, match="shape"):
         encoder.embed(torch.from_numpy(chips[:2]).permute(0, 3, 1, 2))
 
