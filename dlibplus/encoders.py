@@ -290,7 +290,7 @@ class TorchEncoder:
         """
         import torch
 
-        if self._cuda_state is None:
+        if self._cuda_state is None or self._cuda_state.capacity < self.batch_size:
             self._cuda_state = _CudaStaging(self.device, self.batch_size)
         staging = self._cuda_state
         out = torch.empty((len(array), DESCRIPTOR_SIZE), dtype=torch.float32, device=self.device)
@@ -342,7 +342,7 @@ class _CudaStaging:
     def __init__(self, device: "torch.device", batch_size: int):
         import torch
 
-        self.device = device
+        self.device, self.capacity = device, batch_size
         self.stream = torch.cuda.Stream(device)
         self.buffers = [torch.empty((batch_size, CHIP_SIZE, CHIP_SIZE, 3), dtype=torch.uint8, pin_memory=True)
                         for _ in range(2)]
