@@ -44,29 +44,17 @@ def face_locations(img: np.ndarray, number_of_times_to_upsample: int = 1, model:
 
 def batch_face_locations(images: Sequence[np.ndarray], number_of_times_to_upsample: int = 1,
                          batch_size: int = 128) -> list[list[Css]]:
-    """CNN face boxes for a batch of images (faster on a CUDA build of dlib).
+    """CNN face boxes for a batch of images, many per forward pass (on the GPU when there is one).
 
-    Images of different sizes are fine (dlib's detector takes one size per call: each size is run as its
-    own batch); results come back in input order, each box clipped to its own image.
+    dlib's MMOD detector, as its exact PyTorch replica (:func:`dlibplus.faces.cnn_detections`). Images
+    of different sizes are fine; results come back in input order, each box clipped to its own image.
+    ``batch_size`` is accepted for face_recognition's signature; batches are sized by pixels instead.
 
     :return: one list of ``(top, right, bottom, left)`` tuples per image.
     """
     images = list(images)
-    results: list[list[Css]] = [[] for _ in images]
-    for indices in _same_size_groups(images):
-        group = [images[i] for i in indices]
-        batched = models.cnn_detector()(group, number_of_times_to_upsample, batch_size=batch_size)
-        for i, detections in zip(indices, batched):
-            results[i] = [faces.trim_css_to_bounds(faces.rect_to_css(d.rect), images[i].shape) for d in detections]
-    return results
-
-
-def _same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
-    """Indices of the images grouped by shape, each group in input order, groups by first appearance."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(np.shape(img)), []).append(i)
-    return list(groups.values())
+    return [[faces.trim_css_to_bounds(d.box, img.shape) for d in detections]
+            for img, detections in zip(images, faces.cnn_detections(images, number_of_times_to_upsample))]
 
 
 def face_landmarks(face_image: np.ndarray, face_locations: Sequence[Css] | None = None,

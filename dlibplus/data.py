@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -237,10 +238,21 @@ class ResultCache:
 
 def _pool(jobs: int):
     # fork where there is one: it works from scripts without an ``if __name__ == "__main__"`` guard
-    # (face_recognition users' scripts rarely have one) and starts fast. The workers only run dlib and
-    # numpy, never torch, so torch's thread pools in the parent do not matter to them.
+    # (face_recognition users' scripts rarely have one) and starts fast.
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(jobs)
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(jobs, _init_worker)
+
+
+def _init_worker() -> None:
+    """A worker runs the CNN detector (torch) on its own core, on the CPU: CUDA cannot be used after a
+    fork, and one thread per worker keeps N workers on N cores (and clear of the parent's OpenMP pool)."""
+    from . import faces
+
+    faces.CNN_DEVICE = "cpu"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"  # read when torch is first imported here
 
 
 def resolve_jobs(jobs: int | None) -> int:

@@ -75,11 +75,23 @@ def trim_css_to_bounds(css: Css, image_shape: tuple[int, ...]) -> Css:
 
 # --- detect, landmarks, chips -------------------------------------------------------------------------
 
+CNN_DEVICE = "auto"  # where the CNN detector runs; worker processes set "cpu" (no CUDA after a fork)
+
+
+def cnn_detections(images: Sequence[np.ndarray], upsample: int = 1) -> list[list]:
+    """dlib's MMOD detections (``.box`` css, ``.confidence``) of each image, from the exact PyTorch
+    replica (:mod:`dlibplus.cnn_detector`: the same rectangles as ``dlib.cnn_face_detection_model_v1``,
+    about 10x faster on CPU, batched, and on the GPU when there is one)."""
+    from .cnn_detector import cnn_detector
+
+    return cnn_detector(device=CNN_DEVICE)(list(images), upsample)
+
+
 def detect_rects(img: np.ndarray, upsample: int = 1, model: str = "hog") -> list:
     """dlib rectangles of the faces in ``img`` (not clipped), as face_recognition's ``_raw_face_locations``."""
     check_detector(model)
     if model == "cnn":
-        return [d.rect for d in models.cnn_detector()(img, upsample)]
+        return [css_to_rect(d.box) for d in cnn_detections([img], upsample)[0]]
     return list(models.hog_detector()(img, upsample))
 
 

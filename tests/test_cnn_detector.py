@@ -249,3 +249,24 @@ def test_cuda_matches_dlib_and_restores_tf32(images, dlib_results):
     after = conv.fp32_precision if conv is not None and hasattr(conv, "fp32_precision") \
         else torch.backends.cudnn.allow_tf32
     assert after == before
+
+
+def test_pipeline_and_api_detect_with_the_replica_as_dlib_does(faces_dir, tmp_path):
+    """`--detector cnn` and face_locations(model="cnn") run the torch replica (in worker processes for the
+    pipeline): the boxes are face_recognition's own, which come from dlib's CNN."""
+    import os
+
+    import face_recognition as fr
+
+    import dlibplus
+    from dlibplus.data import process_images
+    from dlibplus.faces import FaceSettings
+
+    photos = [faces_dir / "face_recognition/_multi_or_unlabelled/examples__knn_examples__test__obama_and_biden.jpg",
+              faces_dir / "face_recognition/biden/examples__biden.jpg"]
+    expected = [fr.face_locations(fr.load_image_file(p), 0, model="cnn") for p in photos]
+    results = process_images(photos, FaceSettings(detector="cnn", upsample=0), want="chips", jobs=2,
+                             use_cache=False, progress=False)
+    assert [sorted(map(tuple, r.boxes.tolist())) for r in results] == [sorted(e) for e in expected]
+    assert dlibplus.face_locations(fr.load_image_file(photos[1]), 0, model="cnn") == expected[1]
+    assert os.environ.get("OMP_NUM_THREADS") != "1"  # the workers' setting stays in the workers
