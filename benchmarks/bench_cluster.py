@@ -122,13 +122,13 @@ def time_clustering(n: int, real: np.ndarray, people: np.ndarray) -> dict:
     """Seconds to cluster ``n`` synthetic faces with the default method (graph, then clustering)."""
     from bench_gallery import synthetic_faces
 
-    from dlibplus.cluster import DEFAULT_THRESHOLD, cluster_faces
+    from dlibplus.cluster import DEFAULT_THRESHOLDS, cluster_faces
 
     X, _ = synthetic_faces(real, people, n, seed=0)
     t0 = time.perf_counter()
     labels = cluster_faces(X)
     seconds = time.perf_counter() - t0
-    return {"faces": n, "seconds": round(seconds, 1), "threshold": DEFAULT_THRESHOLD,
+    return {"faces": n, "seconds": round(seconds, 1), "threshold": DEFAULT_THRESHOLDS["chinese-whispers"],
             "clusters": int(labels.max() + 1), "unclustered": int(np.sum(labels < 0))}
 
 

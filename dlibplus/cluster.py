@@ -1,20 +1,23 @@
-"""Group face encodings by person without labels: chinese whispers (dlib's) and DBSCAN, on a
-neighbour graph from :class:`~dlibplus.gallery.GalleryIndex`, plus the measures of how well it worked.
+"""Group face encodings by person without labels: chinese whispers (dlib's, with distance-weighted
+votes), average-linkage agglomeration and DBSCAN, on a neighbour graph from
+:class:`~dlibplus.gallery.GalleryIndex`; and the measures of how well it worked.
 
-Both methods see the same graph: an edge between two faces closer than ``threshold`` (Euclidean,
-0.5 by default for dlib's encodings, as dlib's ``face_clustering.py`` example), found among each face's
-``max_neighbors`` nearest faces by the gallery index (exact up to 100k faces, IVF above), so the work
-grows as n·k rather than n²: 100k faces cluster in a few minutes on two cores.
+Every method sees the same graph: an edge between two faces closer than ``threshold`` (Euclidean),
+found among each face's ``max_neighbors`` nearest faces by the gallery index (exact up to 100k faces,
+HNSW above), so the work grows as n·k rather than n².
 
-- **chinese whispers** (:func:`chinese_whispers`): dlib's ``chinese_whispers`` (every node starts in
-  its own cluster; visited in random order, a node takes the label with the largest summed edge weight
-  among its neighbours and itself, ties to the smallest label), iterated until no label changes or
-  ``iterations`` passes. ``weighting="dlib"`` gives every edge weight 1, exactly as
-  ``dlib.chinese_whispers_clustering``; the default ``"similarity"`` weights an edge by
-  ``1 - (d / threshold)²``, so a face's close neighbours outvote its borderline ones. Measured on LFW
-  (every face of 4,387 photos, BENCHMARKS.md) that is what lifts pairwise F from dlib's level.
-- **DBSCAN** (scikit-learn's, ``metric="precomputed"`` on the sparse graph): ``eps = threshold``;
-  faces with fewer than ``min_samples`` neighbours within it and no core neighbour are noise.
+- **chinese whispers** (:func:`chinese_whispers`, the default, threshold 0.5 as dlib's
+  ``face_clustering.py``): dlib's ``chinese_whispers`` (every face starts in its own cluster; visited
+  in random order, a face takes the label with the largest summed edge weight among its neighbours,
+  ties to the smallest label) until a pass changes nothing. ``weighting="dlib"`` is exactly
+  ``dlib.chinese_whispers_clustering``: every edge weighs 1 and each face also votes 1 for its own
+  label. The default ``"similarity"`` weighs an edge ``1 - (d / threshold)²`` and gives no self vote,
+  so close neighbours outvote borderline ones: on LFW (every face of 4,387 photos, dlib's encodings)
+  pairwise F goes from 0.82 (dlib's) to 0.94-0.96 at the same 0.5 (BENCHMARKS.md).
+- **average** (:func:`average_linkage`, threshold 0.55): agglomerative clustering, average linkage on
+  squared distances (scipy's ``linkage(..., "average")`` on ``sqeuclidean``, exactly), cut where the
+  root-mean-square distance between two groups reaches the threshold. Deterministic, no chaining.
+- **dbscan** (scikit-learn's, ``metric="precomputed"`` on the sparse graph, threshold 0.4 = ``eps``).
 
 Faces left alone (a cluster of one, or DBSCAN noise) get :data:`UNCLUSTERED` (-1). Clusters are
 numbered 0, 1, … by decreasing size (ties: by their first face), so cluster 0 is the biggest.
@@ -32,8 +35,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 UNCLUSTERED = -1
-METHODS = ("chinese-whispers", "dbscan")
+METHODS = ("chinese-whispers", "average", "dbscan")
 DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLDS = {"chinese-whispers": 0.5, "average": 0.55, "dbscan": 0.4}
+"""Per method, for dlib's encodings (and fine-tuned ones, calibrated so that 0.6 keeps dlib's meaning):
+chinese whispers at dlib's 0.5; average linkage and DBSCAN where they score best on lfw_dev."""
 DEFAULT_NEIGHBORS = 100
 WEIGHTINGS = ("similarity", "dlib")
 
@@ -80,6 +86,9 @@ def neighbor_graph(encodings, threshold: float = DEFAULT_THRESHOLD, *, max_neigh
 
 
 # --- chinese whispers ---------------------------------------------------------------------------------
+
+SELF_VOTE = {"similarity": 0.0, "dlib": 1.0}  # dlib's python API links every face to itself, weight 1
+
 
 def edge_weights(distances: np.ndarray, threshold: float, weighting: str = "similarity") -> np.ndarray:
     """Vote weight of edges of these lengths: 1 (``"dlib"``) or ``1 - (d/threshold)²`` (``"similarity"``)."""
@@ -132,18 +141,19 @@ def chinese_whispers(encodings=None, threshold: float = DEFAULT_THRESHOLD, *, gr
 
     :param encodings: (n, d) float (or give ``graph``, a :func:`neighbor_graph` distance matrix).
     :param threshold: faces closer than this (Euclidean) are linked.
-    :param weighting: ``"similarity"`` (default) or ``"dlib"`` (every edge weight 1, dlib's).
+    :param weighting: ``"similarity"`` (default: weights ``1 - (d/threshold)²``, no self vote) or
+        ``"dlib"`` (``dlib.chinese_whispers_clustering``: weight 1, and a self vote of 1).
     """
     if graph is None:
         graph = neighbor_graph(encodings, threshold, max_neighbors=max_neighbors, index=index)
     w = graph.copy().tocsr()
     w.data = edge_weights(w.data, threshold, weighting)
-    return relabel(chinese_whispers_graph(w, iterations=iterations, seed=seed))
+    return relabel(chinese_whispers_graph(w, self_weight=SELF_VOTE[weighting], iterations=iterations, seed=seed))
 
 
 # --- average linkage ------------------------------------------------------------------------------------
 
-def average_linkage(encodings, threshold: float = DEFAULT_THRESHOLD, *, graph=None,
+def average_linkage(encodings=None, threshold: float = DEFAULT_THRESHOLDS["average"], *, graph=None,
                     max_neighbors: int = DEFAULT_NEIGHBORS, index=None) -> np.ndarray:
     """Agglomerative clustering, average linkage on squared distances, cut at ``threshold``.
 
@@ -216,7 +226,7 @@ def _roots(parent: np.ndarray) -> np.ndarray:
 
 # --- DBSCAN -----------------------------------------------------------------------------------------------
 
-def dbscan(encodings=None, threshold: float = DEFAULT_THRESHOLD, *, graph=None, min_samples: int = 2,
+def dbscan(encodings=None, threshold: float = DEFAULT_THRESHOLDS["dbscan"], *, graph=None, min_samples: int = 2,
            max_neighbors: int = DEFAULT_NEIGHBORS, index=None) -> np.ndarray:
     """scikit-learn's DBSCAN (``eps = threshold``) on the sparse neighbour graph; labels as
     :func:`chinese_whispers`. ``min_samples`` counts the face itself (2: any pair closer than eps)."""
@@ -255,16 +265,29 @@ def relabel(raw: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def cluster_faces(encodings, method: str = "chinese-whispers", threshold: float = DEFAULT_THRESHOLD, *,
+def cluster_faces(encodings, method: str = "chinese-whispers", threshold: float | None = None, *,
                   max_neighbors: int = DEFAULT_NEIGHBORS, seed: int = 0, min_samples: int = 2,
                   weighting: str = "similarity", index=None,
                   progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Cluster (n, d) encodings with ``method`` (one of :data:`METHODS`); labels (n,) int64."""
+    """Cluster (n, d) encodings with ``method`` (one of :data:`METHODS`); labels (n,) int64.
+
+    :param threshold: ``None``: the method's :data:`DEFAULT_THRESHOLDS` entry.
+    :param index: a :class:`~dlibplus.gallery.GalleryIndex` over the same encodings (built if ``None``).
+    :param progress: called with the number of faces whose neighbours were found, batch by batch.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    graph = neighbor_graph(encodings, threshold, max_neighbors=max_neighbors, index=index, progress=progress)
+    threshold = DEFAULT_THRESHOLDS[method] if threshold is None else float(threshold)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, not {threshold}")
+    X = np.asarray(encodings, np.float32)
+    if len(X) == 0:
+        return np.zeros(0, np.int64)
+    graph = neighbor_graph(X, threshold, max_neighbors=max_neighbors, index=index, progress=progress)
     if method == "dbscan":
         return dbscan(graph=graph, threshold=threshold, min_samples=min_samples)
+    if method == "average":
+        return average_linkage(X, threshold, graph=graph)
     return chinese_whispers(graph=graph, threshold=threshold, weighting=weighting, seed=seed)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..cluster import DEFAULT_THRESHOLD, METHODS, UNCLUSTERED
+from ..cluster import DEFAULT_THRESHOLDS, METHODS, UNCLUSTERED
 from .options import ENCODER_HELP, face_options, face_settings, user_errors
 
 CSV_NAME = "clusters.csv"
@@ -20,10 +20,13 @@ UNCLUSTERED_NAME = "unclustered"
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
               help=f"Folder to write {CSV_NAME} (and, with --folders, the cluster folders) into.")
 @click.option("--method", type=click.Choice(METHODS), default="chinese-whispers", show_default=True,
-              help="chinese-whispers (dlib's face clustering) or dbscan (scikit-learn's density clustering).")
-@click.option("--threshold", type=click.FloatRange(0, min_open=True), default=DEFAULT_THRESHOLD, show_default=True,
-              help="Faces closer than this (Euclidean distance between encodings) are linked; 0.5 suits dlib's "
-                   "encodings and fine-tuned models (calibrated so that 0.6 keeps dlib's meaning).")
+              help="chinese-whispers (dlib's face clustering, votes weighted by distance), average "
+                   "(agglomerative, average linkage) or dbscan (scikit-learn's density clustering).")
+@click.option("--threshold", type=click.FloatRange(0, min_open=True), default=None,
+              help="Faces closer than this (Euclidean distance between encodings) are linked [default: "
+                   + ", ".join(f"{v} for {k}" for k, v in DEFAULT_THRESHOLDS.items())
+                   + "]; suits dlib's encodings and fine-tuned models (calibrated so that 0.6 keeps dlib's "
+                     "meaning). Lower it if different people share clusters, raise it if one person is split.")
 @click.option("--folders", is_flag=True,
               help="Also write one folder of face crops per cluster (cluster_001, ... and unclustered): rename "
                    "them to people's names and train on them with `dlibplus train-knn OUTPUT --face-box whole`.")
@@ -43,24 +46,13 @@ def cluster(paths, output, method, threshold, folders, encoder, seed, no_cache,
 
     output = output.resolve()
     files, unreadable = _input_files(paths, output)
-    _check_output(output, files, folders)
+    _check_output(output, folders)
     settings = face_settings(detector, upsample, landmarks, face_box, max_side)
     enc, _ = resolve_encoder(encoder)
     for path, reason in unreadable:
         click.echo(f"warning: skipped {path}: {reason}", err=True)
     results = process_images(files, settings, encoder=enc, jobs=jobs, use_cache=not no_cache, progress=True)
-    faces = []  # (path, box)
-    encodings = []
-    failed = 0
-    no_face = 0
-    for r in results:
-        if r.error is not None:
-            click.echo(f"warning: skipped {r.path}: {r.error}", err=True)
-            failed += 1
-            continue
-        no_face += r.n_faces == 0
-        faces += [(r.path, tuple(int(v) for v in box)) for box in r.boxes]
-        encodings += list(r.encodings)
+    faces, encodings, failed, no_face = _collect_faces(results)
     labels = _cluster(encodings, method, threshold, seed)
     names = _cluster_names(labels)
     _write_csv(output / CSV_NAME, faces, names)
@@ -72,23 +64,44 @@ def cluster(paths, output, method, threshold, folders, encoder, seed, no_cache,
                f"unclustered; written to {output / CSV_NAME}", err=True)
 
 
+def _collect_faces(results) -> tuple[list, list, int, int]:
+    """``(path, box)`` and encoding of every face, in input order; images that failed (reported
+    here) and images without a face, counted."""
+    faces, encodings, failed, no_face = [], [], 0, 0
+    for r in results:
+        if r.error is not None:
+            click.echo(f"warning: skipped {r.path}: {r.error}", err=True)
+            failed += 1
+            continue
+        no_face += r.n_faces == 0
+        faces += [(r.path, tuple(int(v) for v in box)) for box in r.boxes]
+        encodings += list(r.encodings)
+    return faces, encodings, failed, no_face
+
+
 def _input_files(paths, output: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Image files to cluster, and the unreadable ones with why. Files under ``output`` (crops of an
-    earlier run) are left out. :raises click.UsageError: a path that does not exist, or no image at all."""
+    earlier run) are left out. :raises click.UsageError: a path that does not exist, the output CSV
+    given as an input, or no readable image at all."""
     from ..data import image_paths
 
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise click.UsageError(f"not found: {', '.join(map(str, missing))}")
-    files, unreadable = [], []
+    if any(Path(p).resolve() == output / CSV_NAME for p in paths):
+        raise click.UsageError(f"{output / CSV_NAME} is one of the inputs; choose another --output")
+    files, unreadable, inside = [], [], 0
     for f in image_paths(paths):
         if _is_under(f.resolve(), output):
+            inside += 1
             continue
         reason = _unreadable(f)
         if reason:
             unreadable.append((f, reason))
         else:
             files.append(f)
+    if inside:
+        click.echo(f"warning: ignoring {inside} image files inside the output folder {output}", err=True)
     if not files:
         what = "no readable image files" if unreadable else "no image files (jpg, jpeg, png, bmp, webp)"
         raise click.UsageError(f"{what} found in the given paths")
@@ -112,13 +125,10 @@ def _is_under(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_output(output: Path, files: list[Path], folders: bool) -> None:
+def _check_output(output: Path, folders: bool) -> None:
     """Refuse, before any work, an output that would write over an input or mix with an earlier run."""
     if output.exists() and not output.is_dir():
         raise click.UsageError(f"--output {output} is a file, not a folder")
-    inputs = {f.resolve() for f in files}
-    if (output / CSV_NAME).resolve() in inputs:
-        raise click.UsageError(f"{output / CSV_NAME} is one of the inputs; choose another --output")
     if folders and output.is_dir():
         old = sorted(p.name for p in output.iterdir()
                      if p.is_dir() and (p.name.startswith("cluster_") or p.name == UNCLUSTERED_NAME))
