@@ -110,5 +110,6 @@ def _encode_parquet(files, folder, settings, encoder, jitters, shard_size, ray_a
         click.echo(f"warning: skipped {path}: {error}", err=True)
     for path in result.no_face:
         click.echo(f"warning: no face in {path}", err=True)
-    click.echo(f"{result.n_faces} faces from {len(files)} images in {len(result.shards)} shards in {folder} "
+    shards = f"{len(result.shards)} shard{'' if len(result.shards) == 1 else 's'}"
+    click.echo(f"{result.n_faces} faces from {len(files)} images in {shards} in {folder} "
                f"({result.written} written, {result.skipped} already there)", err=True)
