@@ -209,3 +209,18 @@ def test_jittered_encoding_with_a_corrupt_face_model_names_the_file(tmp_path, fa
     assert proc.returncode == 2 and "bad model file" in proc.stderr  # bad input: exit 2
     assert models.FACE_RECOGNITION_MODEL in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_encode_failures_show_in_exit_status_and_file(tmp_path, faces_dir):
+    """`encode nonexist.jpg` wrote an empty .npz and exited 0; a corrupt photo among good ones vanished."""
+    out = tmp_path / "enc.npz"
+    res = run("encode", tmp_path / "nonexist.jpg", "-o", out, "-j", 1)
+    assert res.exit_code == 1 and "none of the 1 inputs" in res.output and not out.exists()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    good = faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
+    res = run("encode", good, bad, "-o", out, "-j", 1)
+    assert res.exit_code == 1 and "1 of 2 inputs could not be read" in res.output and "Traceback" not in res.output
+    with np.load(out, allow_pickle=False) as z:
+        assert z["encodings"].shape == (1, 128) and list(z["failed_paths"]) == [str(bad)]
+        assert len(z["failed_reasons"][0]) > 0

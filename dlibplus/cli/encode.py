@@ -44,7 +44,10 @@ def encode(paths, output, parquet, shard_size, ray_address, encoder, jitters, de
            max_side, jobs):
     """Write the encoding of every face in PATHS (files or folders) to an .npz.
 
-    Arrays: encodings (n x 128 float32), paths (n), boxes (n x 4: top, right, bottom, left).
+    Arrays: encodings (n x 128 float32), paths (n), boxes (n x 4: top, right, bottom, left), and the
+    inputs that could not be read with why (failed_paths, failed_reasons). Exit status 1 when any input
+    could not be read; nothing is written when none could.
+
     """
     from ..data import image_paths
     from ..optional import MissingDependencyError
@@ -80,22 +83,28 @@ def _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs) ->
         from ..people import resolve_encoder
 
         results = process_images(files, settings, encoder=resolve_encoder(encoder)[0], num_jitters=jitters, jobs=jobs)
-    encs, names, boxes = [], [], []
+    encs, names, boxes, failed, reasons = [], [], [], [], []
     for r in results:
         if r.error is not None:
             click.echo(f"warning: skipped {r.path}: {r.error}", err=True)
+            failed.append(str(r.path))
+            reasons.append(r.error)
             continue
         if not r.n_faces:
             click.echo(f"warning: no face in {r.path}", err=True)
         encs.append(r.encodings)
         names += [str(r.path)] * r.n_faces
         boxes.append(r.boxes)
+    if len(failed) == len(files):
+        raise click.ClickException(f"none of the {len(files)} inputs could be read; {output} was not written")
     encodings = np.concatenate(encs).astype(np.float32) if encs else np.zeros((0, 128), np.float32)
     with atomic_path(output) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, encodings=encodings, paths=np.array(names, dtype=str),
-                     boxes=np.concatenate(boxes).astype(np.int32) if boxes else np.zeros((0, 4), np.int32))
+                     boxes=np.concatenate(boxes).astype(np.int32) if boxes else np.zeros((0, 4), np.int32),
+                     failed_paths=np.array(failed, dtype=str), failed_reasons=np.array(reasons, dtype=str))
     click.echo(f"{len(names)} faces from {len(files)} images written to {output}", err=True)
+    _fail_if_skipped(len(failed), len(files))
 
 
 def _encode_parquet(files, folder, settings, encoder, jitters, shard_size, ray_address, jobs) -> None:
@@ -108,8 +117,17 @@ def _encode_parquet(files, folder, settings, encoder, jitters, shard_size, ray_a
                                num_cpus=jobs or None, **options)
     for path, error in result.failures:
         click.echo(f"warning: skipped {path}: {error}", err=True)
+    if result.failures and len(result.failures) == len(files):
+        raise click.ClickException(f"none of the {len(files)} inputs could be read")
     for path in result.no_face:
         click.echo(f"warning: no face in {path}", err=True)
     shards = f"{len(result.shards)} shard{'' if len(result.shards) == 1 else 's'}"
     click.echo(f"{result.n_faces} faces from {len(files)} images in {shards} in {folder} "
                f"({result.written} written, {result.skipped} already there)", err=True)
+    _fail_if_skipped(len(result.failures), len(files))
+
+
+def _fail_if_skipped(n_failed: int, n_files: int) -> None:
+    """Exit status 1 when some inputs could not be read (listed above, and in the output's failed_paths)."""
+    if n_failed:
+        raise click.ClickException(f"{n_failed} of {n_files} inputs could not be read (the rest was written)")
