@@ -63,8 +63,13 @@ class AnnotationPlan:
 
     def write(self, path: os.PathLike | str, predictions: Sequence) -> Path:
         """Write the annotated copy of ``path`` and record it in the manifest; returns where."""
+        draw_predictions(path, predictions, self.target(path))
+        return self.record(path)
+
+    def record(self, path: os.PathLike | str) -> Path:
+        """Record in the manifest that the copy of ``path`` (written here, or by the video writer) is
+        dlibplus's, so a later run may replace it; returns where it is."""
         out = self.target(path)
-        draw_predictions(path, predictions, out)
         self._written.add(out.relative_to(self._out).as_posix())
         write_json(self.out_dir / MANIFEST, sorted(self._written))
         return out

@@ -174,3 +174,39 @@ def test_is_video_file(tmp_path):
     folder = tmp_path / "weird.mp4"
     folder.mkdir()
     assert not is_video_file(folder)
+
+
+def test_predict_command_routes_videos(clip, knn, faces_dir, tmp_path):
+    """`dlibplus predict MODEL clip.mp4 photo.jpg --every 5 --annotate DIR`: the photo's rows, then one row per
+    face per sampled frame with frame and time; an annotated video beside the annotated photo."""
+    import csv
+    import io
+
+    from click.testing import CliRunner
+
+    from dlibplus.cli import main
+
+    import os
+
+    video, truth = clip
+    model = tmp_path / "m.npz"
+    knn.save(model)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = inputs / "obama.jpg"
+    os.symlink(faces_dir / "face_recognition/obama/examples__obama-480p.jpg", photo)
+    os.symlink(clip[0], inputs / "clip.mp4")
+    video = inputs / "clip.mp4"
+    out = tmp_path / "annotated"
+    res = CliRunner().invoke(main, ["predict", str(model), str(photo), str(video), "--every", "5", "--annotate",
+                                    str(out), "-j", "1"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(rows[0]) == ["path", "name", "top", "right", "bottom", "left", "distance", "error", "frame", "time"]
+    assert rows[0]["name"] == "obama" and rows[0]["frame"] == ""
+    video_rows = [r for r in rows if r["path"] == str(video)]
+    assert [int(r["frame"]) for r in video_rows] == [0, 5, 10, 15]
+    assert [r["name"] for r in video_rows] == [truth[f] for f in (0, 5, 10, 15)]
+    assert float(video_rows[1]["time"]) == pytest.approx(5 / FPS)
+    assert (out / video.name).is_file() and (out / photo.name).is_file()
+    assert video_info(out / video.name).frame_count == len(truth)

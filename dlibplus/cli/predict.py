@@ -12,6 +12,7 @@ import click
 from .options import BadInput, check_output_folder, jobs_option, user_errors
 
 FIELDS = ("path", "name", "top", "right", "bottom", "left", "distance", "error")
+VIDEO_FIELDS = ("frame", "time")  # appended when videos are among the inputs
 NO_FACE = "no_persons_found"  # the example's name for an image without faces
 UNREADABLE = "error"  # the name column of an input that could not be read
 
@@ -40,19 +41,25 @@ UNREADABLE = "error"  # the name column of an input that could not be read
                    "trained on tight crops, 'whole' to take each image as one face.")
 @click.option("--max-side", type=click.IntRange(0), default=None,
               help="Override the model's --max-side: shrink longer images before detection (0: never).")
+@click.option("--every", type=click.IntRange(1), default=1, show_default=True,
+              help="For video files: name the faces of one frame in every N.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @jobs_option()
 @user_errors
 def predict(model, paths, threshold, as_json, annotate, encoder, classifier, detector, upsample, face_box,
-            max_side, no_cache, jobs):
+            max_side, every, no_cache, jobs):
     """Name the faces in PATHS (image files or folders) with a model from train-knn (or finetune).
 
     CSV with a header row: path,name,top,right,bottom,left,distance,error. One row per face; "unknown"
     beyond the threshold, "no_persons_found" for an image without faces, "error" (with the reason) for
     an input that could not be read. Rows are written as each image is done. Exit status 1 when any
     input could not be read.
+
+    Video files given as PATHS (mp4, avi, mov, mkv, ...) get one row per face per sampled frame (--every),
+    with two more columns: frame (0-based) and time (seconds); --annotate writes an annotated video.
     """
     from ..predict import predict_images
+    from ..video import is_video_file
 
     clf = _load_classifier(model, classifier)
     recipe = _recipe(clf, model, encoder, detector=detector, upsample=upsample, face_box=face_box,
@@ -65,6 +72,8 @@ def predict(model, paths, threshold, as_json, annotate, encoder, classifier, det
         files = [f for f in files if Path(os.path.abspath(f)) not in copies]
     if not files:
         raise click.UsageError("no image files found in the given paths")
+    videos = [f for f in files if is_video_file(f)]
+    images = [f for f in files if not is_video_file(f)]
     plan = None
     if annotate is not None:
         from ..annotate import AnnotationPlan
@@ -72,21 +81,44 @@ def predict(model, paths, threshold, as_json, annotate, encoder, classifier, det
         check_output_folder(annotate, "--annotate")
         plan = AnnotationPlan(files, annotate)
     n_failed = 0
-    writer = _RowWriter(as_json)
+    writer = _RowWriter(as_json, FIELDS + (VIDEO_FIELDS if videos else ()))
     try:
-        for result in predict_images(files, clf, threshold=threshold, recipe=recipe, jobs=jobs,
-                                     use_cache=not no_cache):
-            if result.error is not None:
-                n_failed += 1
-                click.echo(f"warning: skipped {result.path}: {result.error}", err=True)
-            writer.image(result)
-            if plan is not None and result.error is None:
-                plan.write(result.path, result.faces)
+        if images:
+            for result in predict_images(images, clf, threshold=threshold, recipe=recipe, jobs=jobs,
+                                         use_cache=not no_cache):
+                if result.error is not None:
+                    n_failed += 1
+                    click.echo(f"warning: skipped {result.path}: {result.error}", err=True)
+                writer.image(result)
+                if plan is not None and result.error is None:
+                    plan.write(result.path, result.faces)
+        for video in videos:
+            n_failed += not _predict_video(video, clf, writer, threshold=threshold, recipe=recipe, every=every,
+                                           plan=plan)
     finally:
         writer.close()
     if n_failed:
         raise click.ClickException(f"{n_failed} of {len(files)} inputs could not be read (rows with name "
                                    f"'{UNREADABLE}')")
+
+
+def _predict_video(path: Path, clf, writer: "_RowWriter", *, threshold, recipe, every: int, plan) -> bool:
+    """Rows for every face of every sampled frame of one video; False (and an error row) when it cannot
+    be read."""
+    from ..video import VideoError, predict_video
+
+    target = plan.target(path) if plan is not None else None
+    try:
+        for face in predict_video(path, clf, every=every, threshold=threshold, recipe=recipe, annotate_to=target):
+            writer.row(face.to_dict())
+    except VideoError as exc:
+        click.echo(f"warning: skipped {path}: {exc.reason}", err=True)
+        writer.row({"path": str(path), "name": UNREADABLE, "error": exc.reason})
+        return False
+    if plan is not None:
+        plan.record(path)
+        click.echo(f"annotated video written to {target}", err=True)
+    return True
 
 
 def _inputs(paths) -> list[Path]:
@@ -140,8 +172,9 @@ def _recipe(clf, model: Path, encoder: str | None, **face_overrides):
 class _RowWriter:
     """CSV (header first) or a JSON list on stdout, flushed per image so results stream."""
 
-    def __init__(self, as_json: bool):
-        self.csv = None if as_json else csv.DictWriter(sys.stdout, FIELDS, lineterminator="\n")
+    def __init__(self, as_json: bool, fields: tuple[str, ...] = FIELDS):
+        self.csv = None if as_json else csv.DictWriter(sys.stdout, fields, lineterminator="\n",
+                                                       extrasaction="ignore")
         self.n_rows = 0
         if self.csv is not None:
             self.csv.writeheader()
@@ -163,9 +196,14 @@ class _RowWriter:
             rows = [{"path": path, "name": p.name, "top": p.box[0], "right": p.box[1], "bottom": p.box[2],
                      "left": p.box[3], "distance": round(p.distance, 6)} for p in result.faces]
         for row in rows:
-            if self.csv is not None:
-                self.csv.writerow(row)
-            else:
-                sys.stdout.write(("," if self.n_rows else "") + "\n  " + json.dumps(row))
-            self.n_rows += 1
+            self.row(row, flush=False)
         sys.stdout.flush()
+
+    def row(self, row: dict, flush: bool = True) -> None:
+        if self.csv is not None:
+            self.csv.writerow(row)
+        else:
+            sys.stdout.write(("," if self.n_rows else "") + "\n  " + json.dumps(row))
+        self.n_rows += 1
+        if flush:
+            sys.stdout.flush()
