@@ -29,10 +29,10 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun if n == 1 else _PLURALS.get(noun, noun + 's')}"
 
 
-def resolve_encoder(spec: str | None):
+def resolve_encoder(spec: str | None, **options):
     """``(encoder, spec)``: ``'dlib'``/``None``, ``'torch'``, a ``.dat`` file or a fine-tuned model folder,
     each optionally followed by ``+flip`` → a loaded encoder, and the spec with an absolute path (what
-    model metadata records)."""
+    model metadata records). ``options`` go to the torch encoder (``precision``)."""
     from .encoders import FLIP_SUFFIX, load_encoder, split_flip
 
     if spec is None:
@@ -42,7 +42,7 @@ def resolve_encoder(spec: str | None):
     if base not in ("dlib", "torch"):
         base = str(Path(base).resolve())
     spec = base + (FLIP_SUFFIX if flip else "")
-    return load_encoder(spec), spec
+    return load_encoder(spec, **options), spec
 
 
 @dataclass

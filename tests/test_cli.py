@@ -224,3 +224,15 @@ def test_encode_failures_show_in_exit_status_and_file(tmp_path, faces_dir):
     with np.load(out, allow_pickle=False) as z:
         assert z["encodings"].shape == (1, 128) and list(z["failed_paths"]) == [str(bad)]
         assert len(z["failed_reasons"][0]) > 0
+
+
+def test_encode_fast_precision_is_explicit_and_close(tmp_path, faces_dir):
+    """--precision fast (bfloat16 on CPU) is opt-in, refused for dlib's own encoder, and stays close to exact."""
+    photo = faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
+    res = run("encode", photo, "-o", tmp_path / "x.npz", "--precision", "fast", "-j", 1)
+    assert res.exit_code == 2 and "--precision" in res.output
+    exact, fast = tmp_path / "exact.npz", tmp_path / "fast.npz"
+    assert run("encode", photo, "-o", exact, "--encoder", "torch", "-j", 1).exit_code == 0
+    assert run("encode", photo, "-o", fast, "--encoder", "torch", "--precision", "fast", "-j", 1).exit_code == 0
+    a, b = np.load(exact)["encodings"], np.load(fast)["encodings"]
+    assert a.shape == b.shape == (1, 128) and 0 < np.abs(a - b).max() < 0.03
