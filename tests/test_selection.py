@@ -1,0 +1,59 @@
+"""Choosing between dlib and fine-tuned candidates on real encodings: never worse than dlib, scale-free."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlibplus.faces import FaceSettings
+from dlibplus.people import load_people
+from dlibplus.selection import assess, bootstrap_gain, select
+
+
+@pytest.fixture(scope="module")
+def kpop(faces_dir):
+    people = load_people(faces_dir / "kpop_idols15", settings=FaceSettings(face_box="whole"), jobs=2,
+                         encoder="torch", progress=False)
+    rng = np.random.default_rng(0)
+    val = np.zeros(len(people.labels), bool)
+    for person in np.unique(people.labels):
+        val[rng.choice(np.flatnonzero(people.labels == person), 2, replace=False)] = True
+    return people.encodings[~val], people.labels[~val], people.encodings[val], people.labels[val]
+
+
+def judge(train, train_y, val, val_y, alpha, calibrate=True):
+    return assess(train, train_y, val, val_y, alpha=alpha, calibrate=calibrate, target_far=None, seed=0)
+
+
+def test_a_rescaled_dlib_is_not_a_gain_and_a_noisier_one_is_refused(kpop):
+    train, train_y, val, val_y = kpop
+    dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
+    rescaled = judge(2 * train, train_y, 2 * val, val_y, 1.0)  # same geometry, other units
+    rng = np.random.default_rng(1)
+    noisy = judge(train + rng.normal(0, 0.05, train.shape), train_y, val + rng.normal(0, 0.05, val.shape), val_y, 0.5)
+    # margins compare geometry whatever the units or the calibration: the rescaled copy separates people as dlib
+    assert np.allclose(rescaled.margin, dlib.margin, atol=1e-9)
+    chosen = select([rescaled, noisy], dlib, val_y, seed=0)
+    assert chosen.chosen is dlib and not chosen.beats_dlib
+
+
+def test_a_candidate_that_names_more_photos_and_separates_better_is_kept(kpop):
+    train, train_y, val, val_y = kpop
+    dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
+    # pull every photo a third of the way to its person's mean: what a useful fine-tuning does
+    means = {p: np.concatenate([train, val])[np.concatenate([train_y, val_y]) == p].mean(0) for p in np.unique(train_y)}
+    tighter = lambda x, y: x + (np.stack([means[p] for p in y]) - x) / 3  # noqa: E731
+    better = judge(tighter(train, train_y), train_y, tighter(val, val_y), val_y, 1.0)
+    assert better.mean_margin > dlib.mean_margin and better.accuracy >= dlib.accuracy
+    chosen = select([better], dlib, val_y, seed=0)
+    assert chosen.chosen is better and chosen.beats_dlib
+
+
+def test_bootstrap_over_people_matches_a_direct_resampling():
+    a = np.array([1, 1, 0, 1, 0, 1], float)
+    b = np.array([0, 1, 0, 0, 0, 1], float)
+    groups = np.array(["x", "x", "y", "y", "z", "z"])
+    draws = bootstrap_gain(a, b, groups, n_boot=4000, seed=3)
+    # by hand: people x, y, z gain 1/2, 1/2, 0 per photo (2 photos each): the mean over draws is the mean gain
+    assert draws.mean() == pytest.approx((a - b).mean(), abs=0.01)
+    assert set(np.round(np.unique(draws), 6)) <= {0.0, round(1 / 6, 6), round(1 / 3, 6), 0.5}
+    assert np.all(bootstrap_gain(a, a, groups, n_boot=100) == 0)
