@@ -81,18 +81,26 @@ class FaceKNN:
     :param threshold: Euclidean distance beyond which a face is "unknown" (face_recognition's 0.6).
     :param recipe: how the encodings given to :meth:`fit` were made (encoder, face settings, jitter);
         prediction on photos follows it (:func:`dlibplus.predict.predict_images`).
+    :param method: who a face is: ``"knn"`` (the example's distance-weighted vote of the k nearest photos),
+        ``"prototype"`` (the nearest person's mean encoding) or ``"svm"`` (a linear SVM). Whatever the method,
+        "unknown" is decided on the distance to the nearest photo of the predicted person, so the threshold
+        keeps face_recognition's meaning. With few photos per person the last two name more faces rightly
+        on dlib's encodings (BENCHMARKS.md, the suite).
     """
 
+    METHODS = ("knn", "prototype", "svm")
+
     def __init__(self, n_neighbors: int | str = "auto", algorithm: str = "ball_tree", threshold: float = 0.6,
-                 recipe: Recipe | None = None):
+                 recipe: Recipe | None = None, method: str = "knn"):
         self.n_neighbors = n_neighbors
         self.algorithm = algorithm
         self.threshold = threshold
         self.recipe = recipe if recipe is not None else Recipe()
+        self.method = method
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {"n_neighbors": self.n_neighbors, "algorithm": self.algorithm, "threshold": self.threshold,
-                "recipe": self.recipe}
+                "recipe": self.recipe, "method": self.method}
 
     def set_params(self, **params) -> "FaceKNN":
         for key, value in params.items():
@@ -104,8 +112,6 @@ class FaceKNN:
     # -- training -------------------------------------------------------------------------------
     def fit(self, X: np.ndarray, y: Sequence[str]) -> "FaceKNN":
         """:param X: (n, 128) float encodings. :param y: n person names."""
-        from sklearn.neighbors import KNeighborsClassifier
-
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or len(X) == 0:
             raise ValueError("need a non-empty (n, d) array of encodings")
@@ -113,6 +119,8 @@ class FaceKNN:
             raise ValueError(f"{len(y)} labels for {len(X)} encodings")
         if not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
             raise ValueError(f"threshold must be a distance >= 0, not {self.threshold!r}")
+        if self.method not in self.METHODS:
+            raise ValueError(f"method must be one of {list(self.METHODS)}, not {self.method!r}")
         self.classes_, labels = np.unique(np.asarray(y, dtype=str), return_inverse=True)
         self.encodings_, self.labels_ = X, labels
         self.loo_scores_: dict[int, float] = {}
@@ -125,13 +133,24 @@ class FaceKNN:
             if self.k_ < 1:
                 raise ValueError(f"n_neighbors must be >= 1, not {self.k_}")
         self.k_ = min(self.k_, len(X))
-        self.clf_ = KNeighborsClassifier(n_neighbors=self.k_, algorithm=self.algorithm, weights="distance")
+        self.clf_ = self._classifier()
         with warnings.catch_warnings():
             # scikit-learn hints that more classes than half the samples looks like regression; a face
             # gallery with one or two photos per person is exactly that, and fine
             warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
             self.clf_.fit(X, labels)
         return self
+
+    def _classifier(self):
+        """The scikit-learn classifier that names faces (the threshold is applied apart)."""
+        from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+        from sklearn.svm import LinearSVC
+
+        if self.method == "prototype":
+            return NearestCentroid()
+        if self.method == "svm":
+            return LinearSVC(C=1.0, max_iter=20000, random_state=0)
+        return KNeighborsClassifier(n_neighbors=self.k_, algorithm=self.algorithm, weights="distance")
 
     def _check(self) -> None:
         if not hasattr(self, "clf_"):
@@ -177,7 +196,7 @@ class FaceKNN:
         from .encoders import encoder_sha256
 
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_neighbors": self.k_,
-                "n_neighbors_rule": str(self.n_neighbors), "algorithm": self.algorithm,
+                "n_neighbors_rule": str(self.n_neighbors), "algorithm": self.algorithm, "method": self.method,
                 "threshold": self.threshold,
                 "loo_accuracy": {str(k): v for k, v in self.loo_scores_.items()},
                 **self.recipe.relative_to(Path(path).parent).to_dict(),
@@ -211,7 +230,8 @@ class FaceKNN:
         _check_encoder(path, recipe.encoder, meta.get("encoder_sha256"))
         try:
             labels = arrays["classes"][arrays["labels"]]
-            model = cls(int(meta["n_neighbors"]), meta["algorithm"], float(meta["threshold"]), recipe)
+            model = cls(int(meta["n_neighbors"]), meta["algorithm"], float(meta["threshold"]), recipe,
+                        str(meta.get("method", "knn")))
             model.fit(arrays["encodings"], labels)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ModelFileError(path, f"inconsistent KNN model ({type(exc).__name__}: {exc})") from None

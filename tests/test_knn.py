@@ -141,3 +141,25 @@ def test_estimator_contract(kpop):
     assert copy.get_params() == params and not hasattr(copy, "clf_")
     with pytest.raises(ValueError, match="threshold"):
         FaceKNN(threshold=-1).fit(X[:60], labels[:60])
+
+
+def test_prototype_and_svm_methods_name_faces_as_scikit_learn_does_and_keep_the_threshold(kpop, tmp_path):
+    """--method prototype / svm: the person is scikit-learn's NearestCentroid / LinearSVC answer; the
+    distance and "unknown" still concern the nearest photo of that person; both survive save/load."""
+    from sklearn.neighbors import NearestCentroid
+    from sklearn.svm import LinearSVC
+
+    X, labels = kpop
+    train, test = _split(labels)
+    for method, ref in (("prototype", NearestCentroid()), ("svm", LinearSVC(C=1.0, max_iter=20000, random_state=0))):
+        model = FaceKNN(method=method).fit(X[train], labels[train])
+        names, dist, people = model.predict_with_distance(X[test])
+        assert (people == ref.fit(X[train], labels[train]).predict(X[test])).all()
+        for x, d, p in zip(X[test], dist, people):
+            assert d == pytest.approx(np.linalg.norm(X[train][labels[train] == p] - x, axis=1).min())
+        assert ((names == "unknown") == (dist > 0.6)).all()
+        model.save(tmp_path / f"{method}.npz")
+        loaded = FaceKNN.load(tmp_path / f"{method}.npz")
+        assert loaded.method == method and np.array_equal(loaded.predict(X[test]), names)
+    with pytest.raises(ValueError, match="method"):
+        FaceKNN(method="forest").fit(X[train], labels[train])

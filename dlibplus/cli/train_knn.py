@@ -16,6 +16,11 @@ from .options import ENCODER_HELP, BadInput, check_output_file, face_options, fa
               help="k: 'auto' (leave-one-out choice), 'sqrt' (the example's round(sqrt(n))) or a whole number >= 1.")
 @click.option("--algorithm", type=click.Choice(["ball_tree", "kd_tree", "brute", "auto"]), default="ball_tree",
               show_default=True, help="scikit-learn's neighbour search (same answers, different speed).")
+@click.option("--method", type=click.Choice(["knn", "prototype", "svm"]), default="knn", show_default=True,
+              help="Who a face is: knn (the example's vote of the k nearest photos), prototype (the nearest "
+                   "person's mean encoding) or svm (a linear SVM); 'unknown' is always decided on the distance "
+                   "to the nearest photo of the predicted person. With few photos per person prototype and svm "
+                   "name more faces rightly (README).")
 @click.option("--threshold", type=click.FloatRange(0), default=0.6, show_default=True,
               help="Distance beyond which a face is 'unknown' (stored in the model).")
 @click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
@@ -26,7 +31,7 @@ from .options import ENCODER_HELP, BadInput, check_output_file, face_options, fa
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @face_options
 @user_errors
-def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encoder, report, no_cache,
+def train_knn(folder, output, n_neighbors, algorithm, method, threshold, jitters, encoder, report, no_cache,
               detector, upsample, landmarks, face_box, max_side, jobs):
     """Train a k-NN face classifier on FOLDER/<person>/<image>.
 
@@ -50,7 +55,7 @@ def train_knn(folder, output, n_neighbors, algorithm, threshold, jitters, encode
         click.echo(line, err=True)
     if report:
         write_json(report, people.report())
-    model = FaceKNN(n_neighbors, algorithm, threshold, people.recipe).fit(people.encodings, people.labels)
+    model = FaceKNN(n_neighbors, algorithm, threshold, people.recipe, method).fit(people.encodings, people.labels)
     model.save(output, info=people.info())
     click.echo(f"trained on {counted(len(people.labels), 'face')} of {counted(len(model.classes_), 'person')}, "
                f"k={model.k_} "
