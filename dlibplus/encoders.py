@@ -18,7 +18,6 @@ torch is imported only when a :class:`TorchEncoder` is built.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from pathlib import Path
@@ -75,15 +74,7 @@ def as_chips(chips: Chips) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-@functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    return fileio.file_sha256(path)  # size and mtime key the cache: a changed file is hashed again
-
-
-def file_sha256(path: os.PathLike | str) -> str:
-    """sha256 of a file (cached per path, size and modification time)."""
-    stat = os.stat(path)
-    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+file_sha256 = fileio.cached_file_sha256  # model files are hashed for every encoder made: remembered
 
 
 class DlibEncoder:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -49,6 +50,18 @@ def file_sha256(path: os.PathLike | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def cached_file_sha256(path: os.PathLike | str) -> str:
+    """:func:`file_sha256`, remembered per path, size and modification time (a changed file is hashed
+    again): for model files hashed on every encoder made."""
+    stat = os.stat(path)
+    return _cached_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def settings_key(settings: dict) -> str:
