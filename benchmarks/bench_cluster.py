@@ -107,14 +107,18 @@ def run_methods(data: dict, sweep: bool) -> list[dict]:
         score(f"{method} (default)", default, labels, time.perf_counter() - t0)
     if sweep:
         graph = neighbor_graph(X, 0.7)
-        funcs = {"average": average_linkage, "chinese-whispers": chinese_whispers, "dbscan": dbscan}
+        funcs = {"chinese-whispers": lambda g, t: chinese_whispers(graph=g, threshold=t),
+                 "chinese-whispers, dlib's weighting": lambda g, t: chinese_whispers(graph=g, threshold=t,
+                                                                                      weighting="dlib"),
+                 "average": lambda g, t: average_linkage(X, t, graph=g),
+                 "dbscan": lambda g, t: dbscan(graph=g, threshold=t)}
         for method, func in funcs.items():
             for t in np.arange(0.40, 0.66, 0.025):
                 sub = graph.copy()
                 sub.data[sub.data >= t] = 0
                 sub.eliminate_zeros()
                 t0 = time.perf_counter()
-                score(method, round(float(t), 3), func(graph=sub, threshold=float(t)), time.perf_counter() - t0)
+                score(method, round(float(t), 3), func(sub, float(t)), time.perf_counter() - t0)
     return rows
 
 

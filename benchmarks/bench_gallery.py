@@ -1,7 +1,7 @@
 """GalleryIndex at 10k, 100k and 1M faces: build time, open time, peak memory on load, top-1 latency
 (exact and approximate, queries in batches of 100) and the approximate index's recall@1 against exact.
 
-How the galleries are made (``synthetic_faces``): dlib encodings of the labelled face of every photo
+How the galleries are made (``Population``): dlib encodings of the labelled face of every photo
 of every set in ``../shared/data/faces`` (see bench_cluster.encode_set; about 7.5k real faces of 1.1k
 people) are kept as they are, and the rest are augmented copies made in encoding space from real
 statistics:
@@ -19,9 +19,9 @@ the gallery (a new photo of a known person), and recall@1 is measured on them ag
 Images are not jittered through the network: a million dlib encodings would take days on two cores.
 
 Open time and peak memory are measured in a fresh process (``GalleryIndex.load`` of the saved folder:
-encodings memory-mapped, IVF lists memory-mapped): RSS and peak RSS (ru_maxrss) just after load,
-then after the first batch of queries (which pages in what it touches; those are file-backed pages
-the OS can drop).
+encodings memory-mapped, HNSW graph and vectors or IVF lists memory-mapped): RSS and peak RSS
+(ru_maxrss) before and just after load, then after the first batch of queries (which pages in what it
+touches: file-backed pages the OS can drop). Python, numpy and faiss themselves take ~100 MB of that.
 
     python benchmarks/bench_gallery.py [--sizes 10000,100000,1000000] [--work /tmp/dlibplus-bench-gallery]
 """
@@ -114,26 +114,27 @@ def latency(index, queries: np.ndarray, exact: bool | None, budget_s: float = 20
 
 
 _OPEN_SCRIPT = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[3])
 import numpy as np
-def rss():
+def rss(field="VmRSS"):  # MB; VmHWM is the peak (ru_maxrss would include the parent's, kept across exec)
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) // 1024 for l in f if l.startswith("VmRSS"))
+        return next(int(l.split()[1]) // 1024 for l in f if l.startswith(field))
 import faiss
 from dlibplus.gallery import GalleryIndex
 q = np.load(sys.argv[2])
-base = rss()
+base, peak_base = rss(), rss("VmHWM")
 t0 = time.perf_counter()
 g = GalleryIndex.load(sys.argv[1])
 opened = time.perf_counter() - t0
-after_load, peak_load = rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+after_load, peak_load = rss(), rss("VmHWM")
 t0 = time.perf_counter()
 g.search(q[:100], 1)
 first = time.perf_counter() - t0
-print(json.dumps({"open_s": opened, "rss_before_mb": base, "rss_after_load_mb": after_load,
+print(json.dumps({"open_s": opened, "rss_before_mb": base, "peak_rss_before_mb": peak_base,
+                  "rss_after_load_mb": after_load,
                   "peak_rss_after_load_mb": peak_load, "first_batch_s": first, "rss_after_search_mb": rss(),
-                  "peak_rss_after_search_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+                  "peak_rss_after_search_mb": rss("VmHWM")}))
 """
 
 
@@ -168,7 +169,8 @@ def bench_size(n: int, X: np.ndarray, queries: np.ndarray, work: Path, kinds: li
         else:
             if exact_ids is None:
                 exact_ids = loaded.search(queries, 1, exact=True)[1][:, 0]
-            row.update(nlist=info["nlist"], nprobe=info["nprobe"], build_recall_at_1=info["recall_at_1"],
+            params = ("hnsw_m", "ef_search") if kind == "hnsw" else ("nlist", "nprobe")
+            row.update({p: info[p] for p in params}, build_recall_at_1=info["recall_at_1"],
                        recall_at_1=float(np.mean(loaded.search(queries, 1)[1][:, 0] == exact_ids)))
         result[kind] = row
         print(f"  {kind}: {json.dumps(row)}", flush=True)

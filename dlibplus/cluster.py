@@ -153,7 +153,7 @@ def chinese_whispers(encodings=None, threshold: float = DEFAULT_THRESHOLD, *, gr
 
 # --- average linkage ------------------------------------------------------------------------------------
 
-def average_linkage(encodings=None, threshold: float = DEFAULT_THRESHOLDS["average"], *, graph=None,
+def average_linkage(encodings, threshold: float = DEFAULT_THRESHOLDS["average"], *, graph=None,
                     max_neighbors: int = DEFAULT_NEIGHBORS, index=None) -> np.ndarray:
     """Agglomerative clustering, average linkage on squared distances, cut at ``threshold``.
 

@@ -46,6 +46,7 @@ faiss is optional (``pip install dlibplus[scale]``, i.e. ``faiss-cpu``): without
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -64,11 +65,13 @@ FORMAT = "dlibplus-gallery"
 FORMAT_VERSION = 1
 META_FILE = "gallery.json"
 EXACT_MAX = 100_000
-"""Largest gallery built exact by default. Exact search costs about n·d·2 flops per query: at 100k faces
-that is ~0.3-0.5 ms per query on two cores, what the approximate index takes at 1M, so above it the IVF
-wins and below it approximation buys nothing."""
-RECALL_TARGET = 0.995
-"""Build-time recall@1 that picks ``nprobe`` (a margin over the 0.99 the issue asks for)."""
+"""Largest gallery built exact by default. Exact search costs about 2·n·d flops per query: at 100k faces
+about what an approximate query costs at 1M (BENCHMARKS.md), so above it HNSW wins and below it
+approximation buys nothing but lost recall."""
+RECALL_TARGET = 0.998
+"""Build-time recall@1 that picks the search breadth. The margin over the 0.99 the issue asks for covers
+the leave-one-out measurement's optimism (a gallery face is in the graph or lists it is searched in; a
+new photo is not: at 100k faces 0.997 leave-one-out was 0.989 on new faces, bench_gallery.py)."""
 RECALL_SAMPLE = 2000
 """Gallery faces used as queries to measure recall at build time."""
 KINDS = ("auto", "exact", "hnsw", "ivf")
@@ -148,41 +151,77 @@ def _as_encodings(X, dim: int | None = None, what: str = "encodings") -> np.ndar
 
 # --- exact search kernels ---------------------------------------------------------------------------
 
-def _knn_sq_numpy(Q: np.ndarray, X: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate-in-float32 squared L2 top-``c`` of Q (m, d) in X (n, d) by blocks of X: (m, c), (m, c)."""
+def _knn_sq_numpy(Q: np.ndarray, X: np.ndarray, norms: np.ndarray, c: int) -> np.ndarray:
+    """Ids (m, c) of the ``c`` nearest rows of X (n, d) for Q (m, d), squared L2 in float32, by blocks."""
     m = len(Q)
     best_d = np.full((m, 0), np.inf, np.float32)
     best_i = np.zeros((m, 0), np.int64)
-    qn = np.einsum("ij,ij->i", Q, Q)[:, None]
     for start in range(0, len(X), _NUMPY_CHUNK):
         block = np.asarray(X[start:start + _NUMPY_CHUNK], np.float32)
-        d2 = qn - 2.0 * (Q @ block.T) + np.einsum("ij,ij->i", block, block)[None, :]
+        d2 = norms[start:start + len(block)][None, :] - 2.0 * (Q @ block.T)  # + |q|², the same for a row
         cand_d = np.concatenate([best_d, d2], axis=1)
         cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(block)), d2.shape)], axis=1)
         keep = min(c, cand_d.shape[1])
         part = np.argpartition(cand_d, keep - 1, axis=1)[:, :keep]
         best_d = np.take_along_axis(cand_d, part, 1)
         best_i = np.take_along_axis(cand_i, part, 1)
-    return best_d, best_i
+    return best_i
 
 
-def _knn_candidates(Q: np.ndarray, X: np.ndarray, c: int) -> np.ndarray:
-    """Row ids (m, c) of the ``c`` nearest rows of X (squared L2 in float32, faiss when present); -1 pads."""
+@contextlib.contextmanager
+def _blas_blocks(faiss):
+    """faiss's brute force, as ``IndexFlatL2`` runs it, tuned for batches of queries against a large
+    gallery: BLAS from 20 queries (this faiss's default threshold is far higher, and its per-pair SIMD
+    path is several times slower than one matrix product) in blocks of 256 queries × 65536 faces
+    (64 MB of products; the default 1024-face blocks spend more time on reductions than on BLAS).
+    These are faiss globals: set around the call, then restored."""
+    cv = faiss.cvar
+    names = ("distance_compute_blas_threshold", "distance_compute_blas_query_bs",
+             "distance_compute_blas_database_bs")
+    saved = [getattr(cv, n) for n in names]
+    for n, v in zip(names, (20, 256, 65536)):
+        setattr(cv, n, v)
+    try:
+        yield
+    finally:
+        for n, v in zip(names, saved):
+            setattr(cv, n, v)
+
+
+def _knn_candidates(Q: np.ndarray, X: np.ndarray, norms: np.ndarray, c: int) -> np.ndarray:
+    """Row ids (m, c) of the ``c`` nearest rows of X (squared L2 in float32, faiss when present); -1 pads.
+
+    :param norms: (n,) float32 squared norms of X's rows (computed once per gallery).
+    """
     if len(X) == 0:
         return np.full((len(Q), c), -1, np.int64)
     c_eff = min(c, len(X))
     faiss = _faiss()
     if faiss is not None:
-        _, ids = faiss.knn(Q, X, c_eff)
+        X = np.ascontiguousarray(X)  # a memory map stays one (no copy)
+        D = np.empty((len(Q), c_eff), np.float32)
+        ids = np.empty((len(Q), c_eff), np.int64)
+        with _blas_blocks(faiss):
+            faiss.knn_L2sqr(faiss.swig_ptr(Q), faiss.swig_ptr(X), X.shape[1], len(Q), len(X), c_eff,
+                            faiss.swig_ptr(D), faiss.swig_ptr(ids), faiss.swig_ptr(norms))
     else:
-        _, ids = _knn_sq_numpy(Q, X, c_eff)
+        ids = _knn_sq_numpy(Q, X, norms, c_eff)
     if c_eff < c:
         ids = np.concatenate([ids, np.full((len(Q), c - c_eff), -1, np.int64)], axis=1)
-    return ids.astype(np.int64, copy=False)
+    return ids
+
+
+def _sq_norms(X: np.ndarray) -> np.ndarray:
+    """(n,) float32 squared row norms of (n, d) X, in blocks (a memory map is read once)."""
+    out = np.empty(len(X), np.float32)
+    for start in range(0, len(X), 1 << 18):
+        block = np.asarray(X[start:start + (1 << 18)], np.float32)
+        out[start:start + len(block)] = np.einsum("ij,ij->i", block, block)
+    return out
 
 
 def _margin(k: int) -> int:
-    """Extra candidates fetched before float64 re-ranking (absorbs float32 rounding near ties)."""
+    """Candidates fetched for the top ``k``: a few more, re-ranked in float64 (float32 rounding near ties)."""
     return k + max(8, k // 4)
 
 
@@ -205,6 +244,7 @@ class GalleryIndex:
         self.device = device
         self._base = np.zeros((0, self.dim), np.float32)  # may be a read-only memmap
         self._tail = np.zeros((0, self.dim), np.float32)  # rows added since build/load, in memory
+        self._base_norms: np.ndarray | None = None  # squared norms of _base, on first exact search
         self._ann = None  # faiss HNSW or IVF index over every row, or None for an exact gallery
         self._ann_mmapped = False
         self._ann_path: Path | None = None
@@ -378,9 +418,11 @@ class GalleryIndex:
             return gpu.search(Q, min(c, 2048))[1].astype(np.int64)  # faiss-gpu's largest k
         if use_ann:
             return self._ann.search(Q, c)[1].astype(np.int64)
-        ids = _knn_candidates(Q, self._base, c)
+        if self._base_norms is None:
+            self._base_norms = _sq_norms(self._base)
+        ids = _knn_candidates(Q, self._base, self._base_norms, c)
         if len(self._tail):
-            tail = _knn_candidates(Q, self._tail, c)
+            tail = _knn_candidates(Q, self._tail, _sq_norms(self._tail), c)
             ids = np.concatenate([ids, np.where(tail >= 0, tail + len(self._base), -1)], axis=1)
         return ids
 
@@ -432,7 +474,9 @@ class GalleryIndex:
         try:
             res = faiss.StandardGpuResources()
             if use_ann:
-                gpu = faiss.index_cpu_to_gpu(res, 0, self._in_memory_ann() if self._ann_mmapped else self._ann)
+                if self._ann_mmapped:  # the GPU copy reads the lists; mapped ones may not be readable whole
+                    self._ann, self._ann_mmapped = self._in_memory_ann(), False
+                gpu = faiss.index_cpu_to_gpu(res, 0, self._ann)
             else:
                 gpu = faiss.GpuIndexFlatL2(res, self.dim)
                 for start in range(0, len(self._base), 1 << 18):
