@@ -134,20 +134,30 @@ def _skip_reason(r: ImageFaces) -> str | None:
 def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = None, encoder: str | None = "dlib",
                 want: str = "encodings", num_jitters: int = 1, jobs: int | None = None,
                 use_cache: bool = True, cache_dir: os.PathLike | str | None = None,
-                progress: bool = True) -> PeopleSet:
+                progress: bool = True, ray_address: str | None = None) -> PeopleSet:
     """Scan, detect, align and encode a people folder; keep images with exactly one face.
 
     :param encoder: ``'dlib'``, ``'torch'``, a ``.dat`` or a fine-tuned model folder (ignored for chips).
     :param want: ``"encodings"`` or ``"chips"``.
+    :param ray_address: encode on Ray (:mod:`dlibplus.ray_encode`): ``"local"`` for a new local cluster of
+        ``jobs`` CPUs, or a cluster's address; encodings only, no cache.
     :raises DataFolderError: the folder is missing or empty, or no image has a usable face.
     """
     settings = settings or FaceSettings()
     pairs = scan_people(folder)
     people = [d.name for d in person_folders(folder)]
     enc, spec = resolve_encoder(encoder) if want == "encodings" else (None, "none")
-    results = process_images([p for _, p in pairs], settings, encoder=enc, want=want, num_jitters=num_jitters,
-                             jobs=jobs, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
-                             desc="encoding" if want == "encodings" else "aligning")
+    if ray_address is not None and want == "encodings":
+        from .ray_encode import ray_process_images, require_ray
+
+        require_ray()
+        results = ray_process_images([p for _, p in pairs], settings, encoder=spec, num_jitters=num_jitters,
+                                     address=None if ray_address == "local" else ray_address,
+                                     num_cpus=jobs or None, progress=progress)
+    else:
+        results = process_images([p for _, p in pairs], settings, encoder=enc, want=want, num_jitters=num_jitters,
+                                 jobs=jobs, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
+                                 desc="encoding" if want == "encodings" else "aligning")
     skipped: dict[str, list[tuple[str, str]]] = defaultdict(list)
     labels, paths, boxes, rows = [], [], [], []
     for (person, path), r in zip(pairs, results):

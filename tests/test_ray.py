@@ -137,3 +137,27 @@ def test_cli_ray_missing_says_how_to_install(photos, tmp_path, monkeypatch):
 def test_cli_ray_refuses_a_path_as_address(photos, tmp_path):
     result = CliRunner().invoke(encode_command, ["--ray", str(photos[0]), "-o", str(tmp_path / "x.npz")])
     assert result.exit_code == 2 and "not a cluster address" in result.output
+
+
+def test_train_knn_on_ray_equals_the_single_process_model(cluster, tmp_path, faces_dir):
+    """train-knn --ray: the same encodings, hence the same model, as without Ray."""
+    import os
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from dlibplus.cli import main
+    from dlibplus.knn import FaceKNN
+
+    people = tmp_path / "people"
+    for person in ("Aaron_Peirsol", "Abdullah_Gul"):
+        (people / person).mkdir(parents=True)
+        for src in sorted((faces_dir / "lfw_dev" / person).iterdir())[:3]:
+            os.symlink(src, people / person / src.name)
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    runner = CliRunner()
+    assert runner.invoke(main, ["train-knn", str(people), "-o", str(one), "-j", "1", "--no-cache"]).exit_code == 0
+    res = runner.invoke(main, ["train-knn", str(people), "-o", str(two), "-j", "2", "--ray"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    a, b = FaceKNN.load(one), FaceKNN.load(two)
+    assert np.array_equal(a.classes_, b.classes_) and np.abs(a.encodings_ - b.encodings_).max() == 0

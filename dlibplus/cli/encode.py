@@ -5,22 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, face_options, face_settings, user_errors
-
-
-class _NeedsExtra(click.ClickException):
-    exit_code = 2  # one line, like every other bad input
-
-
-def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--ray``'s value: ``None`` (no Ray), ``"local"`` or an address. ``--ray photos/`` takes the folder as
-    the address (click's optional values): refused, before PATHS is found missing."""
-    if value is None or value == "local":
-        return value
-    if Path(value).exists() and "://" not in value:
-        raise click.BadParameter(f"{value!r} is a file or folder, not a cluster address: write the paths "
-                                 "before --ray, or --ray local", ctx=ctx, param=param)
-    return value
+from .options import ENCODER_HELP, BadInput, face_options, face_settings, ray_address_option, user_errors
 
 
 @click.command()
@@ -33,7 +18,7 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,
               help="Images per Parquet shard.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              callback=_ray_address,
+              callback=ray_address_option,
               help="Run on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at ADDRESS "
                    "(auto, host:6379, ray://host:10001). Needs pip install dlibplus[ray].")
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
@@ -70,7 +55,7 @@ def encode(paths, output, parquet, shard_size, ray_address, encoder, jitters, pr
         else:
             _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, precision)
     except MissingDependencyError as exc:
-        raise _NeedsExtra(str(exc)) from None
+        raise BadInput(str(exc)) from None
 
 
 def _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, precision="exact") -> None:

@@ -73,9 +73,11 @@ def user_errors(f):
 
 
 def _is_bad_input(exc: DlibplusError) -> bool:
+    """A pairs file that cannot be read, or an option that needs an extra that is not installed."""
+    from ..optional import MissingDependencyError
     from ..pairs_file import PairsFileError
 
-    return isinstance(exc, PairsFileError)
+    return isinstance(exc, (PairsFileError, MissingDependencyError))
 
 
 def _with_models_hint(exc: Exception) -> str:
@@ -105,3 +107,16 @@ def check_output_folder(path: Path, option: str) -> None:
     reason = unwritable_reason(path)
     if reason:
         raise BadInput(f"{option} {path}: the folder {reason}")
+
+
+def ray_address_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--ray``'s value: ``None`` (no Ray), ``"local"`` or an address. ``--ray photos/`` takes the folder as
+    the address (click's optional values): refused, before the paths are found missing."""
+    from pathlib import Path
+
+    if value is None or value == "local":
+        return value
+    if Path(value).exists() and "://" not in value:
+        raise click.BadParameter(f"{value!r} is a file or folder, not a cluster address: write the paths "
+                                 "before --ray, or --ray local", ctx=ctx, param=param)
+    return value

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, BadInput, check_output_file, face_options, face_settings, user_errors
+from .options import BadInput, ENCODER_HELP, check_output_file, face_options, face_settings, ray_address_option, user_errors
 
 
 @click.command("train-knn")
@@ -28,10 +28,14 @@ from .options import ENCODER_HELP, BadInput, check_output_file, face_options, fa
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Write what was used and skipped, per person, as JSON.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              callback=ray_address_option,
+              help="Encode on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at ADDRESS. "
+                   "Needs pip install dlibplus[ray].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @face_options
 @user_errors
-def train_knn(folder, output, n_neighbors, algorithm, method, threshold, jitters, encoder, report, no_cache,
+def train_knn(folder, output, n_neighbors, algorithm, method, threshold, jitters, encoder, report, ray_address, no_cache,
               detector, upsample, landmarks, face_box, max_side, jobs):
     """Train a k-NN face classifier on FOLDER/<person>/<image>.
 
@@ -50,7 +54,8 @@ def train_knn(folder, output, n_neighbors, algorithm, method, threshold, jitters
             raise click.BadParameter("must be at least 1", param_hint="--n-neighbors")
     _check_outputs(output, report)
     people = load_people(folder, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
-                         encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache)
+                         encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache,
+                         ray_address=ray_address)
     for line in people.report_lines():
         click.echo(line, err=True)
     if report:
