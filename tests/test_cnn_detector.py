@@ -262,8 +262,8 @@ def test_pipeline_and_api_detect_with_the_replica_as_dlib_does(faces_dir, tmp_pa
     from dlibplus.data import process_images
     from dlibplus.faces import FaceSettings
 
-    photos = [faces_dir / "face_recognition/_multi_or_unlabelled/examples__knn_examples__test__obama_and_biden.jpg",
-              faces_dir / "face_recognition/biden/examples__biden.jpg"]
+    photos = [faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
+              faces_dir / "lfw_dev/Abdullah_Gul/Abdullah_Gul_0001.jpg"]
     expected = [fr.face_locations(fr.load_image_file(p), 0, model="cnn") for p in photos]
     results = process_images(photos, FaceSettings(detector="cnn", upsample=0), want="chips", jobs=2,
                              use_cache=False, progress=False)

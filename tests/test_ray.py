@@ -116,13 +116,14 @@ def test_parquet_without_ray_is_the_same(photos, reference, tmp_path):
 def test_cli_encode_ray_writes_the_usual_npz(cluster, photos, reference, tmp_path):
     out = tmp_path / "ray.npz"
     result = CliRunner().invoke(encode_command, [*map(str, photos), "-o", str(out), "--ray", "--jobs", "2"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the corrupt photo shows in the exit status; the rest is written
     assert f"skipped {photos[2]}" in result.output and f"no face in {photos[5]}" in result.output
     encodings, paths, boxes = arrays_of(reference)
     with np.load(out, allow_pickle=False) as z:
         np.testing.assert_array_equal(z["encodings"], encodings)
         np.testing.assert_array_equal(z["paths"], paths)
         np.testing.assert_array_equal(z["boxes"], boxes)
+        assert list(z["failed_paths"]) == [str(photos[2])]
 
 
 def test_cli_ray_missing_says_how_to_install(photos, tmp_path, monkeypatch):
