@@ -107,7 +107,7 @@ def test_approximate_recall_is_measured_and_high_on_a_realistic_gallery(real, ki
     if kind == "ivf":
         assert info["nlist"] >= 64 and 1 <= info["nprobe"] <= info["nlist"]
     else:
-        assert info["hnsw_m"] == 32 and info["ef_search"] >= 16
+        assert info["hnsw_m"] == 32 and info["ef_search"] >= 32
     assert info["recall_at_1"] >= 0.99 and info["recall_queries"] == 1000
     # independent check with new faces as queries, against scikit-learn
     queries = synthetic_gallery(X, labels, copies=1, seed=1)[len(X):]
@@ -148,9 +148,8 @@ def test_save_and_load_memory_mapped(real, tmp_path, kind):
     # saving again replaces the files and removes the previous ones
     loaded.add(X[:5])
     loaded.save(tmp_path / "g")
-    assert len(list((tmp_path / "g").iterdir())) == (2 if kind == "exact" else 3)
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "g").iterdir()) == \
-        (["encodings", "gallery.json"] if kind == "exact" else ["ann", "encodings", "gallery.json"])
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "g").iterdir())
+    assert names == (["encodings", "gallery.json"] if kind == "exact" else ["ann", "ann-rows", "encodings", "gallery.json"])
     assert len(GalleryIndex.load(tmp_path / "g")) == len(gallery) + 5
 
 
