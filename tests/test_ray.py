@@ -162,3 +162,15 @@ def test_train_knn_on_ray_equals_the_single_process_model(cluster, tmp_path, fac
     assert res.exit_code == 0, res.output
     a, b = FaceKNN.load(one), FaceKNN.load(two)
     assert np.array_equal(a.classes_, b.classes_) and np.abs(a.encodings_ - b.encodings_).max() == 0
+
+
+def test_cluster_on_ray_equals_the_single_process_clusters(cluster, photos, tmp_path):
+    """cluster --ray: the same faces and the same clusters as without Ray."""
+    from dlibplus.cli import main
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    runner = CliRunner()
+    runner.invoke(main, ["cluster", *map(str, photos), "-o", str(one), "-j", "1", "--no-cache"])
+    res = runner.invoke(main, ["cluster", *map(str, photos), "-o", str(two), "-j", "2", "--ray"], catch_exceptions=False)
+    assert (two / "clusters.csv").is_file(), res.output
+    assert (one / "clusters.csv").read_text() == (two / "clusters.csv").read_text()

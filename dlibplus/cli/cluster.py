@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..cluster import DEFAULT_THRESHOLDS, METHODS, UNCLUSTERED
-from .options import ENCODER_HELP, face_options, face_settings, user_errors
+from .options import ENCODER_HELP, face_options, face_settings, ray_address_option, user_errors
 
 CSV_NAME = "clusters.csv"
 FIELDS = ("path", "top", "right", "bottom", "left", "cluster")
@@ -32,10 +32,14 @@ UNCLUSTERED_NAME = "unclustered"
                    "them to people's names and train on them with `dlibplus train-knn OUTPUT --face-box whole`.")
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of chinese whispers' node order.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              callback=ray_address_option,
+              help="Encode on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at ADDRESS. "
+                   "Needs pip install dlibplus[ray].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @face_options
 @user_errors
-def cluster(paths, output, method, threshold, folders, encoder, seed, no_cache,
+def cluster(paths, output, method, threshold, folders, encoder, seed, ray_address, no_cache,
             detector, upsample, landmarks, face_box, max_side, jobs):
     """Find every face in PATHS (image files or folders), group them by person, and write
     OUTPUT/clusters.csv: path,top,right,bottom,left,cluster (cluster_001, cluster_002, ... by decreasing
@@ -51,7 +55,14 @@ def cluster(paths, output, method, threshold, folders, encoder, seed, no_cache,
     enc, _ = resolve_encoder(encoder)
     for path, reason in unreadable:
         click.echo(f"warning: skipped {path}: {reason}", err=True)
-    results = process_images(files, settings, encoder=enc, jobs=jobs, use_cache=not no_cache, progress=True)
+    if ray_address is not None:
+        from ..ray_encode import ray_process_images, require_ray
+
+        require_ray()
+        results = ray_process_images(files, settings, encoder=resolve_encoder(encoder)[1], num_cpus=jobs or None,
+                                     address=None if ray_address == "local" else ray_address)
+    else:
+        results = process_images(files, settings, encoder=enc, jobs=jobs, use_cache=not no_cache, progress=True)
     faces, encodings, failed, no_face = _collect_faces(results)
     labels = _cluster(encodings, method, threshold, seed)
     names = _cluster_names(labels)
