@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..cluster import DEFAULT_THRESHOLDS, METHODS, UNCLUSTERED
-from .options import ENCODER_HELP, face_options, face_settings, ray_address_option, user_errors
+from .options import ENCODER_HELP, face_options, face_settings, ray_option, user_errors
 
 CSV_NAME = "clusters.csv"
 FIELDS = ("path", "top", "right", "bottom", "left", "cluster")
@@ -32,10 +32,7 @@ UNCLUSTERED_NAME = "unclustered"
                    "them to people's names and train on them with `dlibplus train-knn OUTPUT --face-box whole`.")
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of chinese whispers' node order.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              callback=ray_address_option,
-              help="Encode on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at ADDRESS. "
-                   "Needs pip install dlibplus[ray].")
+@ray_option
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @face_options
 @user_errors

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, BadInput, face_options, face_settings, ray_address_option, user_errors
+from .options import BadInput, ENCODER_HELP, face_options, face_settings, ray_option, user_errors
 
 
 @click.command()
@@ -17,10 +17,7 @@ from .options import ENCODER_HELP, BadInput, face_options, face_settings, ray_ad
                    ".npz: for large jobs; a re-run skips the shards already written (resumes).")
 @click.option("--shard-size", type=click.IntRange(1), default=10_000, show_default=True,
               help="Images per Parquet shard.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              callback=ray_address_option,
-              help="Run on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at ADDRESS "
-                   "(auto, host:6379, ray://host:10001). Needs pip install dlibplus[ray].")
+@ray_option
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
 @click.option("--jitters", type=click.IntRange(1), default=1, show_default=True, help="Jittered copies per face.")
 @click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,

@@ -120,3 +120,11 @@ def ray_address_option(ctx: click.Context, param: click.Parameter, value: str | 
         raise click.BadParameter(f"{value!r} is a file or folder, not a cluster address: write the paths "
                                  "before --ray, or --ray local", ctx=ctx, param=param)
     return value
+
+
+def ray_option(f):
+    """``--ray [ADDRESS]``: run the encoding step on Ray (a new local cluster, or the one at ADDRESS)."""
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                        callback=ray_address_option,
+                        help="Encode on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at "
+                             "ADDRESS (auto, host:6379, ray://host:10001). Needs pip install dlibplus[ray].")(f)

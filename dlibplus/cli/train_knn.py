@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from .options import BadInput, ENCODER_HELP, check_output_file, face_options, face_settings, ray_address_option, user_errors
+from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, face_settings, ray_option,
+                      user_errors)
 
 
 @click.command("train-knn")
@@ -28,10 +29,7 @@ from .options import BadInput, ENCODER_HELP, check_output_file, face_options, fa
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Write what was used and skipped, per person, as JSON.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              callback=ray_address_option,
-              help="Encode on Ray: a new local cluster (--jobs CPUs) when given alone, or the cluster at ADDRESS. "
-                   "Needs pip install dlibplus[ray].")
+@ray_option
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @face_options
 @user_errors
