@@ -47,9 +47,9 @@ def probe_pairs(gallery_emb: np.ndarray, gallery_y: np.ndarray, probe_emb: np.nd
     g = np.asarray(gallery_emb, np.float64)
     p = np.asarray(probe_emb, np.float64)
     n_p, n_g = len(p), len(g)
-    # |p|^2 + |g|^2 - 2 p.g: no (p, g, d) intermediate, so thousands of photos fit in memory
-    sq = (p ** 2).sum(1)[:, None] + (g ** 2).sum(1)[None, :] - 2 * p @ g.T
-    cross = np.sqrt(np.maximum(sq, 0))
+    from .metrics import cross_distances
+
+    cross = cross_distances(p, g)  # through the Gram matrix: no (p, g, d) intermediate
     ia, ib = np.triu_indices(n_p, k=1)
     within = np.linalg.norm(p[ia] - p[ib], axis=1)
     a = np.concatenate([np.repeat(np.arange(n_p), n_g), ia])

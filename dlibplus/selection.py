@@ -76,7 +76,9 @@ def margins(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val
     distance to the nearest of the same person, over the median distance between validation and training
     photos (so networks of any scale, calibrated or not, compare by their geometry alone; above 0: the
     nearest photo is the right person's)."""
-    d = np.sqrt(np.maximum((val_emb ** 2).sum(1)[:, None] + (train_emb ** 2).sum(1)[None] - 2 * val_emb @ train_emb.T, 0))
+    from .metrics import cross_distances
+
+    d = cross_distances(val_emb, train_emb)
     same = np.asarray(val_y)[:, None] == np.asarray(train_y)[None, :]
     genuine = np.where(same, d, np.inf).min(axis=1)
     impostor = np.where(~same, d, np.inf).min(axis=1)

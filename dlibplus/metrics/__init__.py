@@ -22,7 +22,7 @@ from __future__ import annotations
 from ._common import DEFAULT_FARS, DEFAULT_THRESHOLD
 from .bootstrap import (BootstrapResult, WeightedTar, bootstrap_identification_diff, bootstrap_over_people,
                         bootstrap_tar_at_far_diff, bootstrap_tar_diff)
-from .distances import nearest_index, pair_distances, paired_distances
+from .distances import cross_distances, nearest_index, pair_distances, paired_distances
 from .identification import (DirAtFar, IdentificationReport, OpenSetResult, PersonRow, confusion_matrix,
                              dir_at_far, identification_accuracy, identification_report, nearest_identity,
                              open_set_dir_far, open_set_from_nearest, per_person_report)
@@ -34,7 +34,7 @@ from .verification import (Eer, Roc, TarAtFar, VerificationReport, accuracy_at_t
 __all__ = [
     "DEFAULT_FARS", "DEFAULT_THRESHOLD",
     # distances
-    "nearest_index", "pair_distances", "paired_distances",
+    "cross_distances", "nearest_index", "pair_distances", "paired_distances",
     # verification
     "Eer", "Roc", "TarAtFar", "VerificationReport", "accuracy_at_threshold", "auc", "eer", "rates_at_threshold",
     "roc_curve_distances", "tar_at_far", "threshold_at_far", "verification_report",

@@ -30,6 +30,12 @@ def _block_distances(a: np.ndarray, b: np.ndarray, sq_a: np.ndarray, sq_b: np.nd
     return np.sqrt(d2, out=d2)
 
 
+def cross_distances(a: Any, b: Any) -> np.ndarray:
+    """(len(a), len(b)) float64 Euclidean distances between every row of ``a`` and every row of ``b``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return _block_distances(a, b, (a * a).sum(1), (b * b).sum(1))
+
+
 def paired_distances(a: Any, b: Any) -> np.ndarray:
     """Row-wise Euclidean distances ``(m,)`` float64 between two ``(m, d)`` arrays (e.g. the two sides of a
     pairs file)."""
