@@ -109,13 +109,26 @@ class ImageFaces:
 def _process_one(path: Path, settings: FaceSettings, worker_encoder) -> ImageFaces:
     """Detect, align and, when ``worker_encoder`` is given, encode the faces of one image (chips kept
     only when it is not)."""
+    img = read_image(path)
+    if isinstance(img, ImageFaces):
+        return img
+    boxes, chips = image_faces(img, settings)
+    return faces_result(path, boxes, chips, worker_encoder)
+
+
+def read_image(path: Path) -> np.ndarray | ImageFaces:
+    """The image (H, W, 3) uint8 RGB at ``path``, or, when it cannot be read, its result with the reason."""
     from .images import load_image_file
 
     try:
-        img = load_image_file(path)
+        return load_image_file(path)
     except ImageReadError as exc:
         return ImageFaces(path, error=exc.reason)
-    boxes, chips = image_faces(img, settings)
+
+
+def faces_result(path: Path, boxes: np.ndarray, chips: np.ndarray, worker_encoder) -> ImageFaces:
+    """The result of an image with these boxes (n, 4) int32 and chips (n, 150, 150, 3) uint8: the chips
+    kept, or, when ``worker_encoder`` is given, replaced by their (n, 128) float64 encodings."""
     if worker_encoder is None:
         return ImageFaces(path, boxes=boxes, chips=chips)
     encodings = np.asarray(worker_encoder.encode(chips), np.float64).reshape(len(chips), 128)
@@ -124,11 +137,17 @@ def _process_one(path: Path, settings: FaceSettings, worker_encoder) -> ImageFac
 
 def _worker(task: tuple) -> ImageFaces:
     path, settings, worker_encoder = task
+    return guarded(path, _process_one, path, settings, worker_encoder)
+
+
+def guarded(path: Path, step, *args):
+    """``step(*args)``, or the result of ``path`` with the error when it fails: dlib errors on odd images must
+    not kill a long run (dlibplus's own errors, a missing model file say, still do)."""
     try:
-        return _process_one(path, settings, worker_encoder)
+        return step(*args)
     except DlibplusError:
         raise
-    except Exception as exc:  # dlib errors on odd images must not kill a long run
+    except Exception as exc:
         return ImageFaces(path, error=f"{type(exc).__name__}: {exc}")
 
 
@@ -268,7 +287,8 @@ def process_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *
 def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, encoder=None,
                 num_jitters: int = 1, want: str = "encodings", jobs: int | None = None,
                 cache_dir: os.PathLike | str | None = None, use_cache: bool = True,
-                progress: bool = True, desc: str = "encoding") -> Iterator[ImageFaces]:
+                progress: bool = True, desc: str = "encoding",
+                detect_in_parent: bool | None = None) -> Iterator[ImageFaces]:
     """Find, align and (optionally) encode the faces of every image; yields one result per path, in
     input order, as soon as it is ready (and cached), so an interrupted run keeps its work.
 
@@ -278,6 +298,9 @@ def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, e
     :param num_jitters: dlib's jitter around ``encoder`` (:func:`~dlibplus.encoders.with_jitter`).
     :param want: ``"encodings"`` or ``"chips"`` (aligned 150×150 chips only, no encoder).
     :param jobs: worker processes; ``None`` = all cores, 1 = no subprocess.
+    :param detect_in_parent: with the CNN detector, run it here on many images at once while the workers
+        read and align (:mod:`dlibplus.device_pipeline`: the same results); ``None`` (auto) does so when it
+        runs on a GPU, ``False`` keeps it in the workers, one image each.
     """
     from tqdm.auto import tqdm
 
@@ -303,11 +326,8 @@ def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, e
     bar = tqdm(total=len(paths), initial=len(hits), desc=desc, unit="img", disable=not progress, leave=False)
     pool = None
     try:
-        if jobs <= 1:
-            stream = map(_worker, tasks)
-        else:
-            pool = _pool(jobs)
-            stream = pool.imap(_worker, tasks, chunksize=1)
+        pool = _pool(jobs) if jobs > 1 else None
+        stream = _stream(tasks, settings, pool, detect_in_parent)
         buffered: list[tuple[int, ImageFaces]] = []  # in input order, waiting for the batched encoder
         for i in range(len(paths)):
             if i in hits:
@@ -332,6 +352,17 @@ def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, e
         bar.close()
         if pool is not None:
             pool.terminate()
+
+
+def _stream(tasks: list[tuple], settings: FaceSettings, pool, detect_in_parent: bool | None) -> Iterator[ImageFaces]:
+    """The results of ``tasks`` in order: from the workers (``pool``, or here without one), or with the CNN
+    detector batched here (:mod:`dlibplus.device_pipeline`)."""
+    if settings.detector == "cnn":
+        from .device_pipeline import parent_detection_stream, uses_parent_detection
+
+        if uses_parent_detection(settings, detect_in_parent):
+            return parent_detection_stream(tasks, pool)
+    return pool.imap(_worker, tasks, chunksize=1) if pool is not None else map(_worker, tasks)
 
 
 ENCODE_BATCH = 64  # faces per call of an encoder that runs here (torch): batched, yet results stream

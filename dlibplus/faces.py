@@ -97,7 +97,16 @@ def detect_rects(img: np.ndarray, upsample: int = 1, model: str = "hog") -> list
 
 def detect(img: np.ndarray, upsample: int = 1, model: str = "hog") -> list[Css]:
     """Boxes of the faces in ``img`` (H, W[, 3]) uint8, clipped to the image."""
+    if model == "cnn":
+        return detect_cnn_batch([img], upsample)[0]
     return [trim_css_to_bounds(rect_to_css(r), img.shape) for r in detect_rects(img, upsample, model)]
+
+
+def detect_cnn_batch(images: Sequence[np.ndarray], upsample: int = 1) -> list[list[Css]]:
+    """:func:`detect` with the CNN detector for many images (H, W[, 3]) uint8 at once, batched on
+    ``CNN_DEVICE``: one list of clipped boxes per image, in input order, each as :func:`detect` gives it."""
+    found = cnn_detections(images, upsample)
+    return [[trim_css_to_bounds(d.box, img.shape) for d in dets] for img, dets in zip(images, found)]
 
 
 def landmark_shapes(img: np.ndarray, boxes: Sequence[Css] | None = None, model: str = "large") -> list:
@@ -120,12 +129,16 @@ def face_chips(img: np.ndarray, shapes: Sequence) -> np.ndarray:
     return np.stack([dlib.get_face_chip(img, s, CHIP_SIZE, CHIP_PADDING) for s in shapes])
 
 
+def face_boxes(img: np.ndarray, settings: FaceSettings) -> list[Css]:
+    """Boxes of the faces in ``img`` under ``settings`` (``max_side`` not applied): detected, or the whole image."""
+    if settings.face_box == "whole":
+        return [(0, img.shape[1], img.shape[0], 0)]
+    return detect(img, settings.upsample, settings.detector)
+
+
 def find_faces(img: np.ndarray, settings: FaceSettings) -> tuple[list[Css], list]:
     """Boxes and landmark shapes of the faces in ``img`` under ``settings`` (``max_side`` not applied)."""
-    if settings.face_box == "whole":
-        boxes = [(0, img.shape[1], img.shape[0], 0)]
-    else:
-        boxes = detect(img, settings.upsample, settings.detector)
+    boxes = face_boxes(img, settings)
     return boxes, landmark_shapes(img, boxes, settings.landmarks)
 
 
@@ -154,5 +167,13 @@ def rescale_boxes(boxes: Sequence[Css], scale: float, shape: tuple[int, ...]) ->
 def image_faces(img: np.ndarray, settings: FaceSettings) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (n, 4) int32 in ``img``'s pixels and aligned chips (n, 150, 150, 3) uint8, ``max_side`` applied."""
     small, scale = shrink(img, settings.max_side)
-    boxes, shapes = find_faces(small, settings)
-    return rescale_boxes(boxes, scale, img.shape), face_chips(small, shapes)
+    return faces_in_boxes(small, face_boxes(small, settings), settings, scale, img.shape)
+
+
+def faces_in_boxes(small: np.ndarray, boxes: Sequence[Css], settings: FaceSettings, scale: float,
+                   shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`image_faces` returns, from boxes already found in ``small`` (``img`` shrunk by
+    :func:`shrink` to ``scale``; ``shape`` is the original's): boxes (n, 4) int32 in the original's pixels
+    and aligned chips (n, 150, 150, 3) uint8, landmarks by ``settings.landmarks``."""
+    shapes = landmark_shapes(small, boxes, settings.landmarks)
+    return rescale_boxes(boxes, scale, shape), face_chips(small, shapes)
