@@ -110,17 +110,20 @@ class _Inline:
 
 
 def parent_detection_stream(tasks: Sequence[tuple[Path, FaceSettings, Any]], pool=None, *,
-                            batch_images: int = DETECT_IMAGES,
-                            batch_pixels: int = DETECT_PIXELS) -> Iterator[ImageFaces]:
+                            batch_images: int | None = None,
+                            batch_pixels: int | None = None) -> Iterator[ImageFaces]:
     """One :class:`~dlibplus.data.ImageFaces` per task ``(path, settings, worker_encoder)``, in order, as
     :func:`dlibplus.data.iter_images`' workers compute them, with the CNN detection batched here.
 
     ``pool``: a ``multiprocessing`` pool whose workers read and align (``None``: all in this process). Every
     task has the same ``settings`` (detector ``"cnn"``). A batch for the detector closes at ``batch_images``
-    images or ``batch_pixels`` decoded pixels; about two batches more are being read meanwhile.
+    images or ``batch_pixels`` decoded pixels (default :data:`DETECT_IMAGES`, :data:`DETECT_PIXELS`); about two
+    batches more are being read meanwhile.
     """
     if not tasks:
         return
+    batch_images = batch_images or DETECT_IMAGES
+    batch_pixels = batch_pixels or DETECT_PIXELS
     runner = pool if pool is not None else _Inline()
     settings, worker_encoder = tasks[0][1], tasks[0][2]
     reading = _Reader(runner, (path for path, _, _ in tasks), settings.max_side, 2 * batch_images, batch_pixels)

@@ -23,10 +23,14 @@ from .options import BadInput, ENCODER_HELP, face_options, face_settings, ray_op
 @click.option("--precision", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="For a torch encoder: exact (float32, within 1e-5 of dlib on any device) or fast (float16 on "
                    "CUDA, bfloat16 on CPU: descriptors move by ~3e-3; see README).")
+@click.option("--detect-on", type=click.Choice(["auto", "main", "workers"]), default="auto", show_default=True,
+              help="Where --detector cnn runs: main (this process, many photos per batch, on the GPU when there is "
+                   "one, while the workers read photos and align faces), workers (each worker, one photo at a time, "
+                   "on the CPU), auto (main when there is a GPU). Same results either way.")
 @face_options
 @user_errors
-def encode(paths, output, parquet, shard_size, ray_address, encoder, jitters, precision, detector, upsample, landmarks,
-           face_box, max_side, jobs):
+def encode(paths, output, parquet, shard_size, ray_address, encoder, jitters, precision, detect_on, detector, upsample,
+           landmarks, face_box, max_side, jobs):
     """Write the encoding of every face in PATHS (files or folders) to an .npz.
 
     Arrays: encodings (n x 128 float32), paths (n), boxes (n x 4: top, right, bottom, left), and the
@@ -42,6 +46,7 @@ def encode(paths, output, parquet, shard_size, ray_address, encoder, jitters, pr
     if precision != "exact" and (encoder.split("+")[0] == "dlib" or ray_address is not None or parquet is not None):
         raise click.BadParameter("fast needs a torch encoder (--encoder torch or a fine-tuned folder) and "
                                  "the in-process .npz output", param_hint="--precision")
+    _check_detect_on(detect_on, detector, face_box, ray_address, parquet)
     files = image_paths(paths)
     if not files:
         raise click.UsageError("no image files found in the given paths")
@@ -50,12 +55,26 @@ def encode(paths, output, parquet, shard_size, ray_address, encoder, jitters, pr
         if parquet is not None:
             _encode_parquet(files, parquet, settings, encoder, jitters, shard_size, ray_address, jobs)
         else:
-            _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, precision)
+            _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, precision,
+                        {"auto": None, "main": True, "workers": False}[detect_on])
     except MissingDependencyError as exc:
         raise BadInput(str(exc)) from None
 
 
-def _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, precision="exact") -> None:
+def _check_detect_on(detect_on, detector, face_box, ray_address, parquet) -> None:
+    """``--detect-on main|workers`` is a choice for the CNN detector in the in-process .npz output only."""
+    if detect_on == "auto":
+        return
+    if detector != "cnn" or face_box != "detect":
+        raise click.BadParameter(f"{detect_on} is a choice for --detector cnn (with --face-box detect) only",
+                                 param_hint="--detect-on")
+    if ray_address is not None or parquet is not None:
+        raise click.BadParameter(f"{detect_on} is a choice for the in-process .npz output (not --ray or --parquet)",
+                                 param_hint="--detect-on")
+
+
+def _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, precision="exact",
+                detect_in_parent=None) -> None:
     import numpy as np
 
     from ..fileio import atomic_path
@@ -72,7 +91,7 @@ def _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, pr
 
         options = {"precision": precision} if precision != "exact" else {}
         results = process_images(files, settings, encoder=resolve_encoder(encoder, **options)[0],
-                                 num_jitters=jitters, jobs=jobs)
+                                 num_jitters=jitters, jobs=jobs, detect_in_parent=detect_in_parent)
     encs, names, boxes, failed, reasons = [], [], [], [], []
     for r in results:
         if r.error is not None:
