@@ -31,7 +31,7 @@ from torch import nn
 from . import model_folder
 from .calibration import validation_metrics
 from .distributed import Dist, barrier, gather, init_distributed, training_device
-from .errors import DataFolderError
+from .errors import DataFolderError, DlibplusError
 from .fileio import atomic_path
 from .finetune_data import ChipSet, FinetuneData
 from .train_config import FinetuneConfig
@@ -87,11 +87,16 @@ def encoder_of(backbone: nn.Module, device: torch.device, *, flip: bool = False)
     return FlipEncoder(encoder) if flip else encoder
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def _lr_lambda(total_steps: int, warmup_steps: int, start: int = 0) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_steps``, then a cosine decay to 0 at ``total_steps``; 0 before the step
+    ``start`` (the network during LP-FT's head-only epochs), the warm-up beginning there."""
     def f(step: int) -> float:
+        if step < start:
+            return 0.0
+        step, total = step - start, total_steps - start
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = (step - warmup_steps) / max(1, total - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return f
 
@@ -111,6 +116,7 @@ class Run:
     scheduler: Any
     scaler: Any
     sampler: Any
+    network: list[nn.Parameter]  # the backbone's parameters that train (after freeze and train_only)
     anchors: list  # (parameter, dlib's value) pairs for the L2-SP pull
     frozen: list[str]
     base_state: dict  # dlib's weights, for interpolation
@@ -120,6 +126,23 @@ class Run:
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def network_trains(self, epoch: int) -> bool:
+        """Whether the network trains in ``epoch`` (0-based), or only the head (LP-FT's first epochs)."""
+        return epoch >= self.config.head_epochs
+
+
+def trainable_network(backbone: nn.Module, train_only: str) -> list[nn.Parameter]:
+    """The backbone's parameters that train: every unfrozen one, or (``"affine"``) only the unfrozen
+    affine layers' scale and shift. The others get ``requires_grad=False``."""
+    from .dlibnet.net import Affine
+
+    if train_only == "affine":
+        affine = {id(p) for m in backbone.modules() if isinstance(m, Affine) for p in m.parameters()}
+        for p in backbone.parameters():
+            if id(p) not in affine:
+                p.requires_grad_(False)
+    return [p for p in backbone.parameters() if p.requires_grad]
 
 
 def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_info: Dist) -> Run:
@@ -133,6 +156,7 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
     backbone = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL))
     base_state = copy.deepcopy(backbone.state_dict())
     frozen = backbone.freeze(config.freeze)
+    network = trainable_network(backbone, config.train_only)
     backbone = backbone.to(device).to(memory_format=torch.channels_last)
     dlib_emb = encoder_of(backbone, device).encode(train.chips)
 
@@ -154,7 +178,7 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
 
         model = DistributedDataParallel(trainee, device_ids=[device.index] if device.type == "cuda" else None)
 
-    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad], "lr": config.lr},
+    groups = [{"params": network, "lr": config.lr},
               {"params": list(head.parameters()), "lr": config.head_lr, "weight_decay": 0.0}]
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -162,18 +186,20 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
         optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
     # L2-SP, decoupled: every step pulls the trainable weights back towards dlib's by lr·anchor of the
     # way, so the network adapts to these people without forgetting the faces it was trained on.
-    anchors = [(p, p.detach().clone()) for p in backbone.parameters() if p.requires_grad] if config.anchor > 0 else []
+    anchors = [(p, p.detach().clone()) for p in network] if config.anchor > 0 else []
     people_per_batch = min(config.people_per_batch, n_classes)  # a small folder: every person in each batch
     sampler = PKSampler(train.labels, people_per_batch, config.images_per_person, seed=config.seed,
                         rank=0, world_size=1)  # global batches: each process takes its slice
-    total_steps = len(sampler) * config.epochs
+    total_steps, warmup_steps = len(sampler) * config.epochs, round(config.warmup_epochs * len(sampler))
+    # the network's schedule starts after the head-only epochs (LP-FT); the head's runs over every epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total_steps, int(round(config.warmup_epochs * len(sampler)))))
+        optimizer, [_lr_lambda(total_steps, warmup_steps, start=len(sampler) * config.head_epochs),
+                    _lr_lambda(total_steps, warmup_steps)])
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     return Run(config, device, dist_info, backbone, head, trainee, model, optimizer, scheduler, scaler, sampler,
-               anchors, frozen, base_state, use_amp, amp_dtype)
+               network, anchors, frozen, base_state, use_amp, amp_dtype)
 
 
 # --- the epochs -----------------------------------------------------------------------------------------
@@ -216,8 +242,12 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
 
 def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, float]:
     """One pass of P×K batches; returns the epoch's mean loss, training accuracy and seconds. Nothing is
-    read back from the device inside a step (the progress bar reads the sums every few steps)."""
+    read back from the device inside a step (the progress bar reads the sums every few steps). In LP-FT's
+    head-only epochs the network's parameters need no gradient: only the head's backward pass runs."""
     config, dist_info = run.config, run.dist
+    network_trains = run.network_trains(epoch)
+    for p in run.network:
+        p.requires_grad_(network_trains)
     run.trainee.train()
     run.sampler.set_epoch(epoch)
     device_aug = config.augment and augment_on_device(run)
@@ -242,7 +272,7 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, floa
             torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
         run.scaler.step(run.optimizer)
         run.scaler.update()
-        if run.anchors:
+        if run.anchors and network_trains:
             pull = min(1.0, run.scheduler.get_last_lr()[0] * config.anchor)
             with torch.no_grad():
                 torch._foreach_lerp_([p for p, _ in run.anchors], [p0 for _, p0 in run.anchors], pull)
@@ -337,7 +367,9 @@ def fit(run: Run, train: ChipSet, val: ChipSet, state: TrainState, checkpoint: P
             row = {"epoch": epoch + 1, **train_one_epoch(run, train, epoch, bar), **validate(run, train, val)}
             state.history.append(row)
             state.epoch = epoch
-            if state.best_score is None or _score(row) > state.best_score:
+            if not run.network_trains(epoch):  # LP-FT's head-only epochs: the network is still dlib's
+                pass
+            elif state.best_score is None or _score(row) > state.best_score:
                 state.best_epoch, state.since_best = epoch, 0
                 state.best_backbone = copy.deepcopy(run.backbone.state_dict())
                 state.best_metrics = {k: v for k, v in row.items() if k not in ("epoch", "loss", "train_acc",
@@ -401,6 +433,9 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.set_flush_denormal(True)  # tiny weights/gradients in denormal range slow CPUs 10-100x
+    if dist_info.active and config.head_epochs:
+        raise DlibplusError("head_epochs (LP-FT) is not supported under torchrun: DDP needs the same trainable "
+                            "parameters in every epoch")
     train, val = data.train, data.val
     run = build(train, config, device, dist_info)
     dlib_val = validate(run, train, val)
@@ -411,7 +446,9 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
         say(f"resuming after epoch {state.epoch + 1} of {config.epochs}")
     say(f"fine-tuning on {len(train)} photos of {len(train.classes)} people (validation: {len(val)}), "
         f"head {config.head}, device {device}" + (f" x{dist_info.world_size}" if dist_info.active else "")
-        + f", frozen: {', '.join(run.frozen) or 'nothing'}")
+        + f", frozen: {', '.join(run.frozen) or 'nothing'}"
+        + (", only the affine layers train" if config.train_only == "affine" else "")
+        + (f", the head alone for the first {config.head_epochs} epochs" if config.head_epochs else ""))
     state = fit(run, train, val, state, checkpoint, progress=progress, say=say)
     run.backbone.load_state_dict(state.best_backbone)
     from .finish import finish  # the end of the run: choosing, calibrating, writing

@@ -120,3 +120,65 @@ def test_checkpoint_state_round_trip(chips, tmp_path):
     other = build(chips, FinetuneConfig(**{**config.to_dict(), "lr": 1e-4}), torch.device("cpu"), dist)
     with pytest.raises(Exception, match="other settings"):
         TrainState.load(tmp_path / "ckpt.pt", other)
+
+
+def _dist():
+    return __import__("dlibplus.distributed").distributed.Dist()
+
+
+def test_head_epochs_train_the_head_alone_then_the_network(chips, tmp_path):
+    """LP-FT: in the head-only epoch every network weight stays dlib's to the bit (the L2-SP pull and the
+    weight decay included) while the head moves; the network's warm-up starts after it; the epoch is
+    validated but never kept or counted against patience; then the network trains."""
+    from dlibplus.train import fit
+
+    config = FinetuneConfig(epochs=2, head_epochs=1, freeze=5, augment=False, people_per_batch=3,
+                            images_per_person=4, warmup_epochs=1, device="cpu")
+    run = build(chips, config, torch.device("cpu"), _dist())
+    net0 = {k: v.clone() for k, v in run.backbone.state_dict().items()}
+    head0 = [p.detach().clone() for p in run.head.parameters()]
+    steps = len(run.sampler)
+    lrs = []
+    for epoch in range(2):
+        lrs.append(run.scheduler.get_last_lr())
+        train_one_epoch(run, chips, epoch, _Bar())
+        if epoch == 0:
+            assert all(torch.equal(v, net0[k]) for k, v in run.backbone.state_dict().items())
+            assert any(not torch.equal(p, p0) for p, p0 in zip(run.head.parameters(), head0))
+            assert all(p.grad is None for p in run.network)
+    assert lrs[0][0] == 0.0 and lrs[0][1] > 0  # the network waits, the head trains
+    assert lrs[1][0] == pytest.approx(config.lr / steps)  # the network's first warm-up step
+    assert not torch.equal(run.backbone.fc.weight, net0["fc.weight"])
+    assert torch.equal(run.backbone.stem.conv.weight, net0["stem.conv.weight"])  # freeze still holds
+
+    fresh = build(chips, config, torch.device("cpu"), _dist())
+    state = fit(fresh, chips, chips, TrainState(), tmp_path / "ckpt.pt", progress=False, say=lambda m: None)
+    assert len(state.history) == 2 and "identification_1nn" in state.history[0]
+    assert state.best_epoch in (-1, 1)  # the head-only epoch is never the kept one
+
+
+def test_train_only_affine_changes_only_the_affine_layers(chips):
+    """train_only="affine": after real steps only the affine layers' scale and shift differ from dlib's;
+    with freeze only the unfrozen stages' affine layers; the convolutions and fc never move."""
+    from dlibplus.dlibnet.net import Affine
+
+    config = FinetuneConfig(epochs=1, train_only="affine", freeze=4, augment=False, people_per_batch=3,
+                            images_per_person=4, warmup_epochs=0, lr=1e-2, anchor=0, device="cpu")
+    run = build(chips, config, torch.device("cpu"), _dist())
+    affine = {f"{name}.{p}" for name, m in run.backbone.named_modules() if isinstance(m, Affine)
+              for p in ("weight", "bias")}
+    assert sum(p.numel() for p in run.network) == sum(run.backbone.state_dict()[k].numel() for k in affine
+                                                      if k.startswith(("layer4", "layer5")))
+    before = {k: v.clone() for k, v in run.backbone.state_dict().items()}
+    train_one_epoch(run, chips, 0, _Bar())
+    changed = {k for k, v in run.backbone.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= {k for k in affine if k.startswith(("layer4", "layer5"))}
+    assert any(k.startswith("layer4") for k in changed) and any(k.startswith("layer5") for k in changed)
+
+
+def test_lp_ft_and_affine_settings_are_checked():
+    with pytest.raises(ValueError, match="head_epochs"):
+        FinetuneConfig(epochs=3, head_epochs=3)
+    with pytest.raises(ValueError, match="train_only"):
+        FinetuneConfig(train_only="norm")
+    assert _lr_lambda(10, 2, start=4)(3) == 0.0 and _lr_lambda(10, 2, start=4)(4) == 0.5

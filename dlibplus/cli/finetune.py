@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..train_config import HEAD_NAMES as _TRAIN_HEADS
+from ..train_config import TRAIN_ONLY_CHOICES as _TRAIN_ONLY
 from ..train_config import FinetuneConfig as _FT
 from .options import check_output_folder, face_options, face_settings, user_errors
 
@@ -54,6 +55,11 @@ from .options import check_output_folder, face_options, face_settings, user_erro
               help="Clip the gradient to this norm (0: off).")
 @click.option("--freeze", type=click.IntRange(0, 7), default=_FT.freeze, show_default=True,
               help="Stages kept frozen, counted from the input: stem, layer1 ... layer5, fc (0: train all).")
+@click.option("--head-epochs", type=click.IntRange(0), default=_FT.head_epochs, show_default=True,
+              help="Train the head alone, the network frozen, for this many of the epochs first (LP-FT).")
+@click.option("--train-only", type=click.Choice(list(_TRAIN_ONLY)), default=_FT.train_only, show_default=True,
+              help="all: every unfrozen parameter of the network trains; affine: only the per-channel scale and "
+                   "shift of its affine layers (give it a higher --lr and a lower --anchor).")
 @click.option("--augment-on", type=click.Choice(["auto", "host", "device"]), default="auto", show_default=True,
               help="Where the augmentation runs: host (dlib's exact jitter in numpy, in a background thread), "
                    "device (the same transform as batched tensor ops on the GPU), auto (device on CUDA).")
@@ -83,7 +89,8 @@ from .options import check_output_folder, face_options, face_settings, user_erro
 @face_options
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,
-             optimizer, lr, head_lr, weight_decay, anchor, warmup_epochs, grad_clip, freeze, augment_on, no_augment,
+             optimizer, lr, head_lr, weight_decay, anchor, warmup_epochs, grad_clip, freeze, head_epochs, train_only,
+             augment_on, no_augment,
              val_fraction,
              val_folder, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              detector, upsample, landmarks, face_box, max_side, jobs):
@@ -109,6 +116,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
                                    epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images,
                                    optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay, anchor=anchor,
                                    warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze=freeze,
+                                   head_epochs=head_epochs, train_only=train_only,
                                    augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, patience=patience,
                                    seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
         config.check_head()
