@@ -160,8 +160,9 @@ def main() -> None:
     args = ap.parse_args()
     extra = {}
     for kv in args.set:
-        key, value = kv.split("=", 1)
-        extra[key] = json.loads(value)
+        key, value = kv.split("=", 1)  # typed as the field's default: --set train_only=affine --set lr=1e-3
+        default = getattr(FinetuneConfig, key)
+        extra[key] = json.loads(value) if default is None or value[:1] in "{[" else type(default)(value)
     args.out.mkdir(parents=True, exist_ok=True)
     dlib = TorchEncoder(device="cpu")  # dlib's weights; equals dlib to ~1e-6 (tests/test_encoders.py)
     results = []
