@@ -53,6 +53,33 @@ class Detection(NamedTuple):
     confidence: float
 
 
+class ScoreMap(NamedTuple):
+    """The network's output for one image, before dlib's ``to_label``: ``scores`` (K, h, w) float32 (one
+    channel per detector window, cut to the image's own tiled pyramid), the tiled pyramid's level
+    rectangles ``rects`` ((left, top, right, bottom) each) and the image's ``upsample``. About 1/64 of
+    the tiled pyramid's pixels: small enough to send to another process."""
+
+    scores: np.ndarray
+    rects: tuple[mmod.Rect, ...]
+    upsample: int
+
+
+def detections(score_map: ScoreMap | None, net: mmod.MmodNet | None = None) -> list[Detection]:
+    """dlib's detections of one image from its :class:`ScoreMap` (``None``: an image too small for the
+    network, no faces), best first: candidates, window mapping and non-maximum suppression
+    (:func:`dlibplus.dlibnet.mmod.to_label`), then the boxes mapped back through the upsampling.
+    ``net``: the detector that scored it (default: the default ``.dat``, read once per process)."""
+    if score_map is None:
+        return []
+    net = net if net is not None else _default_net()
+    return _to_detections(mmod.to_label(net, score_map.scores, score_map.rects), score_map.upsample)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_net() -> mmod.MmodNet:
+    return mmod.read_mmod(None)
+
+
 class TorchCnnDetector:
     """dlib's MMOD face detector on PyTorch.
 
@@ -104,16 +131,22 @@ class TorchCnnDetector:
         80 px at 0, 40 px at 1, 20 px at 2). Returns one
         list of :class:`Detection` per image, in input order.
         """
+        return [detections(found, self.net) for found in self.score_maps(images, upsample)]
+
+    def score_maps(self, images: Sequence[np.ndarray], upsample: int = 0) -> list[ScoreMap | None]:
+        """The network's part of :meth:`__call__`: each image's :class:`ScoreMap` (``None`` for an image
+        too small for the network), in input order; :func:`detections` of each gives its faces (on this
+        process or another: a score map is small)."""
         if upsample < 0:
             raise ValueError(f"upsample must be >= 0, not {upsample}")
         arrays = [_check_image(image, index) for index, image in enumerate(images)]
-        results: list[list[Detection]] = [[] for _ in arrays]
+        results: list[ScoreMap | None] = [None for _ in arrays]
         # too small for the network (no score map; dlib fails on these): no faces
         todo = [i for i, a in enumerate(arrays) if self._runs_on(_upsampled_shape(a.shape[:2], upsample))]
         sizes = [arrays[i].shape for i in todo]  # equal shapes: equal pyramids, kept together
         for batch in _batches(sizes, upsample, self.net, self.batch_pixels):
             indices = [todo[i] for i in batch]
-            for index, found in zip(indices, self._detect_batch([arrays[i] for i in indices], upsample)):
+            for index, found in zip(indices, self._score_batch([arrays[i] for i in indices], upsample)):
                 results[index] = found
         return results
 
@@ -123,8 +156,8 @@ class TorchCnnDetector:
 
     # -- one forward pass ----------------------------------------------------------------------
 
-    def _detect_batch(self, arrays: list[np.ndarray], upsample: int) -> list[list[Detection]]:
-        """Detections of images given with equal shapes next to each other (see :func:`_batches`)."""
+    def _score_batch(self, arrays: list[np.ndarray], upsample: int) -> list[ScoreMap]:
+        """Score maps of images given with equal shapes next to each other (see :func:`_batches`)."""
         import torch
 
         shapes = [_upsampled_shape(a.shape[:2], upsample) for a in arrays]
@@ -146,7 +179,7 @@ class TorchCnnDetector:
         out = []
         for (rects, nr, nc), score in zip(layouts, scores):
             rows, cols = self.net.output_size(nr, nc)
-            out.append(_to_detections(mmod.to_label(self.net, score[:, :rows, :cols], rects), upsample))
+            out.append(ScoreMap(np.ascontiguousarray(score[:, :rows, :cols]), tuple(rects), upsample))
         return out
 
     def _runs_on(self, shape: tuple[int, int]) -> bool:

@@ -5,10 +5,13 @@ process, one image at a time. With ``--detector cnn`` on an accelerator that wou
 CUDA cannot be used in forked workers at all), so there :func:`parent_detection_stream` splits the work:
 
 1. worker processes read each image and shrink it to ``max_side`` (:func:`_decode`), and send the array here;
-2. this process runs dlib's CNN detector (:mod:`dlibplus.cnn_detector`, exact) on many images per call, which
-   the detector groups by size into forward passes on ``faces.CNN_DEVICE``;
-3. worker processes find the landmarks and cut the aligned chips in the boxes found (:func:`_align`), and
-   encode them when the encoder runs in workers (dlib's);
+2. this process runs the network of dlib's CNN detector (:mod:`dlibplus.cnn_detector`, exact) on many images
+   per call, which it groups by size into forward passes on ``faces.CNN_DEVICE``, and sends each image's
+   score map back to a worker with the image;
+3. worker processes turn the score map into dlib's detections (candidates, windows, non-maximum suppression:
+   about 1 ms of Python per image, which would cap this process near 1,000 images/s), find the landmarks
+   and cut the aligned chips (about 5 ms per image), and encode them when the encoder runs in workers
+   (dlib's) (:func:`_align`);
 4. the results come back in input order, the same :class:`~dlibplus.data.ImageFaces` as the per-worker path
    gives: same boxes, chips and encodings, the same errors for files that cannot be read.
 
@@ -28,7 +31,7 @@ import numpy as np
 from . import faces
 from .data import ImageFaces, faces_result, guarded, read_image
 from .errors import DlibplusError
-from .faces import Css, FaceSettings, detect_cnn_batch, faces_in_boxes, shrink
+from .faces import FaceSettings, cnn_boxes, cnn_score_maps, faces_in_boxes, shrink
 
 DETECT_IMAGES = 64  # images per call of the detector at most (it splits them into forward passes by size)
 DETECT_PIXELS = 1 << 25  # decoded pixels per call at most (about 100 MB of RGB): large photos go fewer at a time
@@ -80,9 +83,13 @@ def _decode(path: Path, max_side: int) -> Decoded | ImageFaces:
     return Decoded(path, small, scale, img.shape)
 
 
-def _align(decoded: Decoded, boxes: list[Css], settings: FaceSettings, worker_encoder) -> ImageFaces:
-    """Landmarks and chips of the faces in ``boxes`` (found in ``decoded.image``), encoded when
-    ``worker_encoder`` is given: what the per-worker path returns for the image."""
+def _align(decoded: Decoded, score_map, settings: FaceSettings, worker_encoder) -> ImageFaces:
+    """The faces of ``decoded.image`` from the network's ``score_map`` of it
+    (:class:`~dlibplus.cnn_detector.ScoreMap`, or ``None``): dlib's detections and boxes, landmarks, chips,
+    and encodings when ``worker_encoder`` is given: what the per-worker path returns for the image."""
+    from .cnn_detector import detections
+
+    boxes = cnn_boxes(decoded.image, detections(score_map))
     found, chips = faces_in_boxes(decoded.image, boxes, settings, decoded.scale, decoded.shape)
     return faces_result(decoded.path, found, chips, worker_encoder)
 
@@ -131,13 +138,14 @@ def parent_detection_stream(tasks: Sequence[tuple[Path, FaceSettings, Any]], poo
     while reading.pending():
         items = reading.take(batch_images, batch_pixels)
         readable = [item for item in items if isinstance(item, Decoded)]
-        found = iter(_detect(readable, settings.upsample))
+        scored = iter(_score(readable, settings.upsample))
         for item in items:
-            boxes = item if isinstance(item, ImageFaces) else next(found)
-            if isinstance(boxes, ImageFaces):
-                done.append(boxes)
+            score_map = item if isinstance(item, ImageFaces) else next(scored)
+            if isinstance(score_map, ImageFaces):
+                done.append(score_map)
             else:
-                done.append(runner.apply_async(guarded, (item.path, _align, item, boxes, settings, worker_encoder)))
+                args = (item.path, _align, item, score_map, settings, worker_encoder)
+                done.append(runner.apply_async(guarded, args))
         yield from _finished(done, wait_beyond=2 * batch_images)
     yield from _finished(done, wait_beyond=0)
 
@@ -186,23 +194,22 @@ class _Reader:
         return items
 
 
-def _detect(batch: list[Decoded], upsample: int) -> list[list[Css] | ImageFaces]:
-    """The CNN detector's boxes of every image of ``batch`` (clipped, as :func:`~dlibplus.faces.detect` gives
-    them), in one call; when that call fails, each image alone, so that only a failing image gets an error
-    (the one the per-worker path would give it)."""
+def _score(batch: list[Decoded], upsample: int) -> list:
+    """The CNN's :class:`~dlibplus.cnn_detector.ScoreMap` (or ``None``) of every image of ``batch``, in one
+    call on ``faces.CNN_DEVICE``; when that call fails, each image alone, so that only a failing image gets an
+    error (the one the per-worker path would give it: the same code fails there)."""
     if not batch:
         return []
-    images = [d.image for d in batch]
     try:
-        return detect_cnn_batch(images, upsample)
+        return cnn_score_maps([d.image for d in batch], upsample)
     except DlibplusError:
         raise
     except Exception:  # noqa: BLE001 -- redone image by image: the failing one gets the error
-        return [_detect_one(d, upsample) for d in batch]
+        return [_score_one(d, upsample) for d in batch]
 
 
-def _detect_one(decoded: Decoded, upsample: int) -> list[Css] | ImageFaces:
-    found = guarded(decoded.path, detect_cnn_batch, [decoded.image], upsample)
+def _score_one(decoded: Decoded, upsample: int):
+    found = guarded(decoded.path, cnn_score_maps, [decoded.image], upsample)
     return found if isinstance(found, ImageFaces) else found[0]
 
 

@@ -105,8 +105,21 @@ def detect(img: np.ndarray, upsample: int = 1, model: str = "hog") -> list[Css]:
 def detect_cnn_batch(images: Sequence[np.ndarray], upsample: int = 1) -> list[list[Css]]:
     """:func:`detect` with the CNN detector for many images (H, W[, 3]) uint8 at once, batched on
     ``CNN_DEVICE``: one list of clipped boxes per image, in input order, each as :func:`detect` gives it."""
-    found = cnn_detections(images, upsample)
-    return [[trim_css_to_bounds(d.box, img.shape) for d in dets] for img, dets in zip(images, found)]
+    return [cnn_boxes(img, dets) for img, dets in zip(images, cnn_detections(images, upsample))]
+
+
+def cnn_score_maps(images: Sequence[np.ndarray], upsample: int = 1) -> list:
+    """The network's part of :func:`cnn_detections`, batched on ``CNN_DEVICE``: one
+    :class:`~dlibplus.cnn_detector.ScoreMap` (or ``None``) per image, whose
+    :func:`~dlibplus.cnn_detector.detections` are the image's."""
+    from .cnn_detector import cnn_detector
+
+    return cnn_detector(device=CNN_DEVICE).score_maps(list(images), upsample)
+
+
+def cnn_boxes(img: np.ndarray, detections: Sequence) -> list[Css]:
+    """The CNN ``detections`` of ``img`` as :func:`detect` returns them: boxes clipped to the image."""
+    return [trim_css_to_bounds(d.box, img.shape) for d in detections]
 
 
 def landmark_shapes(img: np.ndarray, boxes: Sequence[Css] | None = None, model: str = "large") -> list:

@@ -81,8 +81,8 @@ def test_reference_finds_faces_and_reports_bad_files(per_worker):
 def test_batched_in_parent_gives_the_per_worker_chips_in_order(photos, per_worker, monkeypatch):
     monkeypatch.setattr(device_pipeline, "DETECT_IMAGES", 2)  # several batches, failures between them
     calls = []
-    real = device_pipeline.detect_cnn_batch
-    monkeypatch.setattr(device_pipeline, "detect_cnn_batch", lambda images, up: calls.append(len(images)) or
+    real = device_pipeline.cnn_score_maps
+    monkeypatch.setattr(device_pipeline, "cnn_score_maps", lambda images, up: calls.append(len(images)) or
                         real(images, up))
     assert_same(run_pipeline(photos, parent=True), per_worker)
     assert calls and max(calls) == 2 and sum(calls) == 7  # the 7 readable photos, batched, each once
@@ -117,7 +117,7 @@ def test_each_path_reuses_the_cache_of_the_other(photos, tmp_path, monkeypatch):
     assert_same(run_pipeline(photos, parent=False, jobs=1, cache_dir=tmp_path / "a", **options), first, "encodings")
     assert sorted(worker_calls) == ["cut.jpg", "notes.jpg"]  # errors are not cached: tried again
     detections = []
-    monkeypatch.setattr(device_pipeline, "detect_cnn_batch", lambda *a: detections.append(a) or [])
+    monkeypatch.setattr(device_pipeline, "cnn_score_maps", lambda *a: detections.append(a) or [])
     assert_same(run_pipeline(photos, parent=True, jobs=1, cache_dir=tmp_path / "b", **options), second, "encodings")
     assert not detections
     assert_same(second, first, "encodings")
@@ -125,15 +125,17 @@ def test_each_path_reuses_the_cache_of_the_other(photos, tmp_path, monkeypatch):
 
 
 def test_a_photo_the_detector_fails_on_gets_the_per_worker_error(faces_dir):
-    """When a batch fails, each image is detected alone: only the failing one gets an error, the same text as
-    the per-worker path's."""
+    """When a batch fails, each image is scored alone: only the failing one gets an error, the same text as
+    the per-worker path's; the others' score maps give :func:`faces.detect`'s boxes."""
+    from dlibplus.cnn_detector import detections
     from dlibplus.images import load_image_file
 
     good = faces_dir / "lfw_dev/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
     image = load_image_file(good)
     bad = image.astype(np.float32)  # no reader gives this: the detector refuses it
     batch = [device_pipeline.Decoded(good, image, 1.0, image.shape), device_pipeline.Decoded(good, bad, 1.0, bad.shape)]
-    boxes, failed = device_pipeline._detect(batch, 0)
+    score_map, failed = device_pipeline._score(batch, 0)
+    boxes = faces.cnn_boxes(image, detections(score_map))
     assert boxes == faces.detect(image, 0, "cnn") and len(boxes) == 1
     assert failed.error == data.guarded(good, faces.detect, bad, 0, "cnn").error
     assert failed.error.startswith("ValueError: image 0: expected (H, W, 3) RGB")
