@@ -83,6 +83,9 @@ def _check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise ModelFileError(folder, "folder not found; --classifier head takes the output folder of "
                                      "`dlibplus finetune`")
+    if (folder / "knn.json").is_file():  # knn_store.MODEL_FILE, named here to keep this module light
+        raise ModelFileError(folder, "is a train-knn model, not a `dlibplus finetune` folder: predict with "
+                                     "it without --classifier head (--classifier knn is the default)")
     if not (folder / model_folder.MODEL_DAT).is_file() and (folder / model_folder.CHECKPOINT).is_file():
         raise ModelFileError(folder, f"an unfinished `dlibplus finetune` run (it holds {model_folder.CHECKPOINT} but "
                                      f"no {model_folder.MODEL_DAT} yet): finish it with the same "

@@ -7,12 +7,15 @@ Differences from the example, each fixing something that hurts its users:
   (``"sqrt"`` keeps it available);
 - the distance reported for a face, and the "unknown" decision, concern the *predicted* person (its
   nearest training encoding), not whichever training face happened to be nearest;
-- the model is an ``.npz`` of arrays plus JSON metadata, written atomically and loaded without pickle,
-  so loading a model file can never run code. The scikit-learn classifier is rebuilt on load.
+- neighbours come from a :class:`~dlibplus.gallery.GalleryIndex` (faiss): exact search, the same
+  neighbours as scikit-learn's, up to 100,000 faces, an approximate index with a measured recall above;
+- the model is a folder (:mod:`dlibplus.knn_store`) of float32 encodings memory-mapped on load, plain
+  arrays and JSON, written atomically and loaded without pickle, so a million-face model opens in
+  milliseconds and loading a model can never run code; :meth:`FaceKNN.add` grows it without
+  re-encoding what it holds.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -20,13 +23,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import knn_store
 from .errors import ImageReadError, ModelFileError, NotFittedError
-from .fileio import atomic_path
 from .predict import UNKNOWN
 from .recipe import Recipe
 
-FORMAT = "dlibplus-knn"
-FORMAT_VERSION = 2  # 2: recipe with a relative encoder path and its sha256; info apart
+FORMAT = knn_store.FORMAT
+FORMAT_VERSION = knn_store.FORMAT_VERSION
+INDEXES = ("auto", "exact", "hnsw", "ivf")
+EXACT_ALIASES = ("ball_tree", "kd_tree", "brute")
+"""scikit-learn's names for its exact searches (the example's ``knn_algo``): the same neighbours as
+``"exact"``, which they mean here."""
+LOO_SAMPLE = 5000
+"""Training faces on which leave-one-out picks k (all of them in smaller galleries)."""
+_PREDICT_BLOCK = 4096  # queries per block: bounds the (block, k, 128) float64 neighbour buffer
 
 
 def _weighted_vote(dist: np.ndarray, neigh_labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -44,29 +54,48 @@ def _weighted_vote(dist: np.ndarray, neigh_labels: np.ndarray, n_classes: int) -
     return scores
 
 
-def choose_n_neighbors(encodings: np.ndarray, labels: np.ndarray,
-                       candidates: Sequence[int] = (1, 2, 3, 4, 5, 7, 9, 11, 15)) -> tuple[int, dict[int, float]]:
+def _neighbours(index, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest gallery rows of each query: ``(distances (m, k) float64, ids (m, k) int64)``.
+
+    The index finds them; the distances are recomputed in float64 from the stored rows, as
+    scikit-learn computes them.
+    """
+    _, ids = index.search(X, k)
+    rows = np.asarray(index.encodings[ids.ravel()], np.float64).reshape(len(X), k, -1)
+    return np.sqrt(((rows - X[:, None, :]) ** 2).sum(axis=2)), ids
+
+
+def choose_n_neighbors(encodings: np.ndarray | None, labels: np.ndarray,
+                       candidates: Sequence[int] = (1, 2, 3, 4, 5, 7, 9, 11, 15), *, index=None,
+                       sample: int = LOO_SAMPLE, seed: int = 0) -> tuple[int, dict[int, float]]:
     """k with the best leave-one-out accuracy of the distance-weighted vote (the smallest on ties).
 
-    :param encodings: (n, d) float array. :param labels: (n,) int class indices.
+    :param encodings: (n, d) float array (or ``None`` with ``index``). :param labels: (n,) int class indices.
+    :param index: a :class:`~dlibplus.gallery.GalleryIndex` over the encodings (built exact if not given).
+    :param sample: at most this many faces are left out in turn (seeded), so that a big gallery costs
+        ``sample`` searches, not one per face.
     :return: ``(k, {k: loo_accuracy})``.
     """
-    from sklearn.neighbors import NearestNeighbors
+    from .gallery import GalleryIndex
 
-    n = len(encodings)
+    if index is None:
+        index = GalleryIndex.build(encodings, kind="exact", device="cpu")
+    n = len(labels)
     ks = sorted({k for k in candidates if 1 <= k <= n - 1}) or [1]
-    nn = NearestNeighbors(n_neighbors=min(max(ks) + 1, n)).fit(encodings)
-    dist, idx = nn.kneighbors(encodings)
-    # drop each point itself (it may not come first when exact duplicates exist)
-    not_self = idx != np.arange(n)[:, None]
+    rows = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    Q = np.asarray(index.encodings[rows], np.float64)
+    dist, idx = _neighbours(index, Q, min(max(ks) + 1, n))
+    # drop each face itself (it may not come first when exact duplicates exist)
+    not_self = idx != rows[:, None]
     order = np.argsort(~not_self, axis=1, kind="stable")
     dist = np.take_along_axis(dist, order, 1)[:, :-1]
     idx = np.take_along_axis(idx, order, 1)[:, :-1]
     n_classes = int(labels.max()) + 1
+    truth = labels[rows]
     scores = {}
     for k in ks:
         votes = _weighted_vote(dist[:, :k], labels[idx[:, :k]], n_classes)
-        scores[k] = float(np.mean(votes.argmax(axis=1) == labels))
+        scores[k] = float(np.mean(votes.argmax(axis=1) == truth))
     best = max(ks, key=lambda k: (scores[k], -k))
     return best, scores
 
@@ -76,8 +105,9 @@ class FaceKNN:
     its parameters, :meth:`fit` takes data only and sets the ``*_`` attributes, predictions are arrays.
 
     :param n_neighbors: ``"auto"`` (leave-one-out choice), ``"sqrt"`` (the example's heuristic) or an int.
-    :param algorithm: scikit-learn's neighbour search: ``ball_tree`` (the example's), ``kd_tree``,
-        ``brute`` or ``auto``.
+    :param algorithm: the neighbour search (:class:`~dlibplus.gallery.GalleryIndex`): ``"auto"`` (exact
+        up to 100,000 faces, then HNSW), ``"exact"``, ``"hnsw"`` or ``"ivf"``; scikit-learn's
+        ``ball_tree``, ``kd_tree`` and ``brute`` mean ``"exact"`` (the same neighbours).
     :param threshold: Euclidean distance beyond which a face is "unknown" (face_recognition's 0.6).
     :param recipe: how the encodings given to :meth:`fit` were made (encoder, face settings, jitter);
         prediction on photos follows it (:func:`dlibplus.predict.predict_images`).
@@ -86,11 +116,15 @@ class FaceKNN:
         "unknown" is decided on the distance to the nearest photo of the predicted person, so the threshold
         keeps face_recognition's meaning. With few photos per person the last two name more faces rightly
         on dlib's encodings (BENCHMARKS.md, the suite).
+
+    Fitted attributes: ``classes_`` (c,) str, ``labels_`` (n,) int32, ``index_`` (the gallery; its float32
+    encodings are ``encodings_``), ``k_``, ``loo_scores_``, ``sources_`` ((n,) sha256 digests or ``None``),
+    and the method's arrays (``centroids_`` or ``svm_coef_``/``svm_intercept_``).
     """
 
     METHODS = ("knn", "prototype", "svm")
 
-    def __init__(self, n_neighbors: int | str = "auto", algorithm: str = "ball_tree", threshold: float = 0.6,
+    def __init__(self, n_neighbors: int | str = "auto", algorithm: str = "auto", threshold: float = 0.6,
                  recipe: Recipe | None = None, method: str = "knn"):
         self.n_neighbors = n_neighbors
         self.algorithm = algorithm
@@ -110,51 +144,110 @@ class FaceKNN:
         return self
 
     # -- training -------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, y: Sequence[str]) -> "FaceKNN":
-        """:param X: (n, 128) float encodings. :param y: n person names."""
+    def fit(self, X: np.ndarray, y: Sequence[str], *, sources: Sequence[bytes] | None = None) -> "FaceKNN":
+        """:param X: (n, 128) float encodings. :param y: n person names.
+        :param sources: n 32-byte sha256 digests of the photos (what :meth:`add` uses to skip photos
+            already in the model), or ``None``."""
+        from .gallery import GalleryIndex
+
+        X = self._check_data(X, y)
+        self._check_params()
+        self.classes_, labels = np.unique(np.asarray(y, dtype=str), return_inverse=True)
+        self.labels_ = labels.astype(np.int32)
+        self.index_ = GalleryIndex.build(X, kind=self._index_kind())
+        self.sources_ = _as_sources(sources, len(X))
+        self._fit_rest(X)
+        return self
+
+    def add(self, X: np.ndarray, y: Sequence[str], *, sources: Sequence[bytes] | None = None) -> "FaceKNN":
+        """Append faces of new or known people; nothing already in the model is re-encoded or rebuilt
+        (an exact gallery grown past 100,000 faces under ``algorithm="auto"`` becomes approximate).
+        k is chosen again under ``"auto"``; prototypes and the SVM are refit on every face.
+
+        :param X: (m, 128) float encodings. :param y: m person names. :param sources: as in :meth:`fit`
+            (rows without a digest get zeros when the model has digests).
+        """
+        from .gallery import GalleryIndex
+
+        self._check()
+        X = self._check_data(X, y)
+        classes = np.union1d(self.classes_, np.asarray(y, dtype=str))
+        old_labels = np.searchsorted(classes, self.classes_)[self.labels_]
+        new_labels = np.searchsorted(classes, np.asarray(y, dtype=str))
+        self.index_.add(X)
+        if self.algorithm == "auto" and self.index_.kind == "exact" and self.index_.needs_rebuild():
+            self.index_ = GalleryIndex.build(self.index_.encodings, kind="auto")
+        self.classes_, self.labels_ = classes, np.concatenate([old_labels, new_labels]).astype(np.int32)
+        if self.sources_ is not None or sources is not None:
+            old = self.sources_ if self.sources_ is not None else np.zeros(len(old_labels), "S32")
+            new = _as_sources(sources, len(X)) if sources is not None else np.zeros(len(X), "S32")
+            self.sources_ = np.concatenate([np.asarray(old), new])
+        self._fit_rest(None)
+        return self
+
+    def _check_data(self, X, y) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or len(X) == 0:
             raise ValueError("need a non-empty (n, d) array of encodings")
         if len(y) != len(X):
             raise ValueError(f"{len(y)} labels for {len(X)} encodings")
+        return X
+
+    def _check_params(self) -> None:
         if not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
             raise ValueError(f"threshold must be a distance >= 0, not {self.threshold!r}")
         if self.method not in self.METHODS:
             raise ValueError(f"method must be one of {list(self.METHODS)}, not {self.method!r}")
-        self.classes_, labels = np.unique(np.asarray(y, dtype=str), return_inverse=True)
-        self.encodings_, self.labels_ = X, labels
+        self._index_kind()
+
+    def _index_kind(self) -> str:
+        if self.algorithm in EXACT_ALIASES:
+            return "exact"
+        if self.algorithm not in INDEXES:
+            raise ValueError(f"algorithm must be one of {list(INDEXES + EXACT_ALIASES)}, not {self.algorithm!r}")
+        return self.algorithm
+
+    def _fit_rest(self, X: np.ndarray | None) -> None:
+        """k and the method's arrays, from the gallery (``X``: the float64 encodings when at hand)."""
+        n = len(self.labels_)
         self.loo_scores_: dict[int, float] = {}
         if self.n_neighbors == "auto":
-            self.k_, self.loo_scores_ = choose_n_neighbors(X, labels)
+            self.k_, self.loo_scores_ = choose_n_neighbors(None, self.labels_, index=self.index_)
         elif self.n_neighbors == "sqrt":
-            self.k_ = max(1, int(round(np.sqrt(len(X)))))
+            self.k_ = max(1, int(round(np.sqrt(n))))
         else:
             self.k_ = int(self.n_neighbors)
             if self.k_ < 1:
                 raise ValueError(f"n_neighbors must be >= 1, not {self.k_}")
-        self.k_ = min(self.k_, len(X))
-        self.clf_ = self._classifier()
-        with warnings.catch_warnings():
-            # scikit-learn hints that more classes than half the samples looks like regression; a face
-            # gallery with one or two photos per person is exactly that, and fine
-            warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
-            self.clf_.fit(X, labels)
-        return self
+        self.k_ = min(self.k_, n)
+        self._class_rows = None
+        self._fit_method(X)
 
-    def _classifier(self):
-        """The scikit-learn classifier that names faces (the threshold is applied apart)."""
-        from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
-        from sklearn.svm import LinearSVC
-
+    def _fit_method(self, X: np.ndarray | None) -> None:
+        """Class means (``prototype``) or a linear SVM (``svm``, scikit-learn's ``LinearSVC``)."""
+        self.centroids_ = self.svm_coef_ = self.svm_intercept_ = None
         if self.method == "prototype":
-            return NearestCentroid()
-        if self.method == "svm":
-            return LinearSVC(C=1.0, max_iter=20000, random_state=0)
-        return KNeighborsClassifier(n_neighbors=self.k_, algorithm=self.algorithm, weights="distance")
+            self.centroids_ = _class_means(self.index_.encodings, self.labels_, len(self.classes_))
+        elif self.method == "svm":
+            from sklearn.svm import LinearSVC
+
+            X = X if X is not None else np.asarray(self.index_.encodings, np.float64)
+            with warnings.catch_warnings():
+                # scikit-learn hints that more classes than half the samples looks like regression; a face
+                # gallery with one or two photos per person is exactly that, and fine
+                warnings.filterwarnings("ignore", message="The number of unique classes", category=UserWarning)
+                svm = LinearSVC(C=1.0, max_iter=20000, random_state=0).fit(X, self.labels_)
+            self.svm_coef_, self.svm_intercept_ = svm.coef_, svm.intercept_
 
     def _check(self) -> None:
-        if not hasattr(self, "clf_"):
+        if not hasattr(self, "index_"):
             raise NotFittedError("this FaceKNN is not trained: call fit() or FaceKNN.load()")
+
+    @property
+    def encodings_(self) -> np.ndarray:
+        """(n, 128) float32 training encodings (memory-mapped after :meth:`load`)."""
+        self._check()
+        return self.index_.encodings
 
     # -- prediction -----------------------------------------------------------------------------
     def predict_with_distance(self, X: np.ndarray, threshold: float | None = None
@@ -164,18 +257,13 @@ class FaceKNN:
         :param X: (n, 128) float. :return: ``(names (n,) str, distances (n,) float64, people (n,) str)``.
         """
         self._check()
-        X = np.asarray(X, dtype=np.float64).reshape(-1, self.encodings_.shape[1])
+        X = np.asarray(X, dtype=np.float64).reshape(-1, self.index_.dim)
         if len(X) == 0:
             return np.zeros(0, dtype=str), np.zeros(0), np.zeros(0, dtype=str)
         threshold = self.threshold if threshold is None else threshold
-        pred = self.clf_.predict(X)
-        from .metrics import nearest_identity
-
-        dist = np.empty(len(X))
-        for c in np.unique(pred):
-            rows = pred == c
-            gallery = self.encodings_[self.labels_ == c]
-            dist[rows] = nearest_identity(gallery, np.zeros(len(gallery)), X[rows])[1]
+        pred = np.concatenate([self._predict_labels(X[s:s + _PREDICT_BLOCK])
+                               for s in range(0, len(X), _PREDICT_BLOCK)])
+        dist = self._distance_to_person(X, pred)
         people = self.classes_[pred]
         names = np.where(dist <= threshold, people, UNKNOWN)
         return names, dist, people
@@ -184,140 +272,122 @@ class FaceKNN:
         """(n,) str: the person of each encoding, or "unknown"."""
         return self.predict_with_distance(X, threshold)[0]
 
-    # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: os.PathLike | str, *, info: dict[str, Any] | None = None) -> None:
-        """Write encodings, labels, parameters and the recipe to ``path`` (.npz) atomically.
+    def _predict_labels(self, X: np.ndarray) -> np.ndarray:
+        """(m,) class indices of the method (scikit-learn's answer for each: same votes, means, SVM)."""
+        if self.method == "prototype":
+            from sklearn.metrics import pairwise_distances_argmin
 
-        A path encoder (a fine-tuned folder) is recorded relative to the model file, so the two can move
+            return pairwise_distances_argmin(X, self.centroids_)  # what NearestCentroid.predict does
+        if self.method == "svm":
+            scores = X @ self.svm_coef_.T + self.svm_intercept_
+            return (scores[:, 0] > 0).astype(np.int64) if scores.shape[1] == 1 else scores.argmax(axis=1)
+        dist, ids = _neighbours(self.index_, X, self.k_)
+        return _weighted_vote(dist, self.labels_[ids], len(self.classes_)).argmax(axis=1)
+
+    def _distance_to_person(self, X: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """(m,) float64 distance of each query to the nearest training photo of its predicted person."""
+        from .metrics import nearest_identity
+
+        if self._class_rows is None:
+            order = np.argsort(self.labels_, kind="stable")
+            bounds = np.searchsorted(self.labels_[order], np.arange(len(self.classes_) + 1))
+            self._class_rows = (order, bounds)
+        order, bounds = self._class_rows
+        dist = np.empty(len(X))
+        for c in np.unique(pred):
+            rows = pred == c
+            gallery = np.asarray(self.index_.encodings[np.sort(order[bounds[c]:bounds[c + 1]])], np.float64)
+            dist[rows] = nearest_identity(gallery, np.zeros(len(gallery)), X[rows])[1]
+        return dist
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: os.PathLike | str, *, info: dict[str, Any] | None = None) -> Path:
+        """Write the model into the folder ``path`` atomically (:mod:`dlibplus.knn_store`); returns it.
+
+        A path encoder (a fine-tuned folder) is recorded relative to the model, so the two can move
         together, with its sha256 so that a different model in its place is noticed. ``info``: JSON-able
         facts about the training run kept beside (``info_`` after :meth:`load`).
         """
         self._check()
         from .encoders import encoder_sha256
 
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_neighbors": self.k_,
-                "n_neighbors_rule": str(self.n_neighbors), "algorithm": self.algorithm, "method": self.method,
-                "threshold": self.threshold,
+        path = Path(path)
+        meta = {"n_neighbors": self.k_, "n_neighbors_rule": str(self.n_neighbors), "algorithm": self.algorithm,
+                "method": self.method, "threshold": self.threshold,
                 "loo_accuracy": {str(k): v for k, v in self.loo_scores_.items()},
-                **self.recipe.relative_to(Path(path).parent).to_dict(),
+                **self.recipe.relative_to(path).to_dict(),
                 "encoder_sha256": encoder_sha256(self.recipe.encoder),
                 "info": dict(info if info is not None else getattr(self, "info_", {}))}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, encodings=self.encodings_, labels=self.labels_.astype(np.int32),
-                         classes=self.classes_.astype(str), metadata=np.array(json.dumps(meta)))
+        classifier = {"centroids": self.centroids_} if self.method == "prototype" else \
+            {"coef": self.svm_coef_, "intercept": self.svm_intercept_} if self.method == "svm" else {}
+        return knn_store.write_model(path, meta, self.classes_, self.labels_, self.index_, self.sources_,
+                                     classifier)
 
     @classmethod
-    def load(cls, path: os.PathLike | str) -> "FaceKNN":
-        """Load a model written by :meth:`save`; never unpickles.
+    def load(cls, path: os.PathLike | str, *, mmap: bool = True) -> "FaceKNN":
+        """Load a model folder written by :meth:`save` (encodings memory-mapped unless ``mmap=False``),
+        or a single-file model of an older dlibplus; never unpickles.
 
         :raises ModelFileError: missing, truncated or not a dlibplus KNN model; its encoder folder
             missing or replaced by a different model.
         """
         path = Path(path)
-        if path.is_dir():
-            raise ModelFileError(path, "is a folder, not a train-knn model file (a `dlibplus finetune` folder "
-                                       "classifies with --classifier head)")
-        if not path.is_file():
-            raise ModelFileError(path, "file not found")
-        arrays, meta = _read_npz(path)
-        if meta.get("format") != FORMAT:
-            raise ModelFileError(path, "not a dlibplus KNN model (wrong format tag)")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelFileError(path, f"written by a newer dlibplus (format {meta['format_version']})")
-        _check_encodings(path, arrays["encodings"])
-        recipe = Recipe.from_dict(meta, path).resolved_from(path.parent)
-        _check_encoder(path, recipe.encoder, meta.get("encoder_sha256"))
+        stored = knn_store.read_model(path, mmap=mmap)
+        meta = stored.meta
+        folder = path if path.is_dir() else path.parent
+        recipe = Recipe.from_dict(meta, path).resolved_from(folder)
+        knn_store.check_encoder(path, recipe.encoder, meta.get("encoder_sha256"))
         try:
-            labels = arrays["classes"][arrays["labels"]]
-            model = cls(int(meta["n_neighbors"]), meta["algorithm"], float(meta["threshold"]), recipe,
-                        str(meta.get("method", "knn")))
-            model.fit(arrays["encodings"], labels)
+            model = cls(int(meta["n_neighbors"]), str(meta.get("algorithm", "auto")), float(meta["threshold"]),
+                        recipe, str(meta.get("method", "knn")))
+            if stored.index is None:  # a single-file model: refit, as it always was
+                model.fit(stored.encodings, stored.classes[stored.labels])
+            else:
+                model._restore(stored)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ModelFileError(path, f"inconsistent KNN model ({type(exc).__name__}: {exc})") from None
         model.n_neighbors = meta.get("n_neighbors_rule", model.n_neighbors)
+        if model.n_neighbors not in ("auto", "sqrt"):
+            model.n_neighbors = int(model.n_neighbors)
         model.loo_scores_ = {int(k): v for k, v in meta.get("loo_accuracy", {}).items()}
-        model.info_ = meta.get("info", {k: v for k, v in meta.items() if k in _V1_INFO})
+        model.info_ = meta.get("info", {})
         return model
 
-
-def is_model_file(path: os.PathLike | str) -> bool:
-    """Whether ``path`` is a train-knn model file (what :meth:`FaceKNN.save` writes), judged by its tag."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        return _read_npz(path)[1].get("format") == FORMAT
-    except ModelFileError:
-        return False
-
-
-_V1_INFO = ("dlibplus_version", "trained_on", "n_images", "n_people")  # format 1 kept these at the top
-
-
-def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays and JSON metadata of a KNN model file, or a ModelFileError saying what the file is not."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise ModelFileError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if magic != b"PK\x03\x04":  # every .npz is a zip archive
-        raise ModelFileError(path, "not a train-knn model: not an .npz archive (a train-knn model is the "
-                                   ".npz that `dlibplus train-knn -o` writes)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("encodings", "labels", "classes", "metadata")}
-        meta = json.loads(str(arrays["metadata"]))
-    except KeyError as exc:
-        raise ModelFileError(path, f"not a dlibplus KNN model (no {exc} array)") from None
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
-            raise ModelFileError(path, "not a dlibplus KNN model: it holds Python objects, which dlibplus "
-                                       "never loads") from None
-        raise ModelFileError(path, f"not a dlibplus KNN model, or damaged ({exc})") from None
-    except Exception as exc:
-        raise ModelFileError(path, f"not a dlibplus KNN model, or truncated ({type(exc).__name__})") from None
-    if not isinstance(meta, dict):
-        raise ModelFileError(path, "not a dlibplus KNN model (its metadata is not a JSON object)")
-    return arrays, meta
+    def _restore(self, stored: "knn_store.StoredModel") -> None:
+        """Set the fitted attributes from a model folder's parts, without refitting anything."""
+        self._check_params()
+        self.classes_, self.labels_, self.index_ = stored.classes, stored.labels, stored.index
+        self.sources_ = stored.sources
+        self.k_ = min(int(stored.meta["n_neighbors"]), len(self.labels_))
+        self._class_rows = None
+        self.centroids_ = self.svm_coef_ = self.svm_intercept_ = None
+        if self.method == "prototype":
+            self.centroids_ = stored.classifier["centroids"]
+        elif self.method == "svm":
+            self.svm_coef_, self.svm_intercept_ = stored.classifier["coef"], stored.classifier["intercept"]
 
 
-def _check_encoder(path: Path, spec: str, recorded_sha256: str | None) -> None:
-    """A path encoder a model records must exist and be the model it was trained with."""
-    from .encoders import encoder_sha256, split_flip
-
-    base, _ = split_flip(spec)
-    if base in ("dlib", "torch"):
-        return
-    if not Path(base).exists():
-        raise ModelFileError(path, f"its encoder {base} is missing (keep the fine-tuned folder where it was "
-                                   "relative to the model file, or retrain with train-knn --encoder)")
-    _check_encoder_folder(path, Path(base))
-    if recorded_sha256 and encoder_sha256(spec) != recorded_sha256:
-        raise ModelFileError(path, f"its encoder {base} is not the model it was trained with (its model.dat "
-                                   "changed): retrain with train-knn --encoder")
+def _as_sources(sources, n: int) -> np.ndarray | None:
+    """(n,) ``S32`` sha256 digests, or ``None``."""
+    if sources is None:
+        return None
+    out = np.asarray(sources, dtype="S32")
+    if out.shape != (n,):
+        raise ValueError(f"{len(out)} sources for {n} encodings")
+    return out
 
 
-def _check_encoder_folder(path: Path, folder: Path) -> None:
-    """A fine-tuned encoder folder must still hold its network (a re-run into it may have removed it)."""
-    from . import model_folder
-
-    if not folder.is_dir() or (folder / model_folder.MODEL_DAT).is_file():
-        return
-    if (folder / model_folder.CHECKPOINT).is_file():
-        raise ModelFileError(path, f"its encoder folder {folder} holds an unfinished `dlibplus finetune` run "
-                                   f"({model_folder.CHECKPOINT}, no {model_folder.MODEL_DAT}): finish that run "
-                                   "with --resume, or retrain with train-knn --encoder")
-    raise ModelFileError(path, f"its encoder folder {folder} holds no {model_folder.MODEL_DAT} any more: put the "
-                               "fine-tuned model back, or retrain with train-knn --encoder")
+def _class_means(encodings: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(c, d) float64 mean encoding of each class, read in blocks (a memory-mapped gallery stays on disk)."""
+    sums = np.zeros((n_classes, encodings.shape[1]))
+    for s in range(0, len(labels), 1 << 16):
+        np.add.at(sums, labels[s:s + (1 << 16)], np.asarray(encodings[s:s + (1 << 16)], np.float64))
+    return sums / np.bincount(labels, minlength=n_classes)[:, None]
 
 
-def _check_encodings(path: Path, encodings: np.ndarray) -> None:
-    """The stored encodings must be face encodings: (n, 128) real numbers."""
-    if encodings.ndim != 2 or encodings.shape[1] != 128 or not np.issubdtype(encodings.dtype, np.number):
-        raise ModelFileError(path, f"its encodings are not 128-d face encodings (shape {encodings.shape}, "
-                                   f"{encodings.dtype}): not a train-knn model, or damaged")
+def is_model(path: os.PathLike | str) -> bool:
+    """Whether ``path`` is a train-knn model: a model folder, or a single-file model of an older dlibplus."""
+    return knn_store.is_model_folder(path) or knn_store.is_legacy_model_file(path)
 
 
 # --- the example's functions ---------------------------------------------------------------------

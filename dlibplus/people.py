@@ -53,6 +53,8 @@ class PeopleSet:
     :ivar encodings: (n, 128) float64, or ``None`` for a chips set.
     :ivar chips: (n, 150, 150, 3) uint8, or ``None`` for an encodings set.
     :ivar skipped: person → list of ``(path, reason)``.
+    :ivar sources: (n,) ``S32`` sha256 digests of the used photos (zeros for one that could not be hashed).
+    :ivar n_already_known: photos left out because ``skip_sources`` held them.
     """
 
     folder: Path
@@ -66,6 +68,8 @@ class PeopleSet:
     chips: np.ndarray | None = None
     skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     total_per_person: dict[str, int] = field(default_factory=dict)
+    sources: np.ndarray | None = None
+    n_already_known: int = 0
 
     @property
     def people(self) -> list[str]:
@@ -134,17 +138,28 @@ def _skip_reason(r: ImageFaces) -> str | None:
 def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = None, encoder: str | None = "dlib",
                 want: str = "encodings", num_jitters: int = 1, jobs: int | None = None,
                 use_cache: bool = True, cache_dir: os.PathLike | str | None = None,
-                progress: bool = True, ray_address: str | None = None) -> PeopleSet:
+                progress: bool = True, ray_address: str | None = None,
+                skip_sources: set[bytes] | None = None) -> PeopleSet:
     """Scan, detect, align and encode a people folder; keep images with exactly one face.
 
     :param encoder: ``'dlib'``, ``'torch'``, a ``.dat`` or a fine-tuned model folder (ignored for chips).
     :param want: ``"encodings"`` or ``"chips"``.
     :param ray_address: encode on Ray (:mod:`dlibplus.ray_encode`): ``"local"`` for a new local cluster of
         ``jobs`` CPUs, or a cluster's address; encodings only, no cache.
+    :param skip_sources: sha256 digests (32 bytes) of photos to leave out unread (``train-knn --add``:
+        those already in the model); ``n_already_known`` counts them, and the set may then be empty.
     :raises DataFolderError: the folder is missing or empty, or no image has a usable face.
     """
     settings = settings or FaceSettings()
     pairs = scan_people(folder)
+    digests = [_digest(p) for _, p in pairs]
+    n_known, known_people = 0, set()
+    if skip_sources:
+        keep = [d is None or d not in skip_sources for d in digests]
+        n_known = len(pairs) - sum(keep)
+        known_people = {person for (person, _), k in zip(pairs, keep) if not k}
+        pairs = [pair for pair, k in zip(pairs, keep) if k]
+        digests = [d for d, k in zip(digests, keep) if k]
     people = [d.name for d in person_folders(folder)]
     enc, spec = resolve_encoder(encoder) if want == "encodings" else (None, "none")
     if ray_address is not None and want == "encodings":
@@ -159,24 +174,37 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
                                  jobs=jobs, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
                                  desc="encoding" if want == "encodings" else "aligning")
     skipped: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    labels, paths, boxes, rows = [], [], [], []
-    for (person, path), r in zip(pairs, results):
+    labels, paths, boxes, rows, sources = [], [], [], [], []
+    for (person, path), digest, r in zip(pairs, digests, results):
         reason = _skip_reason(r)
         if reason:
             skipped[person].append((str(path), reason))
             continue
         labels.append(person)
         paths.append(str(path))
+        sources.append(digest or bytes(32))
         boxes.append(r.boxes[0])
         rows.append(r.encodings[0] if want == "encodings" else r.chips[0])
-    total = {name: 0 for name in people}  # empty person folders too: the report names them
+    # empty person folders too, the report names them; not those whose photos are all known already
+    total = {name: 0 for name in people if name not in known_people}
     total.update(Counter(person for person, _ in pairs))
-    if not labels:
+    if not labels and not (n_known and not pairs):
         raise DataFolderError(f"no usable face in {folder}: every image was skipped "
                               f"({counted(sum(total.values()), 'image')}; try --face-box whole for tight crops)")
-    stacked = np.stack(rows)
-    return PeopleSet(Path(folder), np.array(labels), np.array(paths), np.array(boxes, np.int32), settings, spec,
+    stacked = np.stack(rows) if rows else np.zeros((0, 128))
+    return PeopleSet(Path(folder), np.array(labels, dtype=str), np.array(paths, dtype=str),
+                     np.array(boxes, np.int32).reshape(-1, 4), settings, spec,
                      num_jitters, encodings=stacked if want == "encodings" else None,
                      chips=stacked if want == "chips" else None, skipped=dict(skipped),
-                     total_per_person=dict(total))
+                     total_per_person=dict(total), sources=np.array(sources, dtype="S32"), n_already_known=n_known)
+
+
+def _digest(path: Path) -> bytes | None:
+    """The photo's sha256 (32 bytes), or ``None`` when it cannot be read (the pipeline reports why)."""
+    from .fileio import cached_file_sha256
+
+    try:
+        return bytes.fromhex(cached_file_sha256(path))
+    except OSError:
+        return None
 

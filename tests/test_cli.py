@@ -63,7 +63,7 @@ def test_train_knn_skips_and_reports_bad_input(people_dir, tmp_path):
     assert rep["people_without_usable_images"] == ["Nobody"]
     assert rep["people"]["Abdullah_Gul"]["used"] == 4  # the RGBA png counts
     assert "Nobody has no usable image" in res.output
-    assert model.is_file()
+    assert (model / "knn.json").is_file()
 
 
 def test_predict_csv_json_unknown_and_annotate(people_dir, tmp_path, faces_dir):
@@ -105,6 +105,52 @@ def test_second_run_only_encodes_new_photos(people_dir, tmp_path, faces_dir, mon
     calls.clear()
     assert run("train-knn", people_dir, "-o", tmp_path / "c.npz", "-j", 1, "--upsample", 0).exit_code == 0
     assert len(calls) == first + 1  # new settings, new cache key
+
+
+def test_train_knn_add_extends_the_model_without_encoding_it_again(people_dir, tmp_path, faces_dir, monkeypatch):
+    from dlibplus.knn import FaceKNN
+
+    monkeypatch.setenv("DLIBPLUS_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m"
+    assert run("train-knn", people_dir, "-o", model, "-j", 1).exit_code == 0
+    before = FaceKNN.load(model)
+    more = tmp_path / "more"
+    lfw = faces_dir / "lfw_dev"
+    (more / "Al_Gore").mkdir(parents=True)
+    for src in sorted((lfw / "Al_Gore").iterdir())[:3]:
+        os.symlink(src, more / "Al_Gore" / src.name)
+    (more / "Aaron_Peirsol").mkdir()
+    os.symlink(lfw / "Aaron_Peirsol/Aaron_Peirsol_0004.jpg", more / "Aaron_Peirsol" / "new.jpg")
+    # a photo the model holds already, under another name: skipped by its content
+    os.symlink(sorted((lfw / "Abdullah_Gul").iterdir())[0], more / "Aaron_Peirsol" / "renamed.jpg")
+    calls = []
+    real = data._process_one
+    monkeypatch.setattr(data, "_process_one", lambda *a: calls.append(a[0]) or real(*a))
+    res = run("train-knn", more, "-o", model, "--add", "-j", 1)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in calls) == ["Al_Gore_0001.jpg", "Al_Gore_0002.jpg", "Al_Gore_0003.jpg", "new.jpg"]
+    assert "1 photo already in the model" in res.output and "1 new person" in res.output
+    after = FaceKNN.load(model)
+    n = len(before.labels_)
+    assert len(after.labels_) == n + 4 and set(after.classes_) == set(before.classes_) | {"Al_Gore"}
+    assert np.array_equal(after.encodings_[:n], before.encodings_)
+    assert np.array_equal(after.classes_[after.labels_[:n]], before.classes_[before.labels_])
+    res = run("predict", model, lfw / "Al_Gore/Al_Gore_0004.jpg", "-j", 1)
+    assert res.exit_code == 0 and res.stdout.splitlines()[1].split(",")[1] == "Al_Gore"
+    # the same folder again: nothing to add, nothing encoded, the model untouched
+    calls.clear()
+    stamp = (model / "knn.json").read_bytes()
+    res = run("train-knn", more, "-o", model, "--add", "-j", 1)
+    assert res.exit_code == 0 and "nothing new to add" in res.output and not calls
+    assert (model / "knn.json").read_bytes() == stamp
+    # options that disagree with the model, or nothing to add to: one line, exit 2, before any work
+    for args, expected in ((["--encoder", "torch"], "keeps the model's encoder"),
+                           (["--upsample", "0"], "--upsample 0 differs"),
+                           (["--method", "svm"], "--method svm differs")):
+        res = run("train-knn", more, "-o", model, "--add", *args)
+        assert res.exit_code == 2 and expected in res.output and not calls
+    res = run("train-knn", more, "-o", tmp_path / "none", "--add")
+    assert res.exit_code == 2 and "not a train-knn model folder" in res.output and "does not exist" in res.output
 
 
 def test_empty_missing_and_faceless_folders(tmp_path):

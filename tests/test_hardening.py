@@ -49,7 +49,7 @@ def kpop(tmp_path_factory, faces_dir) -> Path:
 @pytest.fixture(scope="module")
 def knn_model(kpop, tmp_path_factory) -> Path:
     """A train-knn model of :func:`kpop` (tight crops)."""
-    model = tmp_path_factory.mktemp("knn") / "people.npz"
+    model = tmp_path_factory.mktemp("knn") / "people"
     res = run("train-knn", kpop, "-o", model, *WHOLE)
     assert res.exit_code == 0, res.output
     return model
@@ -371,20 +371,32 @@ def test_train_knn_never_replaces_a_file_it_did_not_write(kpop, knn_model, tmp_p
     line = one_line_error(run("train-knn", kpop, "-o", tmp_path / "m.npz", "--report", photo, *WHOLE))
     assert "exists and is not a train-knn report" in line and photo.read_bytes() == before
     # its own model and report are replaced as before
-    model, report = tmp_path / "m.npz", tmp_path / "r.json"
-    shutil.copy(knn_model, model)
+    model, report = tmp_path / "m", tmp_path / "r.json"
+    shutil.copytree(knn_model, model)
     for _ in range(2):
         assert run("train-knn", kpop, "-o", model, "--report", report, *WHOLE).exit_code == 0
+    # a folder that is not a model is left alone, and so is a single-file model of an older dlibplus
+    (tmp_path / "album").mkdir()
+    shutil.copy(photo, tmp_path / "album" / "photo.jpg")
+    line = one_line_error(run("train-knn", kpop, "-o", tmp_path / "album", *WHOLE))
+    assert "exists and is not a train-knn model" in line
+    old = tmp_path / "old.npz"
+    np.savez(old, encodings=np.zeros((1, 128)), labels=np.zeros(1, np.int32), classes=np.array(["a"]),
+             metadata=np.array('{"format": "dlibplus-knn", "format_version": 2}'))
+    line = one_line_error(run("train-knn", kpop, "-o", old, *WHOLE))
+    assert "single-file model of an older dlibplus" in line and "new name" in line and old.is_file()
 
 
 def test_knn_model_with_encodings_of_the_wrong_size_is_refused(knn_model, tmp_path):
-    with np.load(knn_model) as z:
-        arrays = dict(z)
-    arrays["encodings"] = arrays["encodings"][:, :64]
-    bad = tmp_path / "half.npz"
-    np.savez(bad, **arrays)
+    from dlibplus.gallery import GalleryIndex
+
+    bad = tmp_path / "half"
+    shutil.copytree(knn_model, bad)
+    meta = json.loads((bad / "knn.json").read_text())
+    gallery = GalleryIndex.load(bad / meta["files"]["gallery"])
+    GalleryIndex.build(np.asarray(gallery.encodings)[:, :64]).save(bad / meta["files"]["gallery"])
     line = one_line_error(run("predict", bad, tmp_path, *WHOLE))
-    assert "half.npz" in line and "not 128-d face encodings" in line
+    assert "half" in line and "not 128-d face encodings" in line
 
 
 def test_knn_model_whose_encoder_folder_lost_its_network(tmp_path):

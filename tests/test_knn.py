@@ -92,7 +92,7 @@ def test_save_load_roundtrip_and_no_pickle(kpop, tmp_path):
     X, labels = kpop
     recipe = Recipe("torch", FaceSettings(face_box="whole"), 1)
     model = FaceKNN(recipe=recipe).fit(X[:60], labels[:60])
-    path = tmp_path / "m.npz"
+    path = tmp_path / "m"
     model.save(path, info={"trained_on": "kpop"})
     loaded = FaceKNN.load(path)
     assert loaded.k_ == model.k_ and loaded.recipe == recipe and loaded.info_ == {"trained_on": "kpop"}
@@ -116,10 +116,6 @@ def test_save_load_roundtrip_and_no_pickle(kpop, tmp_path):
     with pytest.raises(ModelFileError, match="Python objects") as err:
         FaceKNN.load(pickled)
     assert "allow_pickle" not in str(err.value)
-    cut = tmp_path / "cut.npz"
-    cut.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(ModelFileError, match="cut.npz"):
-        FaceKNN.load(cut)
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.zeros(3))
     with pytest.raises(ModelFileError, match="not a dlibplus KNN model"):
@@ -138,7 +134,7 @@ def test_estimator_contract(kpop):
     model.fit(X[:60], labels[:60])
     assert model.get_params() == params and model.n_neighbors == "auto" and model.k_ >= 1
     copy = clone(model)
-    assert copy.get_params() == params and not hasattr(copy, "clf_")
+    assert copy.get_params() == params and not hasattr(copy, "index_")
     with pytest.raises(ValueError, match="threshold"):
         FaceKNN(threshold=-1).fit(X[:60], labels[:60])
 
@@ -158,8 +154,8 @@ def test_prototype_and_svm_methods_name_faces_as_scikit_learn_does_and_keep_the_
         for x, d, p in zip(X[test], dist, people):
             assert d == pytest.approx(np.linalg.norm(X[train][labels[train] == p] - x, axis=1).min())
         assert ((names == "unknown") == (dist > 0.6)).all()
-        model.save(tmp_path / f"{method}.npz")
-        loaded = FaceKNN.load(tmp_path / f"{method}.npz")
+        model.save(tmp_path / method)
+        loaded = FaceKNN.load(tmp_path / method)
         assert loaded.method == method and np.array_equal(loaded.predict(X[test]), names)
     with pytest.raises(ValueError, match="method"):
         FaceKNN(method="forest").fit(X[train], labels[train])

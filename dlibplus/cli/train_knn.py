@@ -11,12 +11,19 @@ from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, f
 
 @click.command("train-knn")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Model file to write (.npz).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Model folder to write (replaced if it holds a train-knn model; with --add, extended).")
+@click.option("--add", is_flag=True,
+              help="Add FOLDER's people and photos to the model at --output: nothing in it is encoded again, "
+                   "photos already in it (same content) are skipped, and its encoder, face settings, k rule, "
+                   "method and threshold are kept.")
 @click.option("--n-neighbors", default="auto", show_default=True, metavar="K|auto|sqrt",
               help="k: 'auto' (leave-one-out choice), 'sqrt' (the example's round(sqrt(n))) or a whole number >= 1.")
-@click.option("--algorithm", type=click.Choice(["ball_tree", "kd_tree", "brute", "auto"]), default="ball_tree",
-              show_default=True, help="scikit-learn's neighbour search (same answers, different speed).")
+@click.option("--algorithm", type=click.Choice(["auto", "exact", "hnsw", "ivf", "ball_tree", "kd_tree", "brute"]),
+              default="auto", show_default=True,
+              help="Neighbour search: exact up to 100,000 faces, then HNSW (auto); exact (scikit-learn's "
+                   "ball_tree, kd_tree and brute mean exact too: the same neighbours); hnsw or ivf "
+                   "(approximate, faiss; the recall measured at build is printed).")
 @click.option("--method", type=click.Choice(["knn", "prototype", "svm"]), default="knn", show_default=True,
               help="Who a face is: knn (the example's vote of the k nearest photos), prototype (the nearest "
                    "person's mean encoding) or svm (a linear SVM); 'unknown' is always decided on the distance "
@@ -33,8 +40,8 @@ from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, f
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
 @face_options
 @user_errors
-def train_knn(folder, output, n_neighbors, algorithm, method, threshold, jitters, encoder, report, ray_address, no_cache,
-              detector, upsample, landmarks, face_box, max_side, jobs):
+def train_knn(folder, output, add, n_neighbors, algorithm, method, threshold, jitters, encoder, report,
+              ray_address, no_cache, detector, upsample, landmarks, face_box, max_side, jobs):
     """Train a k-NN face classifier on FOLDER/<person>/<image>.
 
     Images with no face or several faces are skipped and listed at the end.
@@ -43,36 +50,134 @@ def train_knn(folder, output, n_neighbors, algorithm, method, threshold, jitters
     from ..knn import FaceKNN
     from ..people import counted, load_people
 
-    if n_neighbors not in ("auto", "sqrt"):
-        try:
-            n_neighbors = int(n_neighbors)
-        except ValueError:
-            raise click.BadParameter("must be 'auto', 'sqrt' or a whole number", param_hint="--n-neighbors")
-        if n_neighbors < 1:
-            raise click.BadParameter("must be at least 1", param_hint="--n-neighbors")
-    _check_outputs(output, report)
-    people = load_people(folder, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
-                         encoder=encoder, num_jitters=jitters, jobs=jobs, use_cache=not no_cache,
-                         ray_address=ray_address)
+    n_neighbors = _n_neighbors(n_neighbors)
+    _check_outputs(output, report, add)
+    settings = face_settings(detector, upsample, landmarks, face_box, max_side)
+    base = None
+    if add:
+        base = FaceKNN.load(output)
+        _check_same_settings(base, n_neighbors=n_neighbors, algorithm=algorithm, method=method, threshold=threshold,
+                             encoder=encoder, jitters=jitters, settings=settings)
+        settings, encoder, jitters = base.recipe.face_settings, base.recipe.encoder, base.recipe.num_jitters
+    people = load_people(folder, settings=settings, encoder=encoder, num_jitters=jitters, jobs=jobs,
+                         use_cache=not no_cache, ray_address=ray_address,
+                         skip_sources=set(base.sources_.tolist()) if base is not None and base.sources_ is not None
+                         else None)
     for line in people.report_lines():
         click.echo(line, err=True)
     if report:
         write_json(report, people.report())
-    model = FaceKNN(n_neighbors, algorithm, threshold, people.recipe, method).fit(people.encodings, people.labels)
+    if base is not None:
+        _add(base, people, output)
+        return
+    model = FaceKNN(n_neighbors, algorithm, threshold, people.recipe, method).fit(
+        people.encodings, people.labels, sources=people.sources)
     model.save(output, info=people.info())
     click.echo(f"trained on {counted(len(people.labels), 'face')} of {counted(len(model.classes_), 'person')}, "
-               f"k={model.k_} "
-               f"({model.n_neighbors}); model written to {output}", err=True)
+               f"k={model.k_} ({model.n_neighbors}); {_search_line(model)}; model written to {output}", err=True)
 
 
-def _check_outputs(output: Path, report: Path | None) -> None:
-    """Before any work: both files can be written, and neither replaces a file train-knn did not write."""
-    from ..knn import is_model_file
+def _n_neighbors(value: str) -> int | str:
+    if value in ("auto", "sqrt"):
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        raise click.BadParameter("must be 'auto', 'sqrt' or a whole number", param_hint="--n-neighbors")
+    if k < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--n-neighbors")
+    return k
+
+
+def _add(model, people, output: Path) -> None:
+    """Append ``people`` to ``model`` and write it back to ``output``; say what changed."""
+    from ..people import counted
+
+    if people.n_already_known:
+        click.echo(f"{counted(people.n_already_known, 'photo')} already in the model (same content): skipped",
+                   err=True)
+    if not len(people.labels):
+        click.echo(f"nothing new to add; {output} is unchanged", err=True)
+        return
+    before = set(model.classes_.tolist())
+    model.add(people.encodings, people.labels, sources=people.sources)
+    new_people = len(set(people.labels.tolist()) - before)
+    info = dict(model.info_)
+    info.update(n_images=int(len(model.labels_)), n_people=int(len(model.classes_)),
+                added_from=[*info.get("added_from", []), str(people.folder)])
+    model.save(output, info=info)
+    click.echo(f"added {counted(len(people.labels), 'face')} ({counted(new_people, 'new person')}); the model now "
+               f"holds {counted(len(model.labels_), 'face')} of {counted(len(model.classes_), 'person')}, "
+               f"k={model.k_} ({model.n_neighbors}); {_search_line(model)}; written to {output}", err=True)
+
+
+def _search_line(model) -> str:
+    """How the model searches: exact, or the approximate index and its recall measured at build."""
+    info = model.index_.info
+    if info["kind"] == "exact":
+        return "exact search"
+    return (f"{info['kind']} search, recall@1 {info['recall_at_1']:.3f} against exact on "
+            f"{info.get('recall_queries', '?')} faces")
+
+
+def _check_same_settings(model, **given) -> None:
+    """With --add, an option given on the command line must agree with the model's own setting."""
+    ctx = click.get_current_context()
+    recipe = model.recipe
+    stored = {"n_neighbors": model.n_neighbors, "algorithm": model.algorithm, "method": model.method,
+              "threshold": model.threshold, "jitters": recipe.num_jitters}
+    for name, value in given.items():
+        option = "--" + name.replace("_", "-")
+        if name == "settings":
+            for key, mine in value.to_dict().items():
+                if _from_command_line(ctx, key) and recipe.face_settings.to_dict()[key] != mine:
+                    raise BadInput(f"--add keeps the model's face settings: --{key.replace('_', '-')} {mine} "
+                                   f"differs from the model's {recipe.face_settings.to_dict()[key]}")
+        elif name == "encoder":
+            if _from_command_line(ctx, name) and not _same_encoder(value, recipe.encoder):
+                raise BadInput(f"--add keeps the model's encoder: --encoder {value} is not its {recipe.encoder}")
+        elif _from_command_line(ctx, name) and value != stored[name]:
+            raise BadInput(f"--add keeps the model's settings: {option} {value} differs from the model's "
+                           f"{stored[name]}")
+
+
+def _from_command_line(ctx: click.Context, param: str) -> bool:
+    return ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE
+
+
+def _same_encoder(spec: str, recorded: str) -> bool:
+    from ..encoders import encoder_sha256, split_flip
+    from ..people import resolve_encoder
+
+    resolved = resolve_encoder(spec)[1]
+    if resolved == recorded:
+        return True
+    # the same weights at another path (a copied folder) are the same encoder; dlib and torch are not
+    builtin = {"dlib", "torch"}
+    return (split_flip(resolved)[0] not in builtin and split_flip(recorded)[0] not in builtin
+            and encoder_sha256(resolved) == encoder_sha256(recorded)
+            and split_flip(resolved)[1] == split_flip(recorded)[1])
+
+
+def _check_outputs(output: Path, report: Path | None, add: bool) -> None:
+    """Before any work: the model can be written, and nothing train-knn did not write is replaced."""
+    from ..knn_store import is_leftover_folder, is_legacy_model_file, is_model_folder
 
     check_output_file(output, "--output")
-    if output.exists() and not is_model_file(output):
-        raise BadInput(f"--output {output} exists and is not a train-knn model: choose another file name "
-                       "(train-knn replaces only its own models)")
+    if add:
+        if is_legacy_model_file(output):
+            raise BadInput(f"--add: {output} is a single-file model of an older dlibplus: train it again into a "
+                           "folder (the encoding cache makes that fast), then add to it")
+        if not is_model_folder(output):
+            raise BadInput(f"--add: {output} is not a train-knn model folder to add to"
+                           + ("" if output.exists() else " (it does not exist)"))
+    elif output.exists():
+        if is_legacy_model_file(output):
+            raise BadInput(f"--output {output} is a single-file model of an older dlibplus; models are folders "
+                           "now: choose a new name, or delete the old file first")
+        if not (is_model_folder(output) or is_leftover_folder(output)):
+            raise BadInput(f"--output {output} exists and is not a train-knn model: choose another name "
+                           "(train-knn replaces only its own models)")
     if report is None:
         return
     check_output_file(report, "--report")
