@@ -17,7 +17,12 @@ Time: ``--time-faces N`` clusters N synthetic faces (real encodings plus augment
 bench_gallery.synthetic_faces) with the default method after encoding, as the issue's "100k faces
 clustered in <= 5 minutes".
 
-    python benchmarks/bench_cluster.py [--sets lfw_dev,...] [--encoder DIR] [--sweep] [--time-faces 100000]
+    python benchmarks/bench_cluster.py [--sets lfw_dev,...] [--encoder dlib --encoder DIR] [--sweep]
+        [--time-faces 100000] [--holdout SEED [--write-train-folder DIR]]
+
+A fine-tuned encoder is judged on photos it never saw: ``--holdout 0 --write-train-folder DIR`` links
+half of each person's photos of one set into DIR, ``dlibplus finetune DIR -o FT`` trains on them, and
+``--holdout 0 --encoder dlib --encoder FT`` clusters the other half of every set with both encoders.
 """
 from __future__ import annotations
 
@@ -42,8 +47,9 @@ def labelled_sets(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
-def encode_set(root: Path, name: str, encoder: str = "dlib", jobs: int | None = None) -> dict[str, np.ndarray]:
-    """Every face of every photo of one labelled set.
+def encode_set(root: Path, name: str, encoder: str = "dlib", jobs: int | None = None,
+               holdout: int | None = None) -> dict[str, np.ndarray]:
+    """Every face of every photo of one labelled set (``holdout``: of the held-out half only, :func:`halves`).
 
     :return: ``encodings`` (n, 128) float32, ``people`` (n,) person of the photo, ``paths`` (n,),
         ``boxes`` (n, 4) css, ``labelled`` (n,) bool: the face nearest its photo's centre.
@@ -53,6 +59,8 @@ def encode_set(root: Path, name: str, encoder: str = "dlib", jobs: int | None = 
     from dlibplus.people import resolve_encoder
 
     pairs = scan_people(root / name)
+    if holdout is not None:
+        pairs = halves(pairs, holdout)[1]
     settings = face_settings("hog", 1, "small", "whole" if name in CROP_SETS else "detect", MAX_SIDE.get(name, 0))
     enc, _ = resolve_encoder(encoder)
     results = process_images([p for _, p in pairs], settings, encoder=enc, jobs=jobs, desc=name)
@@ -69,6 +77,29 @@ def encode_set(root: Path, name: str, encoder: str = "dlib", jobs: int | None = 
             labelled.append(i == centre)
     return {"encodings": np.asarray(encs, np.float32), "people": np.array(people), "paths": np.array(paths),
             "boxes": np.asarray(boxes, np.int32).reshape(-1, 4), "labelled": np.array(labelled)}
+
+
+def halves(pairs: list, seed: int) -> tuple[list, list]:
+    """``(person, path)`` pairs split per person, seeded: (the half to fine-tune on, the half to cluster).
+    A person with one photo is in the clustered half."""
+    from dlibplus.data import split_per_person
+
+    labels = np.array([person for person, _ in pairs])
+    train, test = split_per_person(labels, 0.5, seed)
+    return [pairs[i] for i in sorted(train)], [pairs[i] for i in sorted(test)]
+
+
+def write_train_folder(root: Path, name: str, seed: int, folder: Path) -> int:
+    """A people folder of links to the fine-tuning half of a set (:func:`halves`); returns its photo count."""
+    from dlibplus.data import scan_people
+
+    train = halves(scan_people(root / name), seed)[0]
+    for person, path in train:
+        (folder / person).mkdir(parents=True, exist_ok=True)
+        link = folder / person / path.name
+        if not link.exists():
+            link.symlink_to(path.resolve())
+    return len(train)
 
 
 def _labelled_face(path: Path, boxes: np.ndarray) -> int:
@@ -139,7 +170,13 @@ def time_clustering(n: int, real: np.ndarray, people: np.ndarray) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", help="comma-separated set names (default: every labelled set)")
-    ap.add_argument("--encoder", default="dlib")
+    ap.add_argument("--encoder", action="append", help="dlib (default) or a fine-tuned folder; repeat to "
+                    "compare encoders in the same run")
+    ap.add_argument("--holdout", type=int, metavar="SEED",
+                    help="cluster only the held-out half of each person's photos (seeded split)")
+    ap.add_argument("--write-train-folder", type=Path, metavar="DIR",
+                    help="with --holdout and one set: write links to the other half into DIR (to fine-tune on), "
+                         "then stop")
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--sweep", action="store_true", help="also sweep thresholds per method")
     ap.add_argument("--time-faces", type=int, default=0, help="cluster this many synthetic faces and time it")
@@ -147,13 +184,20 @@ def main() -> None:
     args = ap.parse_args()
     root = faces_root()
     sets = args.sets.split(",") if args.sets else labelled_sets(root)
-    out: dict = {"encoder": args.encoder, "sets": {}}
+    encoders = args.encoder or ["dlib"]
+    if args.write_train_folder:
+        if args.holdout is None or len(sets) != 1:
+            ap.error("--write-train-folder needs --holdout and one set")
+        n = write_train_folder(root, sets[0], args.holdout, args.write_train_folder)
+        print(f"{n} photos of {sets[0]} linked into {args.write_train_folder}")
+        return
+    out: dict = {"encoders": encoders, "holdout": args.holdout, "sets": {}}
     reals, real_people = [], []
-    for name in sets:
+    for name, encoder in ((n, e) for n in sets for e in encoders):
         t0 = time.perf_counter()
-        data = encode_set(root, name, args.encoder, args.jobs)
+        data = encode_set(root, name, encoder, args.jobs, args.holdout)
         n_photos = len(set(data["paths"].tolist()))
-        print(f"\n## {name}: {len(data['encodings'])} faces in {n_photos} photos, "
+        print(f"\n## {name}, encoder {encoder}: {len(data['encodings'])} faces in {n_photos} photos, "
               f"{len(set(data['people'].tolist()))} people (encoded in {time.perf_counter() - t0:.0f} s)")
         rows = run_methods(data, args.sweep)
         print("| method | threshold | precision | recall | F | ARI | clusters | people | unclustered | s |")
@@ -162,7 +206,10 @@ def main() -> None:
             print(f"| {r['method']} | {r['threshold']} | {r['precision']:.3f} | {r['recall']:.3f} | "
                   f"{r['f_measure']:.3f} | {r['ari']:.3f} | {r['n_clusters']} | {r['n_people']} | "
                   f"{r['n_unclustered']} | {r['seconds']} |")
-        out["sets"][name] = {"faces": int(len(data["encodings"])), "photos": n_photos, "results": rows}
+        out["sets"].setdefault(name, {})[encoder] = {"faces": int(len(data["encodings"])), "photos": n_photos,
+                                                    "results": rows}
+        if encoder != encoders[0]:
+            continue
         keep = data["labelled"]
         reals.append(data["encodings"][keep])
         real_people += [f"{name}/{p}" for p in data["people"][keep]]
