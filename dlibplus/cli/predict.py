@@ -30,7 +30,7 @@ UNREADABLE = "error"  # the name column of an input that could not be read
               help="The model's own encoder (fine-tuned folder or .dat) when it was moved apart from the model "
                    "file; it must be the very network the model was trained with (checked).")
 @click.option("--classifier", type=click.Choice(["knn", "head"]), default="knn", show_default=True,
-              help="knn: MODEL is a train-knn .npz. head: MODEL is a `dlibplus finetune` folder, whose own "
+              help="knn: MODEL is a train-knn model folder. head: MODEL is a `dlibplus finetune` folder, whose own "
                    "head names the faces (distance = 1 - cosine; strangers rejected at its calibrated threshold).")
 @click.option("--detector", type=click.Choice(["hog", "cnn"]), default=None,
               help="Override the model's face detector (hog: fast on CPU; cnn: dlib's MMOD, slow on CPU).")
