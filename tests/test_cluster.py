@@ -236,3 +236,25 @@ def test_cluster_command_skips_unreadable_files(photos, tmp_path):
     only_broken = run_cluster([broken, "-o", tmp_path / "out2", "-j", "1"])
     assert only_broken.exit_code == 2 and "no readable image" in only_broken.output
     assert not (tmp_path / "out2").exists()
+
+
+def test_cluster_command_with_a_model_folder_encoder_clusters_as_dlib_does(photos, tmp_path):
+    """--encoder takes a fine-tuned folder; with dlib's own weights in it (the torch replica, 1e-6 from
+    dlib) the clusters are dlib's, and a folder that holds no network is refused before any work."""
+    import shutil
+
+    from dlibplus import models
+
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    shutil.copy(models.model_path(models.FACE_RECOGNITION_MODEL), folder / "model.dat")
+    dlib_out, torch_out = tmp_path / "dlib", tmp_path / "torch"
+    assert run_cluster([*photos, "-o", dlib_out, "-j", "2"]).exit_code == 0
+    result = run_cluster([*photos, "-o", torch_out, "--encoder", folder, "-j", "2"])
+    assert result.exit_code == 0, result.output
+    read = [list(csv.DictReader(open(out / "clusters.csv"))) for out in (dlib_out, torch_out)]
+    assert read[0] == read[1]
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    result = run_cluster([*photos, "-o", tmp_path / "x", "--encoder", empty])
+    assert result.exit_code == 2 and str(empty) in result.output
