@@ -15,8 +15,13 @@ Checks and measures, in this order, and writes one markdown table (plus the same
    the numpy ``augment.augment_batch`` (one CPU core).
 5. **The 0.6 decision** on lfw_dev: for each reduced precision, the share of pairs (all pairs, and
    same-person pairs) whose same/different decision at distance 0.6 differs from exact's.
-6. Optional, on CUDA by default: ``dlibplus finetune`` on kpop_idols15 (images/s, seconds),
-   ``dlibplus encode`` of lfw_dev photos with ``--encoder dlib`` and ``torch``, and the CUDA tests.
+6. Optional, on CUDA by default: **the CNN detector** (issue 13): its network alone on decoded lfw_dev photos,
+   the pipeline with the detector batched in the main process (:mod:`dlibplus.device_pipeline`) in-process
+   with and without the cache, ``dlibplus encode --detector cnn --encoder torch`` end to end on every lfw_dev
+   photo (target: >= 1,000 photos/s on an H200 with 16 cores), and ``--detect-on main`` against
+   ``--detect-on workers`` on a subset (same output file, photos/s of each);
+   ``dlibplus finetune`` on kpop_idols15 (images/s, seconds), ``dlibplus encode`` of lfw_dev photos with
+   ``--encoder dlib`` and ``torch``, and the CUDA tests.
 
 Sized to finish in under 8 minutes on one H200 with 16 cores (``--budget-s``: later optional parts are
 skipped, and say so, when time runs short); only the installed torch is used. Photos are read from
@@ -397,11 +402,70 @@ def measure_cli_encode(report: Report, faces: Path, people: int, jobs: int) -> N
                    f"{photos / wall:.0f} photos/s")
 
 
+def lfw_folders(faces: Path, people: int | None) -> tuple[list[Path], list[Path]]:
+    """The first ``people`` lfw_dev person folders (``None``: all) and their photos, sorted."""
+    folders = sorted(d for d in (faces / "lfw_dev").iterdir() if d.is_dir())[:people]
+    return folders, [p for d in folders for p in sorted(d.iterdir()) if p.is_file()]
+
+
+def measure_cnn_detector(report: Report, faces: Path, device: torch.device, jobs: int, compare_people: int) -> None:
+    """Issue 13 on this device: the CNN detector's network alone, the pipeline that batches it in the main
+    process (in-process, with and without the cache), ``dlibplus encode --detector cnn --encoder torch`` end
+    to end on every lfw_dev photo, and the main-process path against the per-worker one on a subset."""
+    from dlibplus.cnn_detector import cnn_detector
+    from dlibplus.data import process_images
+    from dlibplus.device_pipeline import uses_parent_detection
+    from dlibplus.faces import FaceSettings
+    from dlibplus.images import load_image_file
+
+    section = "CNN detector (issue 13)"
+    _, photos = lfw_folders(faces, None)
+    images = [load_image_file(p) for p in photos[:512]]
+    detector = cnn_detector(device.type)
+    for what, call in (("network (score_maps)", detector.score_maps), ("network + dlib's to_label", detector)):
+        speed = best_rate(lambda call=call: call(images, 1), len(images), 2, device)
+        report.add(section, f"{what} on {len(images)} decoded lfw_dev photos, upsample 1, photos/s",
+                   f"{device.type}, {detector.precision}", rate(speed))
+    settings = FaceSettings(detector="cnn")
+    auto = "main process" if uses_parent_detection(settings) else "workers"
+    encoder = TorchEncoder(device=str(device))
+    process_images(photos[:64], settings, encoder=encoder, jobs=jobs, use_cache=False, progress=False)  # warm
+    for cached in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            results = process_images(photos, settings, encoder=encoder, jobs=jobs, use_cache=cached,
+                                     cache_dir=Path(tmp) if cached else None, progress=False)
+            wall = time.perf_counter() - t0
+        faces_found = sum(r.n_faces for r in results)
+        report.add(section, f"process_images of {len(photos)} lfw_dev photos (torch encoder, upsample 1), photos/s",
+                   f"auto ({auto}), {jobs} workers, cache {'on' if cached else 'off'}",
+                   rate(len(photos) / wall), f"{wall:.1f} s, {faces_found} faces; no process start-up")
+    outputs = {}
+    for where, people in (("auto", None), ("auto", compare_people), ("workers", compare_people)):
+        chosen, chosen_photos = lfw_folders(faces, people)
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, _, _ = run_dlibplus(["encode", *map(str, chosen), "-o", f"{tmp}/out.npz", "--detector", "cnn",
+                                       "--encoder", "torch", "--detect-on", where, "--jobs", str(jobs)],
+                                      Path(tmp) / "cache")
+            with np.load(f"{tmp}/out.npz") as z:
+                outputs[where, people] = {k: z[k] for k in z.files}
+        report.add(section, f"dlibplus encode --detector cnn --encoder torch, {len(chosen_photos)} lfw_dev photos",
+                   f"--detect-on {where}" + (f" ({auto})" if where == "auto" else "") + f", {jobs} workers",
+                   rate(len(chosen_photos) / wall),
+                   f"{wall:.1f} s with start-up" + ("; target >= 1000 photos/s" if people is None else ""))
+    main, workers = outputs["auto", compare_people], outputs["workers", compare_people]
+    same = main.keys() == workers.keys() and all(np.array_equal(main[k], workers[k]) for k in main)
+    report.add(section, "--detect-on auto vs workers: the same .npz", f"{compare_people} people",
+               "PASS" if same else "FAIL", f"{len(main['encodings'])} faces")
+
+
 def run_cuda_tests(report: Report) -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-k", "cuda", "tests/test_encoders.py",
-                           "tests/test_device_augment.py"], cwd=REPO, capture_output=True, text=True)
+                           "tests/test_device_augment.py", "tests/test_device_pipeline.py"], cwd=REPO,
+                          capture_output=True, text=True)
     summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
-    report.add("CUDA tests", "pytest -k cuda (encoders, device_augment)", "", summary, f"exit {proc.returncode}")
+    report.add("CUDA tests", "pytest -k cuda (encoders, device_augment, device_pipeline)", "", summary,
+               f"exit {proc.returncode}")
 
 
 # --- main -------------------------------------------------------------------------------------------------
@@ -421,6 +485,9 @@ def main() -> None:
     parser.add_argument("--finetune-args", default="", help="extra finetune options, e.g. '--augment device'")
     parser.add_argument("--cli-people", type=int, default=None,
                         help="lfw_dev people for the dlibplus encode timing (default 300 on CUDA, 0 = skip)")
+    parser.add_argument("--cnn-people", type=int, default=None,
+                        help="CNN detector part (issue 13): lfw_dev people for the --detect-on main vs workers "
+                             "comparison (default 300 on CUDA, 0 = skip the part); the rest uses every photo")
     parser.add_argument("--pytest", action=argparse.BooleanOptionalAction, default=None,
                         help="run the CUDA tests (default: on CUDA)")
     args = parser.parse_args()
@@ -432,6 +499,7 @@ def main() -> None:
     compile_too = args.compile if args.compile is not None else (cuda and not args.quick)
     finetune_epochs = args.finetune_epochs if args.finetune_epochs is not None else (3 if cuda and not args.quick else 0)
     cli_people = args.cli_people if args.cli_people is not None else (300 if cuda and not args.quick else 0)
+    cnn_people = args.cnn_people if args.cnn_people is not None else (300 if cuda and not args.quick else 0)
     run_pytest = args.pytest if args.pytest is not None else cuda
     out = args.out or Path(os.environ.get("OUT") or "/tmp/device-check") / "device_check.md"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -463,6 +531,10 @@ def main() -> None:
         measure_decisions(report, encoders, lfw, labels)
     else:
         report.add("decision", "lfw_dev", "", "skipped", "time budget")
+    if cnn_people and clock.allows(120):
+        measure_cnn_detector(report, faces, device, os.cpu_count() or 1, cnn_people)
+    elif cnn_people:
+        report.add("CNN detector (issue 13)", "lfw_dev", "", "skipped", "time budget")
     if finetune_epochs and clock.allows(120):
         measure_finetune(report, faces, device, finetune_epochs, args.finetune_args.split(), out.parent)
     if cli_people and clock.allows(60):
