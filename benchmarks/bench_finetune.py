@@ -14,6 +14,13 @@ fine-tuned, on the same images. Baseline and fine-tuned are measured in the same
 ``--seeds``: each seed is one fine-tuning run (its own validation split inside the train half, batches
 and augmentation); the kpop train/test split stays the issue's (``--split-seed``). With several seeds the
 table gets a mean ± standard deviation row per head.
+
+``--variant NAME [KEY=VALUE ...]`` (repeatable) compares settings in the same run: every seed runs every
+variant in turn (the first is the baseline: ``--variant default``), so a run stopped early still holds
+paired seeds, and the table gets each variant's mean and its mean paired difference from the first.
+
+    python benchmarks/bench_finetune.py --heads arcface --seeds 0 1 2 --variant default \
+        --variant lpft head_epochs=5 --variant affine train_only=affine lr=1e-2 anchor=5
 """
 from __future__ import annotations
 
@@ -68,6 +75,16 @@ def lfw_verification(encoder, lfw, max_people: int) -> dict:
             "n_pairs": int(len(dist)), **tars}
 
 
+def parse_fields(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` strings as FinetuneConfig fields, each typed as its default (JSON for dicts/lists)."""
+    fields = {}
+    for kv in pairs:
+        key, value = kv.split("=", 1)
+        default = getattr(FinetuneConfig, key)
+        fields[key] = json.loads(value) if default is None or value[:1] in "{[" else type(default)(value)
+    return fields
+
+
 def load_sets(split_seed: int = 0, progress: bool = True):
     """``(kpop, train_idx, test_idx, lfw)``: kpop_idols15 chips and its seeded 50/50 per-person split, and
     the lfw_dev chips of people with at least 2 photos."""
@@ -91,12 +108,12 @@ def main() -> None:
                          "KNN gallery and the test half stay the same")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra FinetuneConfig fields, e.g. --set lr=1e-4 --set freeze=3")
+    ap.add_argument("--variant", action="append", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"),
+                    help="a named setting to compare in the same run (repeatable; the first is the baseline)")
     args = ap.parse_args()
 
-    extra = {}
-    for kv in args.set:
-        key, value = kv.split("=", 1)
-        extra[key] = json.loads(value) if value[:1] in "{[" else type(getattr(FinetuneConfig, key))(value)
+    extra = parse_fields(args.set)
+    variants = {v[0]: {**extra, **parse_fields(v[1:])} for v in args.variant} or {"": extra}
 
     kpop, train_idx, test_idx, lfw = load_sets(args.split_seed)
     dlib_like = TorchEncoder(device="cpu")  # dlib's weights; equals dlib to ~1e-6 (tests/test_dlibnet.py)
@@ -111,20 +128,23 @@ def main() -> None:
         print(f"fine-tuning on {len(kept)} of {len(train_idx)} train-half photos", file=sys.stderr)
     for head in args.heads:
         for seed in args.seeds:
-            inner_train, inner_val = split_per_person(half.labels, FinetuneConfig.val_fraction, seed)
-            config = FinetuneConfig(head=head, epochs=args.epochs, seed=seed, **extra)
-            name = head if len(args.seeds) == 1 else f"{head} seed {seed}"
-            out = args.out / name.replace(" ", "_")
-            t0 = time.time()
-            data = FinetuneData(half.subset(inner_train), half.subset(inner_val), people=None, folder="kpop (bench)")
-            res = finetune(data, out, config, progress=False, overwrite=True, echo=lambda m: print(m, file=sys.stderr))
-            wall = time.time() - t0
-            enc = TorchEncoder.from_dat(out / "model.dat", device="cpu")
-            results[name] = {"head": head, "seed": seed, "kpop": closed_set(enc, kpop, train_idx, test_idx),
-                             "lfw": lfw_verification(enc, lfw, args.lfw_people),
-                             "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
-                             "val_better_than_dlib": res.better}
-            print(json.dumps({name: results[name]}, indent=1), flush=True)
+            for variant, fields in variants.items():  # seeds outermost: a stopped run holds paired seeds
+                inner_train, inner_val = split_per_person(half.labels, FinetuneConfig.val_fraction, seed)
+                config = FinetuneConfig(head=head, epochs=args.epochs, seed=seed, **fields)
+                group = f"{head} {variant}".strip()
+                name = group if len(args.seeds) == 1 else f"{group} seed {seed}"
+                out = args.out / name.replace(" ", "_")
+                t0 = time.time()
+                data = FinetuneData(half.subset(inner_train), half.subset(inner_val), people=None, folder="kpop (bench)")
+                res = finetune(data, out, config, progress=False, overwrite=True, echo=lambda m: print(m, file=sys.stderr))
+                wall = time.time() - t0
+                enc = TorchEncoder.from_dat(out / "model.dat", device="cpu")
+                results[name] = {"head": head, "variant": variant, "group": group, "seed": seed,
+                                 "kpop": closed_set(enc, kpop, train_idx, test_idx),
+                                 "lfw": lfw_verification(enc, lfw, args.lfw_people),
+                                 "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+                                 "val_better_than_dlib": res.better}
+                print(json.dumps({name: results[name]}, indent=1), flush=True)
 
     columns = [("kpop", "knn_accuracy", 3), ("kpop", "1nn_accuracy", 3), ("kpop", "tar@0.001", 3),
                ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3), ("lfw", "kfold_accuracy", 4),
@@ -135,15 +155,33 @@ def main() -> None:
     for name, r in results.items():
         cells = [f"{r[part][key]:.{digits}f}" for part, key, digits in columns]
         print(f"| {name} | {' | '.join(cells)} | {r.get('wall_seconds', 0):.0f} |")
+    groups = list(dict.fromkeys(r["group"] for r in results.values() if "group" in r))
     if len(args.seeds) > 1:
-        for head in args.heads:
-            runs = [r for r in results.values() if r.get("head") == head]
+        for group in groups:
+            runs = [r for r in results.values() if r.get("group") == group]
             cells = [f"{np.mean([r[part][key] for r in runs]):.{digits}f} ± "
                      f"{np.std([r[part][key] for r in runs], ddof=1):.{digits}f}" for part, key, digits in columns]
             wall = np.mean([r["wall_seconds"] for r in runs])
-            print(f"| {head}, mean ± sd of {len(runs)} | {' | '.join(cells)} | {wall:.0f} |")
+            print(f"| {group}, mean ± sd of {len(runs)} | {' | '.join(cells)} | {wall:.0f} |")
+    if len(variants) > 1:
+        print_paired(results, columns)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def print_paired(results: dict, columns: list) -> None:
+    """Each variant's mean difference from the first variant of its head, over the seeds both ran."""
+    print("\n| variant − baseline (same seeds) | seeds | " + " | ".join(key for _, key, _ in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    runs = [r for r in results.values() if "group" in r]
+    for head in dict.fromkeys(r["head"] for r in runs):
+        mine = [r for r in runs if r["head"] == head]
+        base = {r["seed"]: r for r in mine if r["variant"] == mine[0]["variant"]}
+        for variant in list(dict.fromkeys(r["variant"] for r in mine))[1:]:
+            pairs = [(r, base[r["seed"]]) for r in mine if r["variant"] == variant and r["seed"] in base]
+            cells = [f"{np.mean([a[part][key] - b[part][key] for a, b in pairs]):+.{digits}f}"
+                     for part, key, digits in columns]
+            print(f"| {head} {variant} | {len(pairs)} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":
