@@ -88,8 +88,15 @@ def test_batched_in_parent_gives_the_per_worker_chips_in_order(photos, per_worke
     assert calls and max(calls) == 2 and sum(calls) == 7  # the 7 readable photos, batched, each once
 
 
-def test_batched_in_parent_without_workers(photos, per_worker):
+def test_batched_in_parent_without_workers_and_by_pixels(photos, per_worker, monkeypatch):
+    """A batch also closes once its photos hold ``DETECT_PIXELS`` pixels (large photos go fewer at a time)."""
+    monkeypatch.setattr(device_pipeline, "DETECT_PIXELS", 100_000)  # LFW photos hold 62,500
+    calls = []
+    real = device_pipeline.cnn_score_maps
+    monkeypatch.setattr(device_pipeline, "cnn_score_maps", lambda images, up: calls.append(len(images)) or
+                        real(images, up))
     assert_same(run_pipeline(photos, parent=True, jobs=1), per_worker)
+    assert calls == [2, 2, 3]  # 62,500 + 114,400 | 83,600 + 77,760 | 576 + 94,000 + 62,500 pixels
 
 
 def test_encodings_in_workers_and_torch_encodings_here_are_the_same(photos, per_worker):
