@@ -357,7 +357,7 @@ def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, e
 def _stream(tasks: list[tuple], settings: FaceSettings, pool, detect_in_parent: bool | None) -> Iterator[ImageFaces]:
     """The results of ``tasks`` in order: from the workers (``pool``, or here without one), or with the CNN
     detector batched here (:mod:`dlibplus.device_pipeline`)."""
-    if settings.detector == "cnn":
+    if settings.detector == "cnn" and tasks:
         from .device_pipeline import parent_detection_stream, uses_parent_detection
 
         if uses_parent_detection(settings, detect_in_parent):
