@@ -16,8 +16,11 @@ CUDA, many images per forward pass. What it reproduces of dlib (v20, see
 - ``loss_mmod``'s to_label and the mapping of each rectangle back to the input image.
 
 Batching: images are grouped by size, their tiled pyramids padded to a common size per forward pass
-(the padding is masked before every zero-padded convolution, so it changes no score). Importing this
-module does not import torch; building a detector does.
+(the padding is masked before every zero-padded convolution, so it changes no score). A call is two
+steps that may run in different processes: :meth:`TorchCnnDetector.score_maps` (the network, on the
+device) and :func:`detections` (dlib's ``to_label`` of one image's small :class:`ScoreMap`, numpy only;
+:mod:`dlibplus.device_pipeline` runs it in worker processes). Importing this module does not import
+torch; building a detector does.
 
     >>> from dlibplus.cnn_detector import cnn_detector
     >>> dets = cnn_detector()([image], upsample=1)[0]   # image: (H, W, 3) uint8 RGB
