@@ -15,11 +15,12 @@ Checks and measures, in this order, and writes one markdown table (plus the same
    the numpy ``augment.augment_batch`` (one CPU core).
 5. **The 0.6 decision** on lfw_dev: for each reduced precision, the share of pairs (all pairs, and
    same-person pairs) whose same/different decision at distance 0.6 differs from exact's.
-6. Optional, on CUDA by default: **the CNN detector** (issue 13): its network alone on decoded lfw_dev photos,
-   the pipeline with the detector batched in the main process (:mod:`dlibplus.device_pipeline`) in-process
-   with and without the cache, ``dlibplus encode --detector cnn --encoder torch`` end to end on every lfw_dev
-   photo (target: >= 1,000 photos/s on an H200 with 16 cores), and ``--detect-on main`` against
-   ``--detect-on workers`` on a subset (same output file, photos/s of each);
+6. Optional, on CUDA by default: **the CNN detector** (issue 13): its network alone on decoded lfw_dev photos;
+   on 300 lfw_dev people, the pipeline with the detector batched in the main process
+   (:mod:`dlibplus.device_pipeline`) in-process with and without the cache, and ``dlibplus encode --detector
+   cnn --encoder torch`` with ``--detect-on auto`` against ``workers`` (the same output file? photos/s of
+   each); then that command end to end on every lfw_dev photo (target: >= 1,000 photos/s on an H200 with 16
+   cores) when the time left allows it at the rate measured;
    ``dlibplus finetune`` on kpop_idols15 (images/s, seconds), ``dlibplus encode`` of lfw_dev photos with
    ``--encoder dlib`` and ``torch``, and the CUDA tests.
 
@@ -408,55 +409,86 @@ def lfw_folders(faces: Path, people: int | None) -> tuple[list[Path], list[Path]
     return folders, [p for d in folders for p in sorted(d.iterdir()) if p.is_file()]
 
 
-def measure_cnn_detector(report: Report, faces: Path, device: torch.device, jobs: int, compare_people: int) -> None:
-    """Issue 13 on this device: the CNN detector's network alone, the pipeline that batches it in the main
-    process (in-process, with and without the cache), ``dlibplus encode --detector cnn --encoder torch`` end
-    to end on every lfw_dev photo, and the main-process path against the per-worker one on a subset."""
-    from dlibplus.cnn_detector import cnn_detector
-    from dlibplus.data import process_images
+CNN_SECTION = "CNN detector (issue 13)"
+
+
+def measure_cnn_detector(report: Report, faces: Path, device: torch.device, jobs: int, people: int,
+                         clock: Clock) -> None:
+    """Issue 13 on this device: the CNN detector's network alone; the pipeline that batches it in the main
+    process, in-process, with and without the cache, on ``people`` lfw_dev people; ``dlibplus encode --detector
+    cnn --encoder torch`` with ``--detect-on auto`` and ``workers`` on them (the same .npz?); then the same
+    command end to end on every lfw_dev photo when the time left allows it at the rate measured."""
     from dlibplus.device_pipeline import uses_parent_detection
     from dlibplus.faces import FaceSettings
     from dlibplus.images import load_image_file
 
-    section = "CNN detector (issue 13)"
-    _, photos = lfw_folders(faces, None)
-    images = [load_image_file(p) for p in photos[:512]]
+    _, every_photo = lfw_folders(faces, None)
+    measure_cnn_network(report, [load_image_file(p) for p in every_photo[:512]], device)
+    auto = "main process" if uses_parent_detection(FaceSettings(detector="cnn")) else "workers"
+    _, photos = lfw_folders(faces, people)
+    speed = measure_cnn_pipeline(report, photos, device, jobs, auto)
+    main = cnn_cli_encode(report, faces, people, "auto", auto, jobs)
+    workers = cnn_cli_encode(report, faces, people, "workers", auto, jobs)
+    same = main.keys() == workers.keys() and all(np.array_equal(main[k], workers[k]) for k in main)
+    report.add(CNN_SECTION, "--detect-on auto vs workers: the same .npz", f"{len(photos)} photos",
+               "PASS" if same else "FAIL", f"{len(main['encodings'])} faces")
+    if clock.allows(30 + 1.5 * len(every_photo) / speed):
+        cnn_cli_encode(report, faces, None, "auto", auto, jobs)
+    else:
+        report.add(CNN_SECTION, f"encode of all {len(every_photo)} lfw_dev photos", "", "skipped",
+                   f"time budget at {rate(speed)}")
+
+
+def measure_cnn_network(report: Report, images: list[np.ndarray], device: torch.device) -> None:
+    """Photos/s of the detector's network alone on decoded photos, and with dlib's to_label after it."""
+    from dlibplus.cnn_detector import cnn_detector
+
     detector = cnn_detector(device.type)
     for what, call in (("network (score_maps)", detector.score_maps), ("network + dlib's to_label", detector)):
         speed = best_rate(lambda call=call: call(images, 1), len(images), 2, device)
-        report.add(section, f"{what} on {len(images)} decoded lfw_dev photos, upsample 1, photos/s",
+        report.add(CNN_SECTION, f"{what} on {len(images)} decoded lfw_dev photos, upsample 1, photos/s",
                    f"{device.type}, {detector.precision}", rate(speed))
+
+
+def measure_cnn_pipeline(report: Report, photos: list[Path], device: torch.device, jobs: int, auto: str) -> float:
+    """Photos/s of ``process_images`` with the CNN detector and the torch encoder in this process (no start-up),
+    with the cache off and on (a fresh one); returns the latter."""
+    from dlibplus.data import process_images
+    from dlibplus.faces import FaceSettings
+
     settings = FaceSettings(detector="cnn")
-    auto = "main process" if uses_parent_detection(settings) else "workers"
     encoder = TorchEncoder(device=str(device))
     process_images(photos[:64], settings, encoder=encoder, jobs=jobs, use_cache=False, progress=False)  # warm
+    speed = 0.0
     for cached in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             results = process_images(photos, settings, encoder=encoder, jobs=jobs, use_cache=cached,
                                      cache_dir=Path(tmp) if cached else None, progress=False)
             wall = time.perf_counter() - t0
-        faces_found = sum(r.n_faces for r in results)
-        report.add(section, f"process_images of {len(photos)} lfw_dev photos (torch encoder, upsample 1), photos/s",
-                   f"auto ({auto}), {jobs} workers, cache {'on' if cached else 'off'}",
-                   rate(len(photos) / wall), f"{wall:.1f} s, {faces_found} faces; no process start-up")
-    outputs = {}
-    for where, people in (("auto", None), ("auto", compare_people), ("workers", compare_people)):
-        chosen, chosen_photos = lfw_folders(faces, people)
-        with tempfile.TemporaryDirectory() as tmp:
-            wall, _, _ = run_dlibplus(["encode", *map(str, chosen), "-o", f"{tmp}/out.npz", "--detector", "cnn",
-                                       "--encoder", "torch", "--detect-on", where, "--jobs", str(jobs)],
-                                      Path(tmp) / "cache")
-            with np.load(f"{tmp}/out.npz") as z:
-                outputs[where, people] = {k: z[k] for k in z.files}
-        report.add(section, f"dlibplus encode --detector cnn --encoder torch, {len(chosen_photos)} lfw_dev photos",
-                   f"--detect-on {where}" + (f" ({auto})" if where == "auto" else "") + f", {jobs} workers",
-                   rate(len(chosen_photos) / wall),
-                   f"{wall:.1f} s with start-up" + ("; target >= 1000 photos/s" if people is None else ""))
-    main, workers = outputs["auto", compare_people], outputs["workers", compare_people]
-    same = main.keys() == workers.keys() and all(np.array_equal(main[k], workers[k]) for k in main)
-    report.add(section, "--detect-on auto vs workers: the same .npz", f"{compare_people} people",
-               "PASS" if same else "FAIL", f"{len(main['encodings'])} faces")
+        speed = len(photos) / wall
+        report.add(CNN_SECTION, f"process_images of {len(photos)} lfw_dev photos (torch encoder, upsample 1), "
+                   "photos/s", f"auto ({auto}), {jobs} workers, cache {'on' if cached else 'off'}", rate(speed),
+                   f"{wall:.1f} s, {sum(r.n_faces for r in results)} faces; no process start-up")
+    return speed
+
+
+def cnn_cli_encode(report: Report, faces: Path, people: int | None, where: str, auto: str,
+                   jobs: int) -> dict[str, np.ndarray]:
+    """``dlibplus encode --detector cnn --encoder torch --detect-on WHERE`` of ``people`` lfw_dev people (``None``:
+    all), a fresh cache: photos/s with the start-up; returns the .npz's arrays."""
+    folders, photos = lfw_folders(faces, people)
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, _, _ = run_dlibplus(["encode", *map(str, folders), "-o", f"{tmp}/out.npz", "--detector", "cnn",
+                                   "--encoder", "torch", "--detect-on", where, "--jobs", str(jobs)],
+                                  Path(tmp) / "cache")
+        with np.load(f"{tmp}/out.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+    report.add(CNN_SECTION, f"dlibplus encode --detector cnn --encoder torch, {len(photos)} lfw_dev photos",
+               f"--detect-on {where}" + (f" ({auto})" if where == "auto" else "") + f", {jobs} workers",
+               rate(len(photos) / wall),
+               f"{wall:.1f} s with start-up" + ("; target >= 1000 photos/s" if people is None else ""))
+    return arrays
 
 
 def run_cuda_tests(report: Report) -> None:
@@ -486,8 +518,9 @@ def main() -> None:
     parser.add_argument("--cli-people", type=int, default=None,
                         help="lfw_dev people for the dlibplus encode timing (default 300 on CUDA, 0 = skip)")
     parser.add_argument("--cnn-people", type=int, default=None,
-                        help="CNN detector part (issue 13): lfw_dev people for the --detect-on main vs workers "
-                             "comparison (default 300 on CUDA, 0 = skip the part); the rest uses every photo")
+                        help="CNN detector part (issue 13): lfw_dev people for the in-process pipeline and "
+                             "--detect-on auto vs workers (default 300 on CUDA, 0 = skip the part); then every "
+                             "lfw_dev photo through encode when time allows")
     parser.add_argument("--pytest", action=argparse.BooleanOptionalAction, default=None,
                         help="run the CUDA tests (default: on CUDA)")
     args = parser.parse_args()
@@ -532,7 +565,7 @@ def main() -> None:
     else:
         report.add("decision", "lfw_dev", "", "skipped", "time budget")
     if cnn_people and clock.allows(120):
-        measure_cnn_detector(report, faces, device, os.cpu_count() or 1, cnn_people)
+        measure_cnn_detector(report, faces, device, os.cpu_count() or 1, cnn_people, clock)
     elif cnn_people:
         report.add("CNN detector (issue 13)", "lfw_dev", "", "skipped", "time budget")
     if finetune_epochs and clock.allows(120):
