@@ -153,6 +153,14 @@ def test_train_knn_add_extends_the_model_without_encoding_it_again(people_dir, t
     assert res.exit_code == 2 and "not a train-knn model folder" in res.output and "does not exist" in res.output
 
 
+def test_train_knn_svm_with_one_person_is_one_clear_line(tmp_path, faces_dir):
+    (tmp_path / "people" / "Al_Gore").mkdir(parents=True)
+    os.symlink(faces_dir / "lfw_dev/Al_Gore/Al_Gore_0001.jpg", tmp_path / "people" / "Al_Gore" / "a.jpg")
+    res = run("train-knn", tmp_path / "people", "-o", tmp_path / "m", "--method", "svm", "-j", 1)
+    assert res.exit_code == 2 and "at least 2 people" in res.output and not (tmp_path / "m").exists()
+    assert run("train-knn", tmp_path / "people", "-o", tmp_path / "m", "--method", "prototype", "-j", 1).exit_code == 0
+
+
 def test_empty_missing_and_faceless_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -70,6 +70,9 @@ def train_knn(folder, output, add, n_neighbors, algorithm, method, threshold, ji
     if base is not None:
         _add(base, people, output)
         return
+    if method == "svm" and len(set(people.labels.tolist())) < 2:
+        raise BadInput(f"--method svm needs at least 2 people with a usable photo; {folder} has 1 "
+                       "(--method knn or prototype work with one)")
     model = FaceKNN(n_neighbors, algorithm, threshold, people.recipe, method).fit(
         people.encodings, people.labels, sources=people.sources)
     model.save(output, info=people.info())
