@@ -288,7 +288,8 @@ def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, e
                 num_jitters: int = 1, want: str = "encodings", jobs: int | None = None,
                 cache_dir: os.PathLike | str | None = None, use_cache: bool = True,
                 progress: bool = True, desc: str = "encoding",
-                detect_in_parent: bool | None = None) -> Iterator[ImageFaces]:
+                detect_in_parent: bool | None = None,
+                shas: Sequence[str | None] | None = None) -> Iterator[ImageFaces]:
     """Find, align and (optionally) encode the faces of every image; yields one result per path, in
     input order, as soon as it is ready (and cached), so an interrupted run keeps its work.
 
@@ -301,6 +302,8 @@ def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, e
     :param detect_in_parent: with the CNN detector, run it here on many images at once while the workers
         read and align (:mod:`dlibplus.device_pipeline`: the same results); ``None`` (auto) does so when it
         runs on a GPU, ``False`` keeps it in the workers, one image each.
+    :param shas: the hex sha256 of each path when the caller has hashed them already (``None`` for one it
+        could not read); the cache then does not read the files again to find their entries.
     """
     from tqdm.auto import tqdm
 
@@ -319,7 +322,7 @@ def iter_images(paths: Sequence[os.PathLike | str], settings: FaceSettings, *, e
     worker_encoder = encoder if getattr(encoder, "in_workers", False) else None
 
     batched = want == "encodings" and worker_encoder is None
-    shas, hits = _cache_lookup(paths, cache)
+    shas, hits = _cache_lookup(paths, cache, shas)
     todo = [i for i in range(len(paths)) if i not in hits]
     tasks = [(paths[i], settings, worker_encoder) for i in todo]
     jobs = min(resolve_jobs(jobs), max(len(tasks), 1))
@@ -368,16 +371,17 @@ def _stream(tasks: list[tuple], settings: FaceSettings, pool, detect_in_parent: 
 ENCODE_BATCH = 64  # faces per call of an encoder that runs here (torch): batched, yet results stream
 
 
-def _cache_lookup(paths: list[Path], cache: "ResultCache | None") -> tuple[list[str | None], dict[int, ImageFaces]]:
+def _cache_lookup(paths: list[Path], cache: "ResultCache | None", known: Sequence[str | None] | None = None
+                  ) -> tuple[list[str | None], dict[int, ImageFaces]]:
     """The content hash of each path (``None`` without a cache), and the results the cache holds, by
-    index; an unreadable file becomes a result with its error."""
+    index; an unreadable file becomes a result with its error. ``known``: hashes already computed."""
     shas: list[str | None] = [None] * len(paths)
     hits: dict[int, ImageFaces] = {}
     if cache is None:
         return shas, hits
     for i, p in enumerate(paths):
         try:
-            shas[i] = file_sha256(p)
+            shas[i] = known[i] if known is not None and known[i] is not None else file_sha256(p)
         except OSError as exc:
             hits[i] = ImageFaces(p, error=f"cannot read file ({exc.strerror or exc})")
             continue

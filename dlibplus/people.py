@@ -172,7 +172,8 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
     else:
         results = process_images([p for _, p in pairs], settings, encoder=enc, want=want, num_jitters=num_jitters,
                                  jobs=jobs, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
-                                 desc="encoding" if want == "encodings" else "aligning")
+                                 desc="encoding" if want == "encodings" else "aligning",
+                                 shas=[d.hex() if d is not None else None for d in digests])
     skipped: dict[str, list[tuple[str, str]]] = defaultdict(list)
     labels, paths, boxes, rows, sources = [], [], [], [], []
     for (person, path), digest, r in zip(pairs, digests, results):
@@ -201,10 +202,10 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
 
 def _digest(path: Path) -> bytes | None:
     """The photo's sha256 (32 bytes), or ``None`` when it cannot be read (the pipeline reports why)."""
-    from .fileio import cached_file_sha256
+    from .fileio import file_sha256
 
     try:
-        return bytes.fromhex(cached_file_sha256(path))
+        return bytes.fromhex(file_sha256(path))
     except OSError:
         return None
 

@@ -153,6 +153,15 @@ def test_train_knn_add_extends_the_model_without_encoding_it_again(people_dir, t
     assert res.exit_code == 2 and "not a train-knn model folder" in res.output and "does not exist" in res.output
 
 
+def test_a_people_folder_is_hashed_once(people_dir, tmp_path, monkeypatch):
+    """load_people hashes each photo (for --add) and hands the hashes to the cache: no second read."""
+    from dlibplus.people import load_people
+
+    monkeypatch.setattr(data, "file_sha256", lambda p: pytest.fail(f"{p} hashed again"))
+    people = load_people(people_dir, jobs=1, cache_dir=tmp_path / "cache", progress=False)
+    assert len(people.labels) == len(people.sources) and all(len(s) == 32 for s in people.sources)
+
+
 def test_train_knn_svm_with_one_person_is_one_clear_line(tmp_path, faces_dir):
     (tmp_path / "people" / "Al_Gore").mkdir(parents=True)
     os.symlink(faces_dir / "lfw_dev/Al_Gore/Al_Gore_0001.jpg", tmp_path / "people" / "Al_Gore" / "a.jpg")
