@@ -156,7 +156,7 @@ class FaceKNN:
         self.labels_ = labels.astype(np.int32)
         self.index_ = GalleryIndex.build(X, kind=self._index_kind())
         self.sources_ = _as_sources(sources, len(X))
-        self._fit_rest(X)
+        self._fit_rest()
         return self
 
     def add(self, X: np.ndarray, y: Sequence[str], *, sources: Sequence[bytes] | None = None) -> "FaceKNN":
@@ -182,7 +182,7 @@ class FaceKNN:
             old = self.sources_ if self.sources_ is not None else np.zeros(len(old_labels), "S32")
             new = _as_sources(sources, len(X)) if sources is not None else np.zeros(len(X), "S32")
             self.sources_ = np.concatenate([np.asarray(old), new])
-        self._fit_rest(None)
+        self._fit_rest()
         return self
 
     def _check_data(self, X, y) -> np.ndarray:
@@ -207,8 +207,8 @@ class FaceKNN:
             raise ValueError(f"algorithm must be one of {list(INDEXES + EXACT_ALIASES)}, not {self.algorithm!r}")
         return self.algorithm
 
-    def _fit_rest(self, X: np.ndarray | None) -> None:
-        """k and the method's arrays, from the gallery (``X``: the float64 encodings when at hand)."""
+    def _fit_rest(self) -> None:
+        """k and the method's arrays, from the gallery's (stored) encodings."""
         n = len(self.labels_)
         self.loo_scores_: dict[int, float] = {}
         if self.n_neighbors == "auto":
@@ -221,9 +221,9 @@ class FaceKNN:
                 raise ValueError(f"n_neighbors must be >= 1, not {self.k_}")
         self.k_ = min(self.k_, n)
         self._class_rows = None
-        self._fit_method(X)
+        self._fit_method()
 
-    def _fit_method(self, X: np.ndarray | None) -> None:
+    def _fit_method(self) -> None:
         """Class means (``prototype``) or a linear SVM (``svm``, scikit-learn's ``LinearSVC``)."""
         self.centroids_ = self.svm_coef_ = self.svm_intercept_ = None
         if self.method == "prototype":
@@ -231,7 +231,7 @@ class FaceKNN:
         elif self.method == "svm":
             from sklearn.svm import LinearSVC
 
-            X = X if X is not None else np.asarray(self.index_.encodings, np.float64)
+            X = np.asarray(self.index_.encodings, np.float64)
             with warnings.catch_warnings():
                 # scikit-learn hints that more classes than half the samples looks like regression; a face
                 # gallery with one or two photos per person is exactly that, and fine

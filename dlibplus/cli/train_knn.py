@@ -56,8 +56,8 @@ def train_knn(folder, output, add, n_neighbors, algorithm, method, threshold, ji
     base = None
     if add:
         base = FaceKNN.load(output)
-        _check_same_settings(base, n_neighbors=n_neighbors, algorithm=algorithm, method=method, threshold=threshold,
-                             encoder=encoder, jitters=jitters, settings=settings)
+        _check_same_settings(base, settings, encoder, n_neighbors=n_neighbors, algorithm=algorithm, method=method,
+                             threshold=threshold, jitters=jitters)
         settings, encoder, jitters = base.recipe.face_settings, base.recipe.encoder, base.recipe.num_jitters
     people = load_people(folder, settings=settings, encoder=encoder, num_jitters=jitters, jobs=jobs,
                          use_cache=not no_cache, ray_address=ray_address,
@@ -123,25 +123,18 @@ def _search_line(model) -> str:
             f"{info.get('recall_queries', '?')} faces")
 
 
-def _check_same_settings(model, **given) -> None:
+def _check_same_settings(model, settings, encoder: str, **options) -> None:
     """With --add, an option given on the command line must agree with the model's own setting."""
     ctx = click.get_current_context()
     recipe = model.recipe
     stored = {"n_neighbors": model.n_neighbors, "algorithm": model.algorithm, "method": model.method,
-              "threshold": model.threshold, "jitters": recipe.num_jitters}
-    for name, value in given.items():
-        option = "--" + name.replace("_", "-")
-        if name == "settings":
-            for key, mine in value.to_dict().items():
-                if _from_command_line(ctx, key) and recipe.face_settings.to_dict()[key] != mine:
-                    raise BadInput(f"--add keeps the model's face settings: --{key.replace('_', '-')} {mine} "
-                                   f"differs from the model's {recipe.face_settings.to_dict()[key]}")
-        elif name == "encoder":
-            if _from_command_line(ctx, name) and not _same_encoder(value, recipe.encoder):
-                raise BadInput(f"--add keeps the model's encoder: --encoder {value} is not its {recipe.encoder}")
-        elif _from_command_line(ctx, name) and value != stored[name]:
-            raise BadInput(f"--add keeps the model's settings: {option} {value} differs from the model's "
-                           f"{stored[name]}")
+              "threshold": model.threshold, "jitters": recipe.num_jitters, **recipe.face_settings.to_dict()}
+    for name, value in {**options, **settings.to_dict()}.items():
+        if _from_command_line(ctx, name) and value != stored[name]:
+            raise BadInput(f"--add keeps the model's settings: --{name.replace('_', '-')} {value} differs from "
+                           f"the model's {stored[name]}")
+    if _from_command_line(ctx, "encoder") and not _same_encoder(encoder, recipe.encoder):
+        raise BadInput(f"--add keeps the model's encoder: --encoder {encoder} is not its {recipe.encoder}")
 
 
 def _from_command_line(ctx: click.Context, param: str) -> bool:
