@@ -48,12 +48,14 @@ FACES = faces_root()
 def closed_set(encoder, data, train_idx, test_idx, far=1e-3) -> dict:
     emb = encoder.encode(data.chips)
     names = np.array(data.classes)[data.labels]
-    knn = FaceKNN().fit(emb[train_idx], names[train_idx])
+    knn = FaceKNN().fit(emb[train_idx], names[train_idx])  # train-knn's default: method auto
     pred, _, _ = knn.predict_with_distance(emb[test_idx])  # names: an "unknown" counts as wrong
+    vote = FaceKNN(method="knn").fit(emb[train_idx], names[train_idx]).predict(emb[test_idx])
     nearest, _ = metrics.nearest_identity(emb[train_idx], names[train_idx], emb[test_idx])
     dist, same = metrics.pair_distances(emb[test_idx], names[test_idx])
     tars = {f"tar@{r.far:g}": r.tar for r in metrics.tar_at_far(dist, same, (1e-2, far))}
-    return {"knn_accuracy": float(np.mean(pred == names[test_idx])), "knn_k": knn.k_,
+    return {"knn_accuracy": float(np.mean(pred == names[test_idx])), "knn_k": knn.k_, "knn_method": knn.method_,
+            "vote_accuracy": float(np.mean(vote == names[test_idx])),
             "1nn_accuracy": float(np.mean(nearest == names[test_idx])), **tars,
             "different_pairs_at_0.6": float(np.mean(dist[~same] <= 0.6)),
             "same_pairs_at_0.6": float(np.mean(dist[same] <= 0.6))}

@@ -72,7 +72,7 @@ def main() -> None:
         np.save(qfile, q)
         names = np.char.add("p", ids[:n].astype(str))
         t0 = time.perf_counter()
-        model = FaceKNN(1, args.algorithm).fit(X[:n], names)
+        model = FaceKNN(1, args.algorithm, method="knn").fit(X[:n], names)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         k, _ = choose_n_neighbors(None, model.labels_, index=model.index_)

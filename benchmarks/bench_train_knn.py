@@ -167,7 +167,7 @@ def accuracy(enc: np.ndarray, labels: np.ndarray, seed: int) -> dict:
                        "accuracy_unknown_0.6": float(np.mean((pred == yte) & (nearest <= THRESHOLD)))}
 
     # dlibplus: k by leave-one-out; "unknown" from the nearest training face of the predicted person
-    auto = FaceKNN("auto").fit(Xtr, ytr)
+    auto = FaceKNN("auto", method="knn").fit(Xtr, ytr)
     names, _, pred = auto.predict_with_distance(Xte, THRESHOLD)
     out["auto_knn"] = {"k": int(auto.k_), "accuracy": float(np.mean(pred == yte)),
                        "accuracy_unknown_0.6": float(np.mean(np.array(names) == yte)),

@@ -10,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from dlibplus.faces import FaceSettings
 from dlibplus.recipe import Recipe
 from dlibplus.errors import ModelFileError, NotFittedError
-from dlibplus.knn import FaceKNN, choose_n_neighbors
+from dlibplus.knn import FaceKNN, choose_n_neighbors, prototype_loo_accuracy
 from dlibplus.people import load_people
 
 
@@ -43,7 +43,7 @@ def test_votes_match_scikit_learn(kpop):
     X, labels = kpop
     train, test = _split(labels)
     for k in (1, 3, 7):
-        ours = FaceKNN(k).fit(X[train], labels[train])
+        ours = FaceKNN(k, method="knn").fit(X[train], labels[train])
         ref = KNeighborsClassifier(n_neighbors=k, weights="distance", algorithm="ball_tree").fit(X[train], labels[train])
         _, _, people = ours.predict_with_distance(X[test])
         assert (people == ref.predict(X[test])).all()
@@ -52,7 +52,7 @@ def test_votes_match_scikit_learn(kpop):
 def test_distance_and_unknown_concern_the_predicted_person(kpop):
     X, labels = kpop
     train, test = _split(labels)
-    model = FaceKNN(5).fit(X[train], labels[train])
+    model = FaceKNN(5, method="knn").fit(X[train], labels[train])
     names, dist, people = model.predict_with_distance(X[test])
     for x, d, p, name in zip(X[test], dist, people, names):
         gallery = X[train][labels[train] == p]
@@ -71,8 +71,8 @@ def test_auto_k_beats_sqrt_when_people_have_few_photos(kpop):
     rng = np.random.default_rng(0)
     train = np.concatenate([rng.choice(np.flatnonzero(labels == p), 2, replace=False) for p in sorted(set(labels))])
     test = np.setdiff1d(np.arange(len(labels)), train)
-    auto = FaceKNN("auto").fit(X[train], labels[train])
-    sqrt = FaceKNN("sqrt").fit(X[train], labels[train])
+    auto = FaceKNN("auto", method="knn").fit(X[train], labels[train])
+    sqrt = FaceKNN("sqrt", method="knn").fit(X[train], labels[train])
     assert sqrt.k_ == round(np.sqrt(len(train)))
     acc = {m: np.mean(np.array(model.predict_with_distance(X[test])[2]) == labels[test])
            for m, model in (("auto", auto), ("sqrt", sqrt))}
@@ -159,3 +159,54 @@ def test_prototype_and_svm_methods_name_faces_as_scikit_learn_does_and_keep_the_
         assert loaded.method == method and np.array_equal(loaded.predict(X[test]), names)
     with pytest.raises(ValueError, match="method"):
         FaceKNN(method="forest").fit(X[train], labels[train])
+
+
+def _lost_photo_distance(x, photos):
+    """Brute force: the mean squared distance from x to the mean of each (n - 1)-subset of ``photos``."""
+    n = len(photos)
+    if n == 1:
+        return float(((x - photos[0]) ** 2).sum())
+    return float(np.mean([((x - np.delete(photos, i, axis=0).mean(axis=0)) ** 2).sum() for i in range(n)]))
+
+
+def test_prototype_leave_one_out_is_the_fair_refit(kpop):
+    """Each face left out in turn meets its own person's mean without it and every other person's mean
+    with one photo dropped (averaged over which): recomputed here by brute force, subset by subset."""
+    X, labels = kpop
+    rng = np.random.default_rng(1)
+    rows = np.concatenate([rng.choice(np.flatnonzero(labels == p), n, replace=False)
+                           for p, n in zip(sorted(set(labels)), [1, 2, 3, 4, 5] * 3)])
+    Xs, ys = X[rows], labels[rows]
+    classes, y = np.unique(ys, return_inverse=True)
+    right = 0
+    for i, x in enumerate(Xs):
+        d = [((x - np.delete(Xs, i, axis=0)[np.delete(y, i) == c].mean(axis=0)) ** 2).sum()
+             if c == y[i] and (y == c).sum() > 1 else np.inf if c == y[i]
+             else _lost_photo_distance(x, Xs[y == c]) for c in range(len(classes))]
+        right += int(np.argmin(d) == y[i])
+    assert prototype_loo_accuracy(Xs, y) == pytest.approx(right / len(Xs), abs=1e-12)
+    assert 0 < right < len(Xs)
+
+
+def test_auto_method_takes_the_means_where_they_name_more_and_the_vote_where_it_does(kpop, tmp_path):
+    X, labels = kpop
+    # two photos per person: the means of two photos name more kpop test photos than the nearest photo
+    rng = np.random.default_rng(0)
+    train = np.concatenate([rng.choice(np.flatnonzero(labels == p), 2, replace=False) for p in sorted(set(labels))])
+    test = np.setdiff1d(np.arange(len(labels)), train)
+    auto = FaceKNN().fit(X[train], labels[train])
+    assert auto.method == "auto" and auto.method_ == "prototype"
+    assert auto.method_scores_["prototype"] >= auto.method_scores_["knn"]
+    proto = FaceKNN(method="prototype").fit(X[train], labels[train])
+    vote = FaceKNN(method="knn").fit(X[train], labels[train])
+    assert np.array_equal(auto.predict(X[test]), proto.predict(X[test]))
+    assert np.mean(auto.predict(X[test]) == labels[test]) > np.mean(vote.predict(X[test]) == labels[test])
+    auto.save(tmp_path / "m")
+    loaded = FaceKNN.load(tmp_path / "m")
+    assert (loaded.method, loaded.method_) == ("auto", "prototype")
+    assert loaded.method_scores_ == pytest.approx(auto.method_scores_)
+    assert np.array_equal(loaded.predict(X[test]), auto.predict(X[test]))
+    # a person photographed in two very different ways: their mean lies on someone else, the vote does not
+    pts = np.array([[0, 0], [0, 0.1], [10, 0], [10, 0.1], [5, 0], [5, 0.1], [5.1, 0], [5, 0.2]], float)
+    split = FaceKNN(1).fit(pts, ["a"] * 4 + ["b"] * 4)
+    assert split.method_ == "knn" and split.method_scores_["knn"] > split.method_scores_["prototype"]

@@ -40,7 +40,7 @@ def test_float32_storage_loses_nothing_of_dlibs_encodings_and_is_memory_mapped(k
 def test_saving_again_replaces_the_parts_and_a_crash_leaves_a_folder_we_may_reuse(kpop, tmp_path):
     X, labels, _ = kpop
     folder = tmp_path / "m"
-    FaceKNN(3).fit(X[:100], labels[:100]).save(folder)
+    FaceKNN(3, method="knn").fit(X[:100], labels[:100]).save(folder)
     first = sorted(p.name for p in folder.iterdir())
     FaceKNN(3, method="prototype").fit(X[:200], labels[:200]).save(folder)
     second = sorted(p.name for p in folder.iterdir())
@@ -110,7 +110,9 @@ def test_single_file_models_of_older_dlibplus_still_load(kpop, tmp_path):
     assert is_model(old) and knn_store.is_legacy_model_file(old)
     loaded = FaceKNN.load(old)
     assert loaded.k_ == 3 and loaded.n_neighbors == 3 and loaded.info_ == {"n_images": 120}
-    assert np.array_equal(loaded.predict(X[120:]), FaceKNN(3).fit(X[:120], labels[:120]).predict(X[120:]))
+    assert (loaded.method, loaded.method_) == ("knn", "knn")  # what it was trained as
+    fresh = FaceKNN(3, method="knn").fit(X[:120], labels[:120])
+    assert np.array_equal(loaded.predict(X[120:]), fresh.predict(X[120:]))
 
 
 def test_damaged_or_foreign_model_folders_are_refused(kpop, tmp_path):

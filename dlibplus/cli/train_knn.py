@@ -24,11 +24,11 @@ from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, f
               help="Neighbour search: exact up to 100,000 faces, then HNSW (auto); exact (scikit-learn's "
                    "ball_tree, kd_tree and brute mean exact too: the same neighbours); hnsw or ivf "
                    "(approximate, faiss; the recall measured at build is printed).")
-@click.option("--method", type=click.Choice(["knn", "prototype", "svm"]), default="knn", show_default=True,
+@click.option("--method", type=click.Choice(["auto", "knn", "prototype", "svm"]), default="auto", show_default=True,
               help="Who a face is: knn (the example's vote of the k nearest photos), prototype (the nearest "
-                   "person's mean encoding) or svm (a linear SVM); 'unknown' is always decided on the distance "
-                   "to the nearest photo of the predicted person. With few photos per person prototype and svm "
-                   "name more faces rightly (README).")
+                   "person's mean encoding), svm (a linear SVM), or auto: prototype when leave-one-out over "
+                   "the training photos says it names as many rightly as knn, else knn. 'unknown' is always "
+                   "decided on the distance to the nearest photo of the predicted person (README).")
 @click.option("--threshold", type=click.FloatRange(0), default=0.6, show_default=True,
               help="Distance beyond which a face is 'unknown' (stored in the model).")
 @click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
@@ -77,7 +77,7 @@ def train_knn(folder, output, add, n_neighbors, algorithm, method, threshold, ji
         people.encodings, people.labels, sources=people.sources)
     model.save(output, info=people.info())
     click.echo(f"trained on {counted(len(people.labels), 'face')} of {counted(len(model.classes_), 'person')}, "
-               f"k={model.k_} ({model.n_neighbors}); {_search_line(model)}; model written to {output}", err=True)
+               f"{_method_line(model)}; {_search_line(model)}; model written to {output}", err=True)
 
 
 def _n_neighbors(value: str) -> int | str:
@@ -111,7 +111,17 @@ def _add(model, people, output: Path) -> None:
     model.save(output, info=info)
     click.echo(f"added {counted(len(people.labels), 'face')} ({counted(new_people, 'new person')}); the model now "
                f"holds {counted(len(model.labels_), 'face')} of {counted(len(model.classes_), 'person')}, "
-               f"k={model.k_} ({model.n_neighbors}); {_search_line(model)}; written to {output}", err=True)
+               f"{_method_line(model)}; {_search_line(model)}; written to {output}", err=True)
+
+
+def _method_line(model) -> str:
+    """Who names a face: the method (and why, under auto) and k."""
+    k = f"k={model.k_} ({model.n_neighbors})"
+    if model.method != "auto":
+        return f"method {model.method_}, {k}"
+    scores = model.method_scores_
+    return (f"method {model.method_} (auto; leave-one-out: prototype {scores['prototype']:.3f}, knn "
+            f"{scores['knn']:.3f}), {k}")
 
 
 def _search_line(model) -> str:
