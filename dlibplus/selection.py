@@ -10,7 +10,9 @@ today). A candidate replaces dlib only when its accuracy gain holds up under a b
 (the lower end of the one-sided 95 % interval above zero), or when it names at least as many photos
 rightly and separates people better with confidence (the per-photo margin between the nearest impostor
 and the nearest genuine photo, which has far more power than a right/wrong count on 1–2 validation
-photos per person); otherwise the run hands back dlib, and says so.
+photos per person); in that second case it takes the smallest alpha that does so, since what people the user
+never trained on lose grows with alpha while the validation photos cannot show it. Otherwise the run hands back
+dlib, and says so.
 """
 from __future__ import annotations
 
@@ -138,9 +140,17 @@ def select(candidates: list[Assessment], dlib: Assessment, val_y: np.ndarray, *,
     low = float(np.quantile(bootstrap_gain(best.correct, dlib.correct, groups, seed=seed), 1 - CONFIDENCE))
     # with few validation photos a right/wrong count has little power; the margin of every photo (how far the
     # nearest impostor is beyond the nearest genuine photo) is paired and continuous, and has much more
-    margin_low = float(np.quantile(bootstrap_gain(best.margin, dlib.margin, groups, seed=seed), 1 - CONFIDENCE))
+    margin_low = _margin_low(best, dlib, groups, seed)
     sure = gain > 0 and low > 0
     separated = gain >= 0 and margin_low > 0
+    if separated and not sure and not force:
+        # kept on geometry alone: the margin grows with alpha on the user's own photos, and so does what people
+        # the user never trained on lose; take the smallest alpha that names as many photos and separates better
+        best = min((c for c in candidates if c.accuracy >= best.accuracy - 1e-12
+                    and _margin_low(c, dlib, groups, seed) > 0), key=lambda c: c.alpha)
+        gain = best.accuracy - dlib.accuracy
+        low = float(np.quantile(bootstrap_gain(best.correct, dlib.correct, groups, seed=seed), 1 - CONFIDENCE))
+        margin_low = _margin_low(best, dlib, groups, seed)
     summary = (f"{best.name} names {best.accuracy:.1%} of the validation photos rightly at 0.6, dlib "
                f"{dlib.accuracy:.1%} (gain {gain:+.1%}, one-sided {CONFIDENCE:.0%} lower bound {low:+.1%}; "
                f"margin {best.mean_margin:+.3f} vs {dlib.mean_margin:+.3f}, gain's lower bound {margin_low:+.3f})")
@@ -153,3 +163,8 @@ def select(candidates: list[Assessment], dlib: Assessment, val_y: np.ndarray, *,
            f"neither the accuracy gain nor the margin gain is sure enough on {len(val_y)} validation photos: "
            f"{summary}")
     return Selection(dlib, dlib, candidates, False, gain, low, why)
+
+
+def _margin_low(candidate: Assessment, dlib: Assessment, groups: np.ndarray, seed: int) -> float:
+    """Lower end of the one-sided bootstrap interval of the candidate's mean margin gain over dlib."""
+    return float(np.quantile(bootstrap_gain(candidate.margin, dlib.margin, groups, seed=seed), 1 - CONFIDENCE))

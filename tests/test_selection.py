@@ -57,3 +57,20 @@ def test_bootstrap_over_people_matches_a_direct_resampling():
     assert draws.mean() == pytest.approx((a - b).mean(), abs=0.01)
     assert set(np.round(np.unique(draws), 6)) <= {0.0, round(1 / 6, 6), round(1 / 3, 6), 0.5}
     assert np.all(bootstrap_gain(a, a, groups, n_boot=100) == 0)
+
+
+def test_kept_on_separation_alone_the_smallest_alpha_that_separates_better_is_taken(kpop):
+    """Naming no more validation photos than dlib, two candidates both separate people better with confidence:
+    the one closer to dlib is kept (the margin only grows with alpha, and so does what unseen people lose)."""
+    train, train_y, val, val_y = kpop
+    dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
+    means = {p: np.concatenate([train, val])[np.concatenate([train_y, val_y]) == p].mean(0) for p in np.unique(train_y)}
+    pulled = lambda x, y, f: x + (np.stack([means[p] for p in y]) - x) * f  # noqa: E731
+    # uncalibrated (0.6 as is), so that no "unknown" moves the accuracy
+    near = judge(pulled(train, train_y, 0.04), train_y, pulled(val, val_y, 0.04), val_y, 0.5, calibrate=False)
+    far = judge(pulled(train, train_y, 0.08), train_y, pulled(val, val_y, 0.08), val_y, 1.0, calibrate=False)
+    assert near.accuracy == far.accuracy == dlib.accuracy  # the premise: accuracy cannot decide
+    assert far.mean_margin > near.mean_margin > dlib.mean_margin
+    chosen = select([near, far], dlib, val_y, seed=0)
+    assert chosen.chosen is near and chosen.beats_dlib
+    assert select([far], dlib, val_y, seed=0).chosen is far
