@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
-from bench_suite import SETS, load_set, split
+from bench_suite import SETS, folder_split, load_set, split
 from dlibplus.encoders import TorchEncoder
 from dlibplus.knn import FaceKNN
 
@@ -35,18 +34,15 @@ def accuracies(emb: np.ndarray, names: np.ndarray, train: np.ndarray, test: np.n
     return out
 
 
-def replay(folder: Path, cache: dict, dlib: TorchEncoder) -> dict | None:
-    m = re.fullmatch(r"(.+)-(\d+)-(\d+)", folder.name)
-    if not m or m.group(1) not in SETS:
+def replay(folder: Path, cache: dict, dlib: TorchEncoder, dlib_cache: dict) -> dict | None:
+    found = folder_split(folder, cache)
+    if found is None:
         return None
-    name, n_train, seed = m.group(1), int(m.group(2)), int(m.group(3))
-    if name not in cache:
-        data = load_set(name, progress=False)
-        cache[name] = (data, dlib.encode(data.chips))
-    data, dlib_emb = cache[name]
-    sp = next((s for per in (2, 4, 8, 10, None) if len((s := split(data, per, seed)).train) == n_train), None)
-    if sp is None:
-        return None
+    name, seed, sp = found
+    n_train, data = len(sp.train), sp.data
+    if name not in dlib_cache:
+        dlib_cache[name] = dlib.encode(data.chips)
+    dlib_emb = dlib_cache[name]
     meta = json.loads((folder / "metadata.json").read_text())
     names = np.array(data.classes)[data.labels]
     row = {"set": name, "n_train": n_train, "seed": seed, "kept": meta["selection"]["chosen"]["name"],
@@ -56,13 +52,11 @@ def replay(folder: Path, cache: dict, dlib: TorchEncoder) -> dict | None:
     return row
 
 
-def dlib_rows(seeds: list[int], dlib: TorchEncoder, cache: dict):
+def dlib_rows(seeds: list[int], dlib: TorchEncoder):
     """dlib's encodings only, no fine-tuning: every set of the suite at 2, 4 and all (at most 10) photos."""
     for name in SETS:
-        if name not in cache:
-            data = load_set(name, progress=False)
-            cache[name] = (data, dlib.encode(data.chips))
-        data, emb = cache[name]
+        data = load_set(name, progress=False)
+        emb = dlib.encode(data.chips)
         names = np.array(data.classes)[data.labels]
         for per in (2, 4, 10):
             for seed in seeds:
@@ -80,9 +74,10 @@ def main() -> None:
     args = ap.parse_args()
     dlib = TorchEncoder(device="cpu")
     cache: dict = {}
+    dlib_cache: dict = {}
     rows, seen = [], set()
     if args.seeds:
-        rows = list(dlib_rows(args.seeds, dlib, cache))
+        rows = list(dlib_rows(args.seeds, dlib))
         print("\n| set | train photos | seed | dlib: knn / prototype / svm / auto (chose) |\n|---|---|---|---|")
         for r in rows:
             print(f"| {r['set']} | {r['n_train']} | {r['seed']} | "
@@ -91,7 +86,7 @@ def main() -> None:
         return
     for run in args.runs:
         for folder in sorted(p for p in run.iterdir() if (p / "metadata.json").exists()):
-            if folder.name not in seen and (row := replay(folder, cache, dlib)):
+            if folder.name not in seen and (row := replay(folder, cache, dlib, dlib_cache)):
                 seen.add(folder.name)
                 rows.append(row)
                 print(json.dumps(row), flush=True)

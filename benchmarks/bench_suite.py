@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -67,6 +68,20 @@ class Split:
     data: ChipSet
     train: np.ndarray
     test: np.ndarray
+
+
+def folder_split(folder: Path, cache: dict[str, ChipSet]) -> tuple[str, int, Split] | None:
+    """The set, seed and split of a folder this script wrote (``<set>-<n_train>-<seed>``), or ``None``.
+    ``cache``: sets already loaded, by name (filled here)."""
+    m = re.fullmatch(r"(.+)-(\d+)-(\d+)", folder.name)
+    if not m or m.group(1) not in SETS:
+        return None
+    name, n_train, seed = m.group(1), int(m.group(2)), int(m.group(3))
+    if name not in cache:
+        cache[name] = load_set(name, progress=False)
+    found = (split(cache[name], per, seed) for per in (2, 4, 8, 10, None))  # 8: an earlier --max-per-person
+    sp = next((s for s in found if len(s.train) == n_train), None)
+    return None if sp is None else (name, seed, sp)
 
 
 def split(data: ChipSet, per_person: int | None, seed: int) -> Split:

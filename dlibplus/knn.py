@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -129,10 +129,10 @@ def prototype_loo_accuracy(encodings: np.ndarray, labels: np.ndarray, *, sample:
     counts = np.bincount(labels, minlength=n_classes)
     means = _class_means(encodings, labels, n_classes)
     scatter = np.zeros(n_classes)  # sum over a class's photos of |x - mean|^2
-    for s in range(0, len(labels), 1 << 16):
-        block, lab = np.asarray(encodings[s:s + (1 << 16)], np.float64), labels[s:s + (1 << 16)]
-        np.add.at(scatter, lab, ((block - means[lab]) ** 2).sum(axis=1))
-    lost_photo = np.where(counts > 1, scatter / np.maximum(counts - 1, 1) / (counts * np.maximum(counts - 1, 1)), 0)
+    for block in _row_blocks(len(labels)):
+        np.add.at(scatter, labels[block], ((np.asarray(encodings[block], np.float64) - means[labels[block]]) ** 2
+                                           ).sum(axis=1))
+    lost_photo = np.where(counts > 1, scatter / (counts * np.maximum(counts - 1, 1) ** 2), 0)  # S^2 / (n (n-1))
     rows = _loo_rows(len(labels), sample, seed)
     right = 0
     step = max(1, (1 << 22) // n_classes)  # bounds the (step, n_classes) distance block
@@ -159,9 +159,10 @@ class FaceKNN:
     :param method: who a face is: ``"knn"`` (the example's distance-weighted vote of the k nearest photos),
         ``"prototype"`` (the nearest person's mean encoding), ``"svm"`` (a linear SVM) or ``"auto"`` (the
         vote or the means, whichever names more training faces rightly when each is left out in turn; the
-        vote on ties). Whatever the method, "unknown" is decided on the distance to the nearest photo of
-        the predicted person, so the threshold keeps face_recognition's meaning. With few photos per person
-        the means and the SVM name more faces rightly on dlib's encodings (BENCHMARKS.md, the suite).
+        means on ties, see :func:`prototype_loo_accuracy`). Whatever the method, "unknown" is decided on the
+        distance to the nearest photo of the predicted person, so the threshold keeps face_recognition's
+        meaning. With few photos per person the means and the SVM name more faces rightly on dlib's
+        encodings (BENCHMARKS.md, the suite).
 
     Fitted attributes: ``classes_`` (c,) str, ``labels_`` (n,) int32, ``index_`` (the gallery; its float32
     encodings are ``encodings_``), ``k_``, ``loo_scores_``, ``method_`` (the method used: ``method``, or
@@ -275,7 +276,7 @@ class FaceKNN:
         self._fit_method()
 
     def _choose_method(self) -> tuple[str, dict[str, float]]:
-        """The vote of the k nearest photos or the nearest mean, by leave-one-out accuracy (the vote on ties)."""
+        """The vote of the k nearest photos or the nearest mean, by leave-one-out accuracy (the means on ties)."""
         knn = self.loo_scores_.get(self.k_)
         if knn is None:
             knn = choose_n_neighbors(None, self.labels_, (self.k_,), index=self.index_)[1].get(self.k_, 0.0)
@@ -440,11 +441,16 @@ def _as_sources(sources, n: int) -> np.ndarray | None:
     return out
 
 
+def _row_blocks(n: int, size: int = 1 << 16) -> Iterator[slice]:
+    """Consecutive row slices of at most ``size`` rows: a memory-mapped gallery is read a block at a time."""
+    return (slice(s, s + size) for s in range(0, n, size))
+
+
 def _class_means(encodings: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """(c, d) float64 mean encoding of each class, read in blocks (a memory-mapped gallery stays on disk)."""
     sums = np.zeros((n_classes, encodings.shape[1]))
-    for s in range(0, len(labels), 1 << 16):
-        np.add.at(sums, labels[s:s + (1 << 16)], np.asarray(encodings[s:s + (1 << 16)], np.float64))
+    for block in _row_blocks(len(labels)):
+        np.add.at(sums, labels[block], np.asarray(encodings[block], np.float64))
     return sums / np.bincount(labels, minlength=n_classes)[:, None]
 
 

@@ -137,20 +137,20 @@ def select(candidates: list[Assessment], dlib: Assessment, val_y: np.ndarray, *,
         best = next(c for c in candidates if c.alpha == 1.0)
     groups = np.asarray(val_y)
     gain = best.accuracy - dlib.accuracy
-    low = float(np.quantile(bootstrap_gain(best.correct, dlib.correct, groups, seed=seed), 1 - CONFIDENCE))
+    low = _gain_low(best.correct, dlib.correct, groups, seed)
     # with few validation photos a right/wrong count has little power; the margin of every photo (how far the
     # nearest impostor is beyond the nearest genuine photo) is paired and continuous, and has much more
-    margin_low = _margin_low(best, dlib, groups, seed)
+    margin_low = _gain_low(best.margin, dlib.margin, groups, seed)
     sure = gain > 0 and low > 0
     separated = gain >= 0 and margin_low > 0
     if separated and not sure and not force:
         # kept on geometry alone: the margin grows with alpha on the user's own photos, and so does what people
         # the user never trained on lose; take the smallest alpha that names as many photos and separates better
         best = min((c for c in candidates if c.accuracy >= best.accuracy - 1e-12
-                    and _margin_low(c, dlib, groups, seed) > 0), key=lambda c: c.alpha)
+                    and _gain_low(c.margin, dlib.margin, groups, seed) > 0), key=lambda c: c.alpha)
         gain = best.accuracy - dlib.accuracy
-        low = float(np.quantile(bootstrap_gain(best.correct, dlib.correct, groups, seed=seed), 1 - CONFIDENCE))
-        margin_low = _margin_low(best, dlib, groups, seed)
+        low = _gain_low(best.correct, dlib.correct, groups, seed)
+        margin_low = _gain_low(best.margin, dlib.margin, groups, seed)
     summary = (f"{best.name} names {best.accuracy:.1%} of the validation photos rightly at 0.6, dlib "
                f"{dlib.accuracy:.1%} (gain {gain:+.1%}, one-sided {CONFIDENCE:.0%} lower bound {low:+.1%}; "
                f"margin {best.mean_margin:+.3f} vs {dlib.mean_margin:+.3f}, gain's lower bound {margin_low:+.3f})")
@@ -165,6 +165,6 @@ def select(candidates: list[Assessment], dlib: Assessment, val_y: np.ndarray, *,
     return Selection(dlib, dlib, candidates, False, gain, low, why)
 
 
-def _margin_low(candidate: Assessment, dlib: Assessment, groups: np.ndarray, seed: int) -> float:
-    """Lower end of the one-sided bootstrap interval of the candidate's mean margin gain over dlib."""
-    return float(np.quantile(bootstrap_gain(candidate.margin, dlib.margin, groups, seed=seed), 1 - CONFIDENCE))
+def _gain_low(a: np.ndarray, b: np.ndarray, groups: np.ndarray, seed: int) -> float:
+    """Lower end of the one-sided bootstrap interval (over people) of ``mean(a) - mean(b)``."""
+    return float(np.quantile(bootstrap_gain(a, b, groups, seed=seed), 1 - CONFIDENCE))
