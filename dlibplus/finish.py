@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ._version import __version__
 from .calibration import head_open_set_threshold, operating_point, probe_pairs, validation_metrics
 from .fileio import atomic_path, file_sha256
 from .finetune_data import ChipSet, FinetuneData
-from .selection import ALPHAS, Selection, assess, interpolate, select
+from .selection import ALPHAS, Assessment, Selection, assess, interpolate, select
 from .train import Run, TrainState, encoder_of
 
 
@@ -40,6 +40,7 @@ class FinetuneResult:
     calibration: dict
     best_epoch: int
     wall_seconds: float
+    cross_fit: dict = field(default_factory=dict)  # folds, their best epochs, the last run's epochs (folds >= 2)
 
     @property
     def better(self) -> bool:
@@ -47,61 +48,99 @@ class FinetuneResult:
         return self.selection.beats_dlib
 
 
+def judge(run: Run, tuned_backbone: dict, train: ChipSet, val: ChipSet) -> list[Assessment]:
+    """dlib (first), then each interpolation towards ``tuned_backbone`` and the fine-tuned weights, each on
+    the user's path over the validation photos (:func:`dlibplus.selection.assess`)."""
+    config = run.config
+    model = copy.deepcopy(run.backbone)
+    judged = []
+    for alpha in (0.0, *ALPHAS):
+        model.load_state_dict(interpolate(run.base_state, tuned_backbone, alpha))
+        encoder = encoder_of(model, run.device)
+        judged.append(assess(encoder.encode(train.chips), train.labels, encoder.encode(val.chips), val.labels,
+                             alpha=alpha, calibrate=alpha > 0, target_far=config.target_far, seed=config.seed))
+    return judged
+
+
 def choose_network(run: Run, best_backbone: dict, train: ChipSet, val: ChipSet) -> tuple[Selection, dict]:
     """Judge dlib, the interpolations and the fine-tuned weights on the validation photos; return the
     selection and the chosen state dict (uncalibrated)."""
-    config = run.config
-    model = copy.deepcopy(run.backbone)
-    states, candidates = {}, []
-    dlib = None
-    for alpha in (0.0, *ALPHAS):
-        states[alpha] = interpolate(run.base_state, best_backbone, alpha)
-        model.load_state_dict(states[alpha])
-        encoder = encoder_of(model, run.device)
-        judged = assess(encoder.encode(train.chips), train.labels, encoder.encode(val.chips), val.labels,
-                        alpha=alpha, calibrate=alpha > 0, target_far=config.target_far, seed=config.seed)
-        if alpha == 0:
-            dlib = judged
-        else:
-            candidates.append(judged)
-    selection = select(candidates, dlib, val.labels, seed=config.seed, force=config.keep == "finetuned")
-    return selection, states[selection.chosen.alpha]
+    dlib, *candidates = judge(run, best_backbone, train, val)
+    selection = select(candidates, dlib, val.labels, seed=run.config.seed, force=run.config.keep == "finetuned")
+    return selection, interpolate(run.base_state, best_backbone, selection.chosen.alpha)
 
 
-def finish(run: Run, state: TrainState, data: FinetuneData, output: Path, *, dlib_val: dict, t_start: float,
-           extra: dict[str, Any]) -> FinetuneResult:
-    """Choose and calibrate the network, fit the head's open-set threshold, write the folder."""
-    config, train, val = run.config, data.train, data.val
-    selection, chosen_state = choose_network(run, state.best_backbone, train, val)
-    chosen = selection.chosen
-    run.backbone.load_state_dict(chosen_state)
-    scale = chosen.point.scale
+def load_scaled(backbone: nn.Module, state: dict, scale: float) -> None:
+    """Load ``state`` into ``backbone`` and multiply its output by ``scale`` (the calibration: distances
+    scale with the last linear layer)."""
+    backbone.load_state_dict(state)
     with torch.no_grad():
-        run.backbone.fc.weight.mul_(scale)  # distances scale with the last linear layer: 0.6 calibrated
+        backbone.fc.weight.mul_(scale)
+
+
+@dataclass
+class KeptFigures:
+    """The kept network measured on validation photos, after its calibration.
+
+    :ivar val: :func:`~dlibplus.calibration.validation_metrics` of the network; ``flip_val`` of its +flip.
+    :ivar calibration_flip: the +flip output's calibration (``scale`` relative to the calibrated output).
+    :ivar open_set: the head's open-set threshold (:func:`~dlibplus.calibration.head_open_set_threshold`).
+    """
+
+    val: dict
+    flip_val: dict
+    calibration_flip: dict
+    open_set: dict
+
+
+def kept_figures(run: Run, alpha: float, scale: float, train: ChipSet, val: ChipSet
+                 ) -> tuple[KeptFigures, nn.Module, np.ndarray]:
+    """Measure ``run.backbone`` (loaded and calibrated) on ``val``; also return the head the folder gets and
+    the mean it subtracts."""
+    config = run.config
     encoder, flip = encoder_of(run.backbone, run.device), encoder_of(run.backbone, run.device, flip=True)
     train_emb, val_emb = encoder.encode(train.chips), encoder.encode(val.chips)
     train_flip, val_flip = flip.encode(train.chips), flip.encode(val.chips)
     far = config.target_far or 1e-3
-    finetuned_val = validation_metrics(train_emb, train.labels, val_emb, val.labels, far)
-    finetuned_flip_val = validation_metrics(train_flip, train.labels, val_flip, val.labels, far)
-    if chosen.alpha > 0:  # DIR+flip averages with the mirror image, which shrinks distances: calibrate it
+    if alpha > 0:  # DIR+flip averages with the mirror image, which shrinks distances: calibrate it
         flip_point, _ = operating_point(probe_pairs(train_flip, train.labels, val_flip, val.labels),
                                         target_far=config.target_far, seed=config.seed)
         calibration_flip = {**flip_point.to_dict(), "scale": flip_point.scale}
     else:  # the folder is dlib: DIR+flip is dlib+flip, which is not calibrated either
         calibration_flip = {"scale": 1.0, "note": "the model is dlib's: +flip is left as dlib+flip"}
+    head, head_mean = head_for(run, alpha, scale, train_emb, train.labels)
+    figures = KeptFigures(validation_metrics(train_emb, train.labels, val_emb, val.labels, far),
+                          validation_metrics(train_flip, train.labels, val_flip, val.labels, far),
+                          calibration_flip, head_open_set_threshold(head, val_emb - head_mean, val.labels, far))
+    return figures, head, head_mean
 
-    head, head_mean = _head_for(run, chosen.alpha, scale, train_emb, train.labels)
-    open_set = head_open_set_threshold(head, val_emb - head_mean, val.labels, far)
-    result = FinetuneResult(output, state.history, dlib_val, finetuned_val, finetuned_flip_val, selection,
-                            {**chosen.point.to_dict(), "scale": scale}, state.best_epoch + 1, time.time() - t_start)
+
+def finish(run: Run, state: TrainState, data: FinetuneData, output: Path, *, dlib_val: dict, t_start: float,
+           extra: dict[str, Any]) -> FinetuneResult:
+    """Choose and calibrate the network on the validation split, fit the head's open-set threshold, write
+    the folder."""
+    selection, chosen_state = choose_network(run, state.best_backbone, data.train, data.val)
+    scale = selection.chosen.point.scale
+    load_scaled(run.backbone, chosen_state, scale)
+    figures, head, head_mean = kept_figures(run, selection.chosen.alpha, scale, data.train, data.val)
+    return conclude(run, state, data, output, selection, figures, head, head_mean, dlib_val=dlib_val,
+                    t_start=t_start, extra=extra)
+
+
+def conclude(run: Run, state: TrainState, data: FinetuneData, output: Path, selection: Selection,
+             figures: KeptFigures, head: nn.Module, head_mean: np.ndarray, *, dlib_val: dict, t_start: float,
+             extra: dict[str, Any]) -> FinetuneResult:
+    """Write the folder of ``run.backbone`` (already chosen and calibrated) and return the run's result."""
+    calibration = {**selection.chosen.point.to_dict(), "scale": selection.chosen.point.scale}
+    result = FinetuneResult(output, state.history, dlib_val, figures.val, figures.flip_val, selection,
+                            calibration, state.best_epoch + 1, time.time() - t_start, extra.get("cross_fit", {}))
     if run.dist.main:
-        meta = _metadata(run, state, data, result, calibration_flip, open_set, extra)
-        write_outputs(output, run.backbone, head, head_mean, train.classes, meta)
+        meta = _metadata(run, state, data, result, figures.calibration_flip, figures.open_set, extra)
+        write_outputs(output, run.backbone, head, head_mean, data.train.classes, meta)
     return result
 
 
-def _head_for(run: Run, alpha: float, scale: float, train_emb: np.ndarray, train_y: np.ndarray
+def head_for(run: Run, alpha: float, scale: float, train_emb: np.ndarray, train_y: np.ndarray
               ) -> tuple[nn.Module, np.ndarray]:
     """The head and the mean it subtracts, in the written network's units.
 
@@ -133,7 +172,8 @@ def _metadata(run: Run, state: TrainState, data: FinetuneData, result: FinetuneR
                     "finetuned_flip": result.finetuned_flip_val, "better_than_dlib": result.better},
         data={"train_fingerprint": train.fingerprint(), "n_train": len(train), "n_val": len(val),
               "files_sha256": data.file_hashes()},
-        frozen_stages=run.frozen, history=state.history, best_epoch=state.best_epoch + 1,
+        cross_fit=extra.get("cross_fit", {}), frozen_stages=run.frozen, history=state.history,
+        best_epoch=state.best_epoch + 1,
         epochs_run=len(state.history), trained_on=extra.get("trained_on", data.folder),
         wall_seconds=result.wall_seconds, device=str(run.device), world_size=run.dist.world_size,
         versions=_versions())
@@ -169,9 +209,16 @@ def write_outputs(output: Path, backbone, head, head_mean: np.ndarray, classes: 
 def summary_lines(result: FinetuneResult) -> list[str]:
     """The end-of-run table: per-epoch history, the candidates on the user's path, the decision."""
     lines = [f"{'epoch':>5} {'loss':>8} {'train acc':>9} {'val 1-NN':>8} {'val AUC':>8} {'s':>6}"]
-    for h in result.history:
-        lines.append(f"{h['epoch']:>5} {h['loss']:>8.4f} {h['train_acc']:>9.3f} {h['identification_1nn']:>8.3f} "
-                     f"{h.get('auc', float('nan')):>8.4f} {h['seconds']:>6.1f}")
+    for h in result.history:  # cross-fitting's run on every photo has no validation: its columns read nan
+        lines.append(f"{h['epoch']:>5} {h['loss']:>8.4f} {h['train_acc']:>9.3f} "
+                     f"{h.get('identification_1nn', float('nan')):>8.3f} {h.get('auc', float('nan')):>8.4f} "
+                     f"{h['seconds']:>6.1f}")
+    if result.cross_fit:
+        cf = result.cross_fit
+        tail = (f"the network above trained on every photo for {cf['epochs']} epochs" if cf["epochs"]
+                else "the folds kept dlib, so no run on every photo was needed")
+        lines.append(f"cross-fitted over {cf['folds']} folds (best epochs {cf['best_epochs']}): every photo was "
+                     f"validated once; {tail}")
     sel = result.selection
     lines += ["", "on the validation photos (train-knn + predict at tolerance 0.6; rates at 0.6 cross-validated):",
               f"{'network':<18}{'named right':>12}{'unknown':>9}{'same pairs ok':>15}{'diff. pairs in':>16}"]

@@ -43,7 +43,8 @@ class FinetunedMetadata:
     ``face_settings``, ``calibration`` (``scale``: the factor the network's output was multiplied by).
     The rest describe the run and its validation; ``selection`` and ``operating_point`` (format 2)
     say which candidate (dlib, an interpolation, the fine-tuned weights) was kept and what tolerance
-    0.6 means on the user's photos.
+    0.6 means on the user's photos; ``cross_fit`` (``folds`` >= 2) the folds' best epochs and the epochs
+    of the run on every photo.
     """
 
     base_model: dict[str, Any]
@@ -57,6 +58,7 @@ class FinetunedMetadata:
     operating_point: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    cross_fit: dict[str, Any] = field(default_factory=dict)
     frozen_stages: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0

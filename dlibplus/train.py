@@ -350,33 +350,40 @@ def validate(run: Run, train: ChipSet, val: ChipSet) -> dict[str, Any]:
                               run.config.target_far or 1e-3)
 
 
-def fit(run: Run, train: ChipSet, val: ChipSet, state: TrainState, checkpoint: Path, *,
-        progress: bool = True, say: Callable[[str], None] = print) -> TrainState:
+def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkpoint: Path | None, *,
+        progress: bool = True, say: Callable[[str], None] = print, until: int | None = None) -> TrainState:
     """Train from ``state.epoch + 1`` to the end (or early stop), checkpointing each epoch; keeps the
     backbone of the best validation epoch in ``state.best_backbone``. Ctrl-C is re-raised after
-    saying where the checkpoint is."""
+    saying where the checkpoint is.
+
+    :param val: ``None`` to train without validation (cross-fitting's last run): the last epoch is kept.
+    :param checkpoint: ``None`` to write none.
+    :param until: stop after this many epochs (the learning-rate schedule still spans ``config.epochs``).
+    """
     from tqdm.auto import tqdm
 
     config = run.config
     steps = len(run.sampler)
-    bar = tqdm(total=steps * config.epochs, initial=(state.epoch + 1) * steps, desc="fine-tuning", unit="step",
+    last = config.epochs if until is None else min(until, config.epochs)
+    bar = tqdm(total=steps * last, initial=(state.epoch + 1) * steps, desc="fine-tuning", unit="step",
                disable=not (progress and run.dist.main), dynamic_ncols=True)
     epoch = state.epoch + 1
     try:
-        for epoch in range(state.epoch + 1, config.epochs):
-            row = {"epoch": epoch + 1, **train_one_epoch(run, train, epoch, bar), **validate(run, train, val)}
+        for epoch in range(state.epoch + 1, last):
+            row = {"epoch": epoch + 1, **train_one_epoch(run, train, epoch, bar),
+                   **(validate(run, train, val) if val is not None else {})}
             state.history.append(row)
             state.epoch = epoch
             if not run.network_trains(epoch):  # LP-FT's head-only epochs: the network is still dlib's
                 pass
-            elif state.best_score is None or _score(row) > state.best_score:
+            elif val is None or state.best_score is None or _score(row) > state.best_score:
                 state.best_epoch, state.since_best = epoch, 0
                 state.best_backbone = copy.deepcopy(run.backbone.state_dict())
                 state.best_metrics = {k: v for k, v in row.items() if k not in ("epoch", "loss", "train_acc",
                                                                                   "lr", "seconds")}
             else:
                 state.since_best += 1
-            if run.dist.main:
+            if run.dist.main and checkpoint is not None:
                 state.save(checkpoint, run)
             if config.patience and state.since_best >= config.patience:
                 bar.close()
@@ -385,8 +392,9 @@ def fit(run: Run, train: ChipSet, val: ChipSet, state: TrainState, checkpoint: P
     except KeyboardInterrupt:
         bar.close()
         if run.dist.main:
-            say(f"\ninterrupted during epoch {epoch + 1}; the checkpoint of the last finished epoch is in "
-                f"{checkpoint}: continue with the same command and --resume")
+            say(f"\ninterrupted during epoch {epoch + 1}; " + (
+                f"the checkpoint of the last finished epoch is in {checkpoint}: continue with the same command and "
+                "--resume" if checkpoint is not None else "nothing was written"))
         raise
     bar.close()
     return state
@@ -424,6 +432,8 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
     """
     t_start = time.time()
     output = Path(output)
+    if config.folds > 1 and resume:
+        raise DlibplusError("--resume is not available with --folds: a cross-fitted run writes no checkpoint")
     check_output(output, resume=resume, overwrite=overwrite)
     dist_info = init_distributed(config.device)
     device = training_device(config.device, dist_info)
@@ -436,6 +446,13 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
     if dist_info.active and config.head_epochs:
         raise DlibplusError("head_epochs (LP-FT) is not supported under torchrun: DDP needs the same trainable "
                             "parameters in every epoch")
+    if config.folds > 1:
+        if dist_info.active:
+            raise DlibplusError("--folds (cross-fitting, for small folders) is not supported under torchrun")
+        from .crossfit import finetune_crossfit
+
+        return finetune_crossfit(data, output, config, device, dist_info, t_start=t_start, progress=progress,
+                                 say=say, extra=extra_metadata)
     train, val = data.train, data.val
     run = build(train, config, device, dist_info)
     dlib_val = validate(run, train, val)

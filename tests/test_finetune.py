@@ -281,3 +281,42 @@ def test_cli_lp_ft_and_affine_only_reach_the_written_model(people, tmp_path):
     ratio = ours["fc.weight"] / dlib["fc.weight"]  # fc only carries the calibration's scale
     assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-5)
     assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--epochs", "2", "--head-epochs", "2").exit_code == 2
+
+
+def test_cross_fit_validates_every_photo_and_trains_on_all(people, tmp_path):
+    """--folds 2: two runs each judged on the half of every person's photos it did not see, one choice and
+    calibration over all 40 photos, then a network trained on every photo; dlib computes what it computes."""
+    import dlib
+
+    from dlibplus.encoders import load_encoder
+    from dlibplus.faces import FaceSettings
+    from dlibplus.finetune_data import load_chipset
+
+    out = tmp_path / "model"
+    res = run("finetune", people, "-o", out, *FAST, *KEEP, "--folds", "2")
+    assert res.exit_code == 0, res.output
+    assert "fold 1/2: fine-tuning on 20 photos, validating on 20" in res.output and "fold 2/2" in res.output
+    assert "cross-fitted over 2 folds" in res.output
+    meta = json.loads((out / "metadata.json").read_text())
+    cf = meta["cross_fit"]
+    assert cf["folds"] == 2 and cf["n_validated"] == len(PEOPLE) * 8 and len(cf["best_epochs"]) == 2
+    assert cf["epochs"] == max(1, round(float(np.median(cf["best_epochs"])))) == len(meta["history"])
+    assert meta["data"]["n_train"] == len(PEOPLE) * 8 and meta["config"]["folds"] == 2
+    cal = meta["calibration"]  # the folds' raw thresholds, each fit on its own fold; the scale from their median
+    assert len(cal["fold_thresholds"]) == 2 and cal["scale"] == pytest.approx(0.6 / np.median(cal["fold_thresholds"]))
+    assert cal["n_same_pairs"] > 0 and 0 < cal["same_accepted"] <= 1 and 0 <= cal["different_accepted"] < 1
+    assert meta["selection"]["chosen"]["alpha"] == 1.0
+    chips = load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0].chips[:8]
+    dat = dlib.face_recognition_model_v1(str(out / "model.dat"))
+    theirs = np.array([dat.compute_face_descriptor(c) for c in chips])
+    ours = load_encoder(out).encode(chips)
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert np.abs(ours - load_encoder("torch").encode(chips)).max() > 1e-3
+
+
+@pytest.mark.parametrize("extra", [["--folds", "0"], ["--folds", "2", "--resume"],
+                                   ["--folds", "2", "--val-folder", "."]])
+def test_cross_fit_refuses_what_it_cannot_do(people, tmp_path, extra):
+    res = run("finetune", people, "-o", tmp_path / "out", *FAST, *extra)
+    assert res.exit_code == 2 and "--folds" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()

@@ -69,6 +69,10 @@ from .options import check_output_folder, face_options, face_settings, user_erro
               help="Share of each person's photos kept for validation.")
 @click.option("--val-folder", type=click.Path(file_okay=False, path_type=Path),
               help="Validate on this people folder instead of a split.")
+@click.option("--folds", type=click.IntRange(1), default=_FT.folds, show_default=True,
+              help="1: train once, validate on a split (--val-fraction). K >= 2: cross-fit for small folders: K "
+                   "runs, each validated on a K-th of every person's photos, choose and calibrate on all the "
+                   "photos, then one run learns from every photo (K + 1 trainings).")
 @click.option("--patience", type=click.IntRange(0), default=_FT.patience, show_default=True,
               help="Stop after this many epochs without a better validation accuracy (0: never).")
 @click.option("--seed", type=int, default=_FT.seed, show_default=True,
@@ -91,8 +95,7 @@ from .options import check_output_folder, face_options, face_settings, user_erro
 def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,
              optimizer, lr, head_lr, weight_decay, anchor, warmup_epochs, grad_clip, freeze, head_epochs, train_only,
              augment_on, no_augment,
-             val_fraction,
-             val_folder, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
+             val_fraction, val_folder, folds, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
 
@@ -111,17 +114,20 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
             raise click.BadParameter("sphereface's margin is a whole number m", param_hint="--margin")
         head_options["margin"] = int(head_options["margin"])
     try:
-        config = tr.FinetuneConfig(head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
-                                   metric_loss=metric_loss,
-                                   epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images,
-                                   optimizer=optimizer, lr=lr, head_lr=head_lr, weight_decay=weight_decay, anchor=anchor,
-                                   warmup_epochs=warmup_epochs, grad_clip=grad_clip, freeze=freeze,
-                                   head_epochs=head_epochs, train_only=train_only,
-                                   augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, patience=patience,
-                                   seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
+        config = tr.FinetuneConfig(
+            head=head, head_options=head_options, center_loss=center_loss, triplet=triplet, metric_loss=metric_loss,
+            epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images, optimizer=optimizer, lr=lr,
+            head_lr=head_lr, weight_decay=weight_decay, anchor=anchor, warmup_epochs=warmup_epochs,
+            grad_clip=grad_clip, freeze=freeze, head_epochs=head_epochs, train_only=train_only,
+            augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, folds=folds,
+            patience=patience, seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
         config.check_head()
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
+    if folds > 1 and val_folder is not None:
+        raise click.UsageError("--folds deals your own photos into folds; it cannot be combined with --val-folder")
+    if folds > 1 and resume:
+        raise click.UsageError("--resume is not available with --folds: a cross-fitted run writes no checkpoint")
     try:
         resolve_device(device)  # a wrong --device fails here, before the photos are aligned
     except DlibplusError as exc:

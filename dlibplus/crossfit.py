@@ -1,0 +1,165 @@
+"""Cross-fitting (``--folds K``): every photo is judged once by a network that never saw it, then one
+network learns from every photo.
+
+With one split, a person with 2 photos trains on one and validates on the other: the network learns from
+half the photos, and the choice between dlib, the interpolations and the fine-tuned weights rests on one
+photo per person. Cross-fitting deals each person's photos into K folds (:func:`fold_of`). K runs each
+train on the other folds and are judged on their own (:func:`dlibplus.finish.judge`); each candidate's
+judgements are pooled (:func:`pool`), so the selection and the calibration see every photo. Then one
+run trains on every photo for the median of the folds' best epoch counts (no photo is left to stop it),
+and is interpolated and scaled as the pooled judgement says: the folds measured how this recipe behaves
+on photos it never saw, the last run applies it to all of them. K + 1 trainings: meant for small folders.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .calibration import TOLERANCE, OperatingPoint
+from .finetune_data import ChipSet, FinetuneData
+from .finish import FinetuneResult, KeptFigures, conclude, head_for, judge, kept_figures, load_scaled
+from .selection import Assessment, interpolate, select
+from .train import Run, TrainState, build, encoder_of, fit, validate
+from .train_config import FinetuneConfig
+
+
+def fold_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(n,) int64 fold of each photo, in ``range(folds)``.
+
+    Each person's photos are shuffled (seeded) and dealt to consecutive folds from a random first one, so
+    a person's photos land in ``min(n, folds)`` different folds, the folds stay near equal in size, and a
+    run that leaves one fold out still trains on at least one photo of everyone with 2 or more.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), np.int64)
+    for person in np.unique(labels):
+        idx = np.flatnonzero(labels == person)
+        out[idx[rng.permutation(len(idx))]] = (rng.integers(folds) + np.arange(len(idx))) % folds
+    return out
+
+
+def pool(judged: list[Assessment]) -> Assessment:
+    """One candidate's judgements on the K folds, as one.
+
+    The per-photo arrays are concatenated (every photo once, in fold order); the raw threshold is the
+    median of the folds' (what the run on every photo is scaled with); the accept rates at 0.6 are pooled
+    over the folds' pairs, each already read on photos its threshold was not fit on.
+    """
+    points = [a.point for a in judged]
+    method = points[0].method
+    threshold = float(np.median([p.threshold for p in points]))
+    n_same, n_diff = sum(p.n_same_pairs for p in points), sum(p.n_different_pairs for p in points)
+    used = [p.far_used for p in points if p.far_used is not None]
+    point = OperatingPoint(
+        method, threshold, 1.0 if method == "none" else TOLERANCE / threshold,
+        sum(p.same_accepted * p.n_same_pairs for p in points) / max(n_same, 1),
+        sum(p.different_accepted * p.n_different_pairs for p in points) / max(n_diff, 1),
+        n_same, n_diff, sum(p.folds for p in points), points[0].target_far, max(used) if used else None,
+        [p.threshold for p in points], "; ".join(sorted({p.note for p in points if p.note})))
+    return Assessment(judged[0].alpha, point, *(np.concatenate([getattr(a, name) for a in judged])
+                                                for name in ("correct", "rejected", "margin")))
+
+
+def pooled_metrics(rows: list[dict], weights: list[int]) -> dict[str, Any]:
+    """Validation figures of the folds as one: each number the mean weighted by ``weights`` (the folds'
+    photo counts), ``n_val`` their sum; figures a fold could not measure are left out of the mean."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for row in rows for k in row):
+        vals = [(row[key], w) for row, w in zip(rows, weights) if isinstance(row.get(key), (int, float))]
+        if key in ("n_val", "n_validation_faces"):
+            out[key] = int(sum(v for v, _ in vals))
+        elif vals:
+            out[key] = float(sum(v * w for v, w in vals) / max(sum(w for _, w in vals), 1))
+    return out
+
+
+def pooled_figures(figures: list[KeptFigures], weights: list[int], alpha: float) -> KeptFigures:
+    """The folds' figures of the kept candidate as one; thresholds and scales take the median."""
+    if alpha > 0:
+        flip = {**pooled_metrics([f.calibration_flip for f in figures], weights),
+                "scale": float(np.median([f.calibration_flip["scale"] for f in figures])),
+                "fold_scales": [f.calibration_flip["scale"] for f in figures]}
+        flip.pop("threshold", None)  # the folds' raw thresholds are in their own units
+    else:
+        flip = dict(figures[0].calibration_flip)
+    open_set = {**pooled_metrics([f.open_set for f in figures], weights),
+                "cosine_threshold": float(np.median([f.open_set["cosine_threshold"] for f in figures]))}
+    return KeptFigures(pooled_metrics([f.val for f in figures], weights),
+                       pooled_metrics([f.flip_val for f in figures], weights), flip, open_set)
+
+
+@dataclass
+class FoldRun:
+    """One fold's run: trained on the other folds, judged on its own (dlib first, then each alpha)."""
+
+    run: Run
+    state: TrainState
+    train: ChipSet
+    val: ChipSet
+    dlib_val: dict
+    judged: list[Assessment]
+
+
+def train_fold(photos: ChipSet, fold: np.ndarray, k: int, config: FinetuneConfig, device: torch.device, dist_info,
+               *, progress: bool, say: Callable[[str], None]) -> FoldRun:
+    train, val = photos.subset(np.flatnonzero(fold != k)), photos.subset(np.flatnonzero(fold == k))
+    run = build(train, config, device, dist_info)
+    dlib_val = validate(run, train, val)
+    state = TrainState(best_metrics=dlib_val, best_backbone=copy.deepcopy(run.backbone.state_dict()))
+    state = fit(run, train, val, state, None, progress=progress, say=say)
+    return FoldRun(run, state, train, val, dlib_val, judge(run, state.best_backbone, train, val))
+
+
+def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, device: torch.device, dist_info, *,
+                      t_start: float, progress: bool = True, say: Callable[[str], None] = print,
+                      extra: dict | None = None) -> FinetuneResult:
+    """:func:`dlibplus.train.finetune` with ``config.folds`` >= 2: the photos of ``data.train`` and
+    ``data.val`` are pooled and dealt into folds."""
+    photos = ChipSet(np.concatenate([data.train.chips, data.val.chips]),
+                     np.concatenate([data.train.labels, data.val.labels]), data.train.classes,
+                     data.train.paths + data.val.paths)
+    fold = fold_of(photos.labels, config.folds, config.seed)
+    present = [k for k in range(config.folds) if (fold == k).any()]
+    folds = []
+    for i, k in enumerate(present):
+        say(f"fold {i + 1}/{len(present)}: fine-tuning on {int((fold != k).sum())} photos, validating on "
+            f"{int((fold == k).sum())}")
+        folds.append(train_fold(photos, fold, k, config, device, dist_info, progress=progress, say=say))
+    val_y = np.concatenate([f.val.labels for f in folds])
+    dlib, *candidates = [pool([f.judged[i] for f in folds]) for i in range(len(folds[0].judged))]
+    selection = select(candidates, dlib, val_y, seed=config.seed, force=config.keep == "finetuned")
+    alpha = selection.chosen.alpha
+    index = next(i for i, a in enumerate(folds[0].judged) if a.alpha == alpha)
+    figures = []
+    for f in folds:  # each fold's network at the chosen alpha, scaled by its own calibration, on its photos
+        scale = f.judged[index].point.scale
+        load_scaled(f.run.backbone, interpolate(f.run.base_state, f.state.best_backbone, alpha), scale)
+        figures.append(kept_figures(f.run, alpha, scale, f.train, f.val)[0])
+    weights = [len(f.val) for f in folds]
+    dlib_val = pooled_metrics([f.dlib_val for f in folds], weights)
+    best_epochs = [f.state.best_epoch + 1 for f in folds]
+    epochs = max(1, int(round(float(np.median(best_epochs)))))
+    del folds  # their weights, optimisers and heads are done with
+
+    run = build(photos, config, device, dist_info)
+    state = TrainState(best_backbone=copy.deepcopy(run.backbone.state_dict()))
+    if alpha > 0:
+        say(f"fine-tuning on every photo ({len(photos)}) for {epochs} epochs (the folds' median best)")
+        state = fit(run, photos, None, state, None, progress=progress, say=say, until=epochs)
+    else:
+        say("the folds keep dlib: no run on every photo is needed")
+    scale = selection.chosen.point.scale
+    load_scaled(run.backbone, interpolate(run.base_state, state.best_backbone, alpha), scale)
+    head, head_mean = head_for(run, alpha, scale, encoder_of(run.backbone, run.device).encode(photos.chips),
+                               photos.labels)
+    cross_fit = {"folds": len(present), "best_epochs": best_epochs, "epochs": epochs if alpha > 0 else 0,
+                 "n_validated": int(len(val_y))}
+    every = FinetuneData(photos, photos, data.people, data.dropped, data.val_strangers, data.folder)
+    return conclude(run, state, every, output, selection, pooled_figures(figures, weights, alpha), head, head_mean,
+                    dlib_val=dlib_val, t_start=t_start, extra={**(extra or {}), "cross_fit": cross_fit})
