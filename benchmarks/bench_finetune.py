@@ -39,7 +39,7 @@ from dlibplus.faces import FaceSettings
 from dlibplus.encoders import TorchEncoder
 from dlibplus.knn import FaceKNN
 from dlibplus.finetune_data import FinetuneData, drop_small_classes, load_chipset
-from dlibplus.train import finetune
+from dlibplus.finetune import finetune
 from dlibplus.train_config import FinetuneConfig
 
 FACES = faces_root()

@@ -43,7 +43,7 @@ from dlibplus.faces import FaceSettings
 from dlibplus.finetune_data import ChipSet, FinetuneData, drop_small_classes, load_chipset
 from dlibplus.knn import FaceKNN
 from dlibplus.selection import bootstrap_gain
-from dlibplus.train import finetune
+from dlibplus.finetune import finetune
 from dlibplus.train_config import FinetuneConfig
 
 FACES = faces_root()

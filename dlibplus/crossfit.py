@@ -119,7 +119,7 @@ def train_fold(photos: ChipSet, fold: np.ndarray, k: int, config: FinetuneConfig
 def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, device: torch.device, dist_info, *,
                       t_start: float, progress: bool = True, say: Callable[[str], None] = print,
                       extra: dict | None = None) -> FinetuneResult:
-    """:func:`dlibplus.train.finetune` with ``config.folds`` >= 2: the photos of ``data.train`` and
+    """:func:`dlibplus.finetune.finetune` with ``config.folds`` >= 2: the photos of ``data.train`` and
     ``data.val`` are pooled and dealt into folds."""
     photos = ChipSet(np.concatenate([data.train.chips, data.val.chips]),
                      np.concatenate([data.train.labels, data.val.labels]), data.train.classes,

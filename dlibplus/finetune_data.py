@@ -116,7 +116,7 @@ def drop_small_classes(data: ChipSet, minimum: int = 2) -> tuple[ChipSet, list[s
 def prepare_finetune_data(folder: os.PathLike | str, settings: FaceSettings | None = None, *,
                           val_folder: os.PathLike | str | None = None, val_fraction: float = 0.25, seed: int = 0,
                           jobs: int | None = None, progress: bool = True, dist_info=None) -> FinetuneData:
-    """Align a people folder and split it for :func:`dlibplus.train.finetune`.
+    """Align a people folder and split it for :func:`dlibplus.finetune.finetune`.
 
     :param val_folder: a people folder to validate on instead of a split (its people must be in ``folder``).
     :param val_fraction: share of each person's photos held out for validation (seeded by ``seed``).

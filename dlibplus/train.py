@@ -1,6 +1,6 @@
 """Fine-tune dlib's face ResNet on a people folder (``dlibplus finetune``), as small steps.
 
-:func:`finetune` runs them: :func:`build` the network (dlib's weights), a margin head imprinted with
+:func:`dlibplus.finetune.finetune` runs them: :func:`build` the network (dlib's weights), a margin head imprinted with
 each person's mean embedding, the auxiliary losses, optimizer, schedule and mixed precision;
 :func:`fit` the epochs (:func:`train_one_epoch`, then validation; the epoch with the best validation
 identification is kept, a :class:`TrainState` checkpoint written after each); then
@@ -21,23 +21,19 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import model_folder
 from .calibration import validation_metrics
-from .distributed import Dist, barrier, gather, init_distributed, training_device
-from .errors import DataFolderError, DlibplusError
+from .distributed import Dist, gather
+from .errors import DataFolderError
 from .fileio import atomic_path
-from .finetune_data import ChipSet, FinetuneData
+from .finetune_data import ChipSet
 from .train_config import FinetuneConfig
-
-if TYPE_CHECKING:
-    from .finish import FinetuneResult
 
 log = logging.getLogger(__name__)
 
@@ -401,79 +397,3 @@ def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkp
 
 
 # --- the whole run ----------------------------------------------------------------------------------------
-
-def check_output(output: Path, *, resume: bool, overwrite: bool = False) -> None:
-    """Refuse, before any work, to start over a checkpoint without ``--resume`` or over a finished model.
-
-    :raises DataFolderError: naming the file and what to do.
-    """
-    ckpt, dat = output / model_folder.CHECKPOINT, output / model_folder.MODEL_DAT
-    if output.exists() and not output.is_dir():
-        raise DataFolderError(f"--output {output} is a file, not a folder")
-    if resume:
-        if not ckpt.is_file():
-            raise DataFolderError(f"--resume: no checkpoint at {ckpt}")
-        return
-    if ckpt.is_file():
-        raise DataFolderError(f"{output} holds the checkpoint of an unfinished run ({ckpt}): continue it with "
-                              "--resume, or choose another --output folder")
-    if dat.is_file() and not overwrite:
-        raise DataFolderError(f"{output} already holds a fine-tuned model ({dat}); choose another --output "
-                              "folder or pass --overwrite")
-
-
-def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig(), *, resume: bool = False,
-             overwrite: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
-             extra_metadata: dict | None = None) -> "FinetuneResult":
-    """Fine-tune dlib's network on ``data.train``, choose and calibrate on ``data.val``, write ``output``.
-
-    ``data`` comes from :func:`dlibplus.finetune_data.prepare_finetune_data`. Raises KeyboardInterrupt
-    through after saying where the last checkpoint is; the checkpoint is removed once the folder is written.
-    """
-    t_start = time.time()
-    output = Path(output)
-    if config.folds > 1 and resume:
-        raise DlibplusError("--resume is not available with --folds: a cross-fitted run writes no checkpoint")
-    check_output(output, resume=resume, overwrite=overwrite)
-    dist_info = init_distributed(config.device)
-    device = training_device(config.device, dist_info)
-    say = echo if dist_info.main else (lambda *_: None)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.set_flush_denormal(True)  # tiny weights/gradients in denormal range slow CPUs 10-100x
-    if dist_info.active and config.head_epochs:
-        raise DlibplusError("head_epochs (LP-FT) is not supported under torchrun: DDP needs the same trainable "
-                            "parameters in every epoch")
-    if config.folds > 1:
-        if dist_info.active:
-            raise DlibplusError("--folds (cross-fitting, for small folders) is not supported under torchrun")
-        from .crossfit import finetune_crossfit
-
-        return finetune_crossfit(data, output, config, device, dist_info, t_start=t_start, progress=progress,
-                                 say=say, extra=extra_metadata)
-    train, val = data.train, data.val
-    run = build(train, config, device, dist_info)
-    dlib_val = validate(run, train, val)
-    checkpoint = output / model_folder.CHECKPOINT
-    state = TrainState(best_metrics=dlib_val, best_backbone=copy.deepcopy(run.backbone.state_dict()))
-    if resume:
-        state = TrainState.load(checkpoint, run)
-        say(f"resuming after epoch {state.epoch + 1} of {config.epochs}")
-    say(f"fine-tuning on {len(train)} photos of {len(train.classes)} people (validation: {len(val)}), "
-        f"head {config.head}, device {device}" + (f" x{dist_info.world_size}" if dist_info.active else "")
-        + f", frozen: {', '.join(run.frozen) or 'nothing'}"
-        + (", only the affine layers train" if config.train_only == "affine" else "")
-        + (f", the head alone for the first {config.head_epochs} epochs" if config.head_epochs else ""))
-    state = fit(run, train, val, state, checkpoint, progress=progress, say=say)
-    run.backbone.load_state_dict(state.best_backbone)
-    from .finish import finish  # the end of the run: choosing, calibrating, writing
-
-    result = finish(run, state, data, output, dlib_val=dlib_val, t_start=t_start, extra=extra_metadata or {})
-    barrier(dist_info)
-    if dist_info.main:
-        checkpoint.unlink(missing_ok=True)  # the folder is complete: the 90 MB checkpoint has no more use
-    return result
-
-

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-TRAINING = ("dlibplus.train", "dlibplus.finish", "dlibplus.crossfit", "dlibplus.selection", "dlibplus.calibration",
+TRAINING = ("dlibplus.finetune", "dlibplus.train", "dlibplus.finish", "dlibplus.crossfit", "dlibplus.selection", "dlibplus.calibration",
             "dlibplus.finetune_data", "dlibplus.distributed", "dlibplus.heads", "dlibplus.losses")
 
 

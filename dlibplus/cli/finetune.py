@@ -103,7 +103,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
     dlibplus.load_encoder(OUTPUT); OUTPUT/model.dat also loads in dlib and face_recognition.
     Under torchrun it trains on several GPUs (DDP).
     """
-    from .. import train as tr
+    from .. import finetune as ft
     from ..distributed import init_distributed, resolve_device
     from ..errors import DlibplusError
     from ..finetune_data import prepare_finetune_data
@@ -114,7 +114,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
             raise click.BadParameter("sphereface's margin is a whole number m", param_hint="--margin")
         head_options["margin"] = int(head_options["margin"])
     try:
-        config = tr.FinetuneConfig(
+        config = _FT(
             head=head, head_options=head_options, center_loss=center_loss, triplet=triplet, metric_loss=metric_loss,
             epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images, optimizer=optimizer, lr=lr,
             head_lr=head_lr, weight_decay=weight_decay, anchor=anchor, warmup_epochs=warmup_epochs,
@@ -132,7 +132,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
         resolve_device(device)  # a wrong --device fails here, before the photos are aligned
     except DlibplusError as exc:
         raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--device") from None
-    tr.check_output(output, resume=resume, overwrite=overwrite)
+    ft.check_output(output, resume=resume, overwrite=overwrite)
     check_output_folder(output, "--output")
     settings = face_settings(detector, upsample, landmarks, face_box, max_side)
     dist_info = init_distributed(device)
@@ -142,7 +142,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
         for line in data.report_lines():
             click.echo(line, err=True)
     try:
-        result = tr.finetune(data, output, config, resume=resume, overwrite=overwrite,
+        result = ft.finetune(data, output, config, resume=resume, overwrite=overwrite,
                              echo=lambda m: click.echo(m, err=True),
                              extra_metadata={"face_settings": settings.to_dict(), "trained_on": str(folder)})
     except KeyboardInterrupt:
