@@ -56,7 +56,7 @@ def encode_set(root: Path, name: str, encoder: str = "dlib", jobs: int | None = 
     """
     from dlibplus.cli.options import face_settings
     from dlibplus.data import process_images, scan_people
-    from dlibplus.people import resolve_encoder
+    from dlibplus.encoders import resolve_encoder
 
     pairs = scan_people(root / name)
     if holdout is not None:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from dlibplus.data import process_images  # noqa: E402
 from dlibplus.faces import FaceSettings  # noqa: E402
-from dlibplus.people import resolve_encoder  # noqa: E402
+from dlibplus.encoders import resolve_encoder  # noqa: E402
 from dlibplus.ray_encode import ray_cluster, ray_process_images  # noqa: E402
 
 

@@ -11,15 +11,15 @@ import logging
 import multiprocessing
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DataFolderError, DlibplusError, ImageReadError
+from .errors import DataFolderError
 from .fileio import atomic_path, file_sha256, settings_key, write_json
 from .faces import FaceSettings, image_faces
+from .image_result import ImageFaces, faces_result, guarded, read_image
 from .images import is_image_file
 
 log = logging.getLogger(__name__)
@@ -81,29 +81,6 @@ def image_paths(paths: Iterable[os.PathLike | str]) -> list[Path]:
     return out
 
 
-# --- results --------------------------------------------------------------------------------------
-
-@dataclass
-class ImageFaces:
-    """What the pipeline found in one image.
-
-    :ivar boxes: (n, 4) int32 ``(top, right, bottom, left)`` in the original image's pixels.
-    :ivar encodings: (n, 128) float64, or ``None`` when only chips were asked for.
-    :ivar chips: (n, 150, 150, 3) uint8 RGB aligned chips, or ``None``.
-    :ivar error: why the image could not be used at all (unreadable file), else ``None``.
-    """
-
-    path: Path
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int32))
-    encodings: np.ndarray | None = None
-    chips: np.ndarray | None = None
-    error: str | None = None
-
-    @property
-    def n_faces(self) -> int:
-        return len(self.boxes)
-
-
 # --- the per-image pipeline (runs in worker processes) ----------------------------------------------
 
 def _process_one(path: Path, settings: FaceSettings, worker_encoder) -> ImageFaces:
@@ -116,39 +93,9 @@ def _process_one(path: Path, settings: FaceSettings, worker_encoder) -> ImageFac
     return faces_result(path, boxes, chips, worker_encoder)
 
 
-def read_image(path: Path) -> np.ndarray | ImageFaces:
-    """The image (H, W, 3) uint8 RGB at ``path``, or, when it cannot be read, its result with the reason."""
-    from .images import load_image_file
-
-    try:
-        return load_image_file(path)
-    except ImageReadError as exc:
-        return ImageFaces(path, error=exc.reason)
-
-
-def faces_result(path: Path, boxes: np.ndarray, chips: np.ndarray, worker_encoder) -> ImageFaces:
-    """The result of an image with these boxes (n, 4) int32 and chips (n, 150, 150, 3) uint8: the chips
-    kept, or, when ``worker_encoder`` is given, replaced by their (n, 128) float64 encodings."""
-    if worker_encoder is None:
-        return ImageFaces(path, boxes=boxes, chips=chips)
-    encodings = np.asarray(worker_encoder.encode(chips), np.float64).reshape(len(chips), 128)
-    return ImageFaces(path, boxes=boxes, encodings=encodings)
-
-
 def _worker(task: tuple) -> ImageFaces:
     path, settings, worker_encoder = task
     return guarded(path, _process_one, path, settings, worker_encoder)
-
-
-def guarded(path: Path, step, *args):
-    """``step(*args)``, or the result of ``path`` with the error when it fails: dlib errors on odd images must
-    not kill a long run (dlibplus's own errors, a missing model file say, still do)."""
-    try:
-        return step(*args)
-    except DlibplusError:
-        raise
-    except Exception as exc:
-        return ImageFaces(path, error=f"{type(exc).__name__}: {exc}")
 
 
 # --- cache ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ CUDA cannot be used in forked workers at all), so there :func:`parent_detection_
    about 1 ms of Python per image, which would cap this process near 1,000 images/s), find the landmarks
    and cut the aligned chips (about 5 ms per image), and encode them when the encoder runs in workers
    (dlib's) (:func:`_align`);
-4. the results come back in input order, the same :class:`~dlibplus.data.ImageFaces` as the per-worker path
+4. the results come back in input order, the same :class:`~dlibplus.image_result.ImageFaces` as the per-worker path
    gives: same boxes, chips and encodings, the same errors for files that cannot be read.
 
 The caller (:func:`~dlibplus.data.iter_images`) keeps the cache and the batched torch encoding; so the cache
@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import faces
-from .data import ImageFaces, faces_result, guarded, read_image
+from .image_result import ImageFaces, faces_result, guarded, read_image
 from .errors import DlibplusError
 from .faces import FaceSettings, cnn_boxes, cnn_score_maps, faces_in_boxes, shrink
 
@@ -119,7 +119,7 @@ class _Inline:
 def parent_detection_stream(tasks: Sequence[tuple[Path, FaceSettings, Any]], pool=None, *,
                             batch_images: int | None = None,
                             batch_pixels: int | None = None) -> Iterator[ImageFaces]:
-    """One :class:`~dlibplus.data.ImageFaces` per task ``(path, settings, worker_encoder)``, in order, as
+    """One :class:`~dlibplus.image_result.ImageFaces` per task ``(path, settings, worker_encoder)``, in order, as
     :func:`dlibplus.data.iter_images`' workers compute them, with the CNN detection batched here.
 
     ``pool``: a ``multiprocessing`` pool whose workers read and align (``None``: all in this process). Every

@@ -28,6 +28,7 @@ import numpy as np
 from . import fileio, model_folder, models
 from .errors import ModelFileError
 from .faces import CHIP_SIZE
+from .recipe import FLIP_SUFFIX, split_flip
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 DESCRIPTOR_SIZE = 128
 FINETUNED_MODEL_NAME = model_folder.MODEL_DAT  # what ``dlibplus finetune --output DIR`` writes into DIR
 FINETUNED_METADATA = model_folder.METADATA
-FLIP_SUFFIX = "+flip"  # an encoder spec ending in this gets test-time flip
 
 Chips = Union[np.ndarray, Sequence[np.ndarray]]
 
@@ -475,14 +475,6 @@ def finetuned_flip_scale(folder: Path) -> float:
     return 1.0
 
 
-def split_flip(spec: str) -> tuple[str, bool]:
-    """``("mymodel/", True)`` for ``"mymodel/+flip"``; a spec without the suffix (or an existing path that
-    happens to end in it) comes back unchanged with ``False``."""
-    if spec.endswith(FLIP_SUFFIX) and spec != FLIP_SUFFIX and not Path(spec).exists():
-        return spec[:-len(FLIP_SUFFIX)], True
-    return spec, False
-
-
 def _weights_sha256(model: "DlibResNet") -> str:
     """sha256 of the .dat ``save_dat(model)`` would write."""
     from .dlibnet import convert, dat_io
@@ -541,3 +533,17 @@ def load_encoder(spec: os.PathLike | str, **options) -> DlibEncoder | TorchEncod
         raise ModelFileError(path, "not a .dat file; an encoder is 'dlib', 'torch', a .dat file "
                                    f"or a folder holding {FINETUNED_MODEL_NAME}")
     return TorchEncoder.from_dat(path, **options)
+
+
+def resolve_encoder(spec: str | None, **options):
+    """``(encoder, spec)``: ``'dlib'``/``None``, ``'torch'``, a ``.dat`` file or a fine-tuned model folder,
+    each optionally followed by ``+flip`` → a loaded encoder, and the spec with an absolute path (what
+    model metadata records). ``options`` go to the torch encoder (``precision``)."""
+    if spec is None:
+        spec = "dlib"
+
+    base, flip = split_flip(str(spec))
+    if base not in ("dlib", "torch"):
+        base = str(Path(base).resolve())
+    spec = base + (FLIP_SUFFIX if flip else "")
+    return load_encoder(spec, **options), spec

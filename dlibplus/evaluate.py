@@ -38,7 +38,8 @@ from .errors import DataFolderError
 from .knn import FaceKNN
 from .evaluation_results import Comparison, EncoderEvaluation, EvaluationResult, TrainingOverlap
 from .pairs_file import PairList, read_pairs_resolved
-from .people import load_people, resolve_encoder
+from .encoders import resolve_encoder
+from .people import load_people
 
 log = logging.getLogger(__name__)
 

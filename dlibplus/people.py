@@ -16,6 +16,7 @@ import numpy as np
 
 from ._version import __version__
 from .data import ImageFaces, person_folders, process_images, scan_people
+from .encoders import resolve_encoder
 from .faces import FaceSettings
 from .recipe import Recipe
 from .errors import DataFolderError
@@ -27,22 +28,6 @@ _PLURALS = {"person": "people"}
 def counted(n: int, noun: str) -> str:
     """``'1 person'``, ``'3 people'``, ``'1 image'``, ``'0 images'``."""
     return f"{n} {noun if n == 1 else _PLURALS.get(noun, noun + 's')}"
-
-
-def resolve_encoder(spec: str | None, **options):
-    """``(encoder, spec)``: ``'dlib'``/``None``, ``'torch'``, a ``.dat`` file or a fine-tuned model folder,
-    each optionally followed by ``+flip`` → a loaded encoder, and the spec with an absolute path (what
-    model metadata records). ``options`` go to the torch encoder (``precision``)."""
-    from .encoders import FLIP_SUFFIX, load_encoder, split_flip
-
-    if spec is None:
-        spec = "dlib"
-
-    base, flip = split_flip(str(spec))
-    if base not in ("dlib", "torch"):
-        base = str(Path(base).resolve())
-    spec = base + (FLIP_SUFFIX if flip else "")
-    return load_encoder(spec, **options), spec
 
 
 @dataclass

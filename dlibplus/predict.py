@@ -62,7 +62,7 @@ def predict_images(paths: Sequence[os.PathLike | str], classifier: Classifier, *
     :param threshold: distance beyond which a face is ``UNKNOWN``; default the classifier's.
     """
     from .data import iter_images
-    from .people import resolve_encoder
+    from .encoders import resolve_encoder
 
     recipe = recipe or classifier.recipe
     encoder = resolve_encoder(recipe.encoder)[0]

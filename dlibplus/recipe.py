@@ -14,6 +14,17 @@ from .errors import ModelFileError
 from .faces import FaceSettings
 
 
+FLIP_SUFFIX = "+flip"  # an encoder spec ending in this gets test-time flip
+
+
+def split_flip(spec: str) -> tuple[str, bool]:
+    """``("mymodel/", True)`` for ``"mymodel/+flip"``; a spec without the suffix (or an existing path that
+    happens to end in it) comes back unchanged with ``False``."""
+    if spec.endswith(FLIP_SUFFIX) and spec != FLIP_SUFFIX and not Path(spec).exists():
+        return spec[:-len(FLIP_SUFFIX)], True
+    return spec, False
+
+
 @dataclass(frozen=True)
 class Recipe:
     """:param encoder: an encoder spec (``'dlib'``, ``'torch'``, a ``.dat`` file or a fine-tuned folder,
@@ -56,8 +67,6 @@ class Recipe:
     def relative_to(self, folder: os.PathLike | str) -> "Recipe":
         """The recipe with a path encoder written relative to ``folder`` (where the model file is), so a
         model and its encoder folder can move together."""
-        from .encoders import FLIP_SUFFIX, split_flip
-
         base, flip = split_flip(self.encoder)
         if base in ("dlib", "torch"):
             return self
@@ -66,8 +75,6 @@ class Recipe:
 
     def resolved_from(self, folder: os.PathLike | str) -> "Recipe":
         """The inverse of :meth:`relative_to`: a relative path encoder resolved against ``folder``."""
-        from .encoders import FLIP_SUFFIX, split_flip
-
         base, flip = split_flip(self.encoder)
         if base in ("dlib", "torch") or Path(base).is_absolute():
             return self

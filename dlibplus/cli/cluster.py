@@ -43,7 +43,7 @@ def cluster(paths, output, method, threshold, folders, encoder, seed, ray_addres
     size; "unclustered" for faces like no other).
     """
     from ..data import process_images
-    from ..people import resolve_encoder
+    from ..encoders import resolve_encoder
 
     output = output.resolve()
     files, unreadable = _input_files(paths, output)

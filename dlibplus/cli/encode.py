@@ -87,7 +87,7 @@ def _encode_npz(files, output, settings, encoder, jitters, ray_address, jobs, pr
                                      address=None if ray_address == "local" else ray_address, num_cpus=jobs or None)
     else:
         from ..data import process_images
-        from ..people import resolve_encoder
+        from ..encoders import resolve_encoder
 
         options = {"precision": precision} if precision != "exact" else {}
         results = process_images(files, settings, encoder=resolve_encoder(encoder, **options)[0],

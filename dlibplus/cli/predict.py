@@ -150,7 +150,7 @@ def _recipe(clf, model: Path, encoder: str | None, **face_overrides):
     import dataclasses
 
     from ..encoders import encoder_sha256, split_flip
-    from ..people import resolve_encoder
+    from ..encoders import resolve_encoder
 
     recipe = clf.recipe
     if encoder is not None:
