@@ -27,6 +27,22 @@ from .selection import Assessment, interpolate, select
 from .train import Run, TrainState, build, encoder_of, fit, validate
 from .train_config import FinetuneConfig
 
+# --folds 0 (auto) cross-fits when the median person has at most this many photos: in the suite (BENCHMARKS.md)
+# cross-fitting named more test photos than one split over the 2- and 4-photo rows; not measured with more
+SMALL_FOLDER = 4
+
+
+def folds_for(config: FinetuneConfig, data: FinetuneData, *, resume: bool, distributed: bool) -> int:
+    """The folds a run uses: ``config.folds`` when set; for 0 (auto), 2 when the median person of ``data``
+    has at most :data:`SMALL_FOLDER` photos and nothing rules cross-fitting out (``--resume``, ``--val-folder``,
+    ``torchrun``), else 1."""
+    if config.folds:
+        return config.folds
+    if resume or distributed or data.val_folder is not None:
+        return 1
+    labels = np.concatenate([data.train.labels, data.val.labels])
+    return 2 if np.median(np.bincount(labels)[np.unique(labels)]) <= SMALL_FOLDER else 1
+
 
 def fold_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """(n,) int64 fold of each photo, in ``range(folds)``.

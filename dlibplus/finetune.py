@@ -8,6 +8,7 @@ The top of the training layer: :func:`finetune` runs :mod:`dlibplus.train` (:fun
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from . import model_folder
-from .crossfit import finetune_crossfit
+from .crossfit import SMALL_FOLDER, finetune_crossfit, folds_for
 from .distributed import barrier, init_distributed, training_device
 from .errors import DataFolderError, DlibplusError
 from .finetune_data import FinetuneData
@@ -69,9 +70,15 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
     if dist_info.active and config.head_epochs:
         raise DlibplusError("head_epochs (LP-FT) is not supported under torchrun: DDP needs the same trainable "
                             "parameters in every epoch")
+    if config.folds > 1 and dist_info.active:
+        raise DlibplusError("--folds (cross-fitting, for small folders) is not supported under torchrun")
+    if not config.folds:  # auto: recorded as what it resolved to
+        config = dataclasses.replace(config, folds=folds_for(config, data, resume=resume,
+                                                            distributed=dist_info.active))
+        if config.folds > 1:
+            say(f"cross-fitting over {config.folds} folds: your people have {SMALL_FOLDER} photos or fewer (median); "
+                "--folds 1 trains once on a split instead")
     if config.folds > 1:
-        if dist_info.active:
-            raise DlibplusError("--folds (cross-fitting, for small folders) is not supported under torchrun")
         return finetune_crossfit(data, output, config, device, dist_info, t_start=t_start, progress=progress,
                                  say=say, extra=extra_metadata)
     train, val = data.train, data.val

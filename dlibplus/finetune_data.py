@@ -48,6 +48,7 @@ class FinetuneData:
     :ivar people: the :class:`~dlibplus.people.PeopleSet` of the training folder (its skip report).
     :ivar dropped: people left out for having too few usable photos.
     :ivar val_strangers: people of ``--val-folder`` who are not in the training folder (left out).
+    :ivar val_folder: the ``--val-folder`` validated on, ``None`` when ``val`` was split off ``train``'s folder.
     """
 
     train: ChipSet
@@ -56,6 +57,7 @@ class FinetuneData:
     dropped: list[str] = field(default_factory=list)
     val_strangers: list[str] = field(default_factory=list)
     folder: str = ""
+    val_folder: str | None = None
 
     def report_lines(self) -> list[str]:
         """The folder's skip report, then what was left out and why."""
@@ -145,7 +147,7 @@ def prepare_finetune_data(folder: os.PathLike | str, settings: FaceSettings | No
     if val_data is not None:
         train, dropped = drop_small_classes(data, 1)
         val, strangers = restrict_to_classes(val_data, train.classes)
-        return FinetuneData(train, val, people, dropped, strangers, str(folder))
+        return FinetuneData(train, val, people, dropped, strangers, str(folder), str(val_folder))
     data, dropped = drop_small_classes(data, 2)
     train_idx, val_idx = split_per_person(data.labels, val_fraction, seed)
     return FinetuneData(data.subset(train_idx), data.subset(val_idx), people, dropped, [], str(folder))

@@ -26,10 +26,11 @@ class FinetuneConfig:
     or ``auto`` (the device on CUDA, the host on CPU). ``head_epochs``: the first epochs train the head
     alone, the network frozen (LP-FT, Kumar et al. 2022), out of ``epochs``; the network's warm-up and
     cosine decay start after them. ``train_only``: see :data:`TRAIN_ONLY_CHOICES` (with ``freeze``, only
-    the unfrozen stages' affine layers train). ``folds``: 1 trains once and validates on a split
-    (``val_fraction``); K >= 2 cross-fits (:mod:`dlibplus.crossfit`): K runs, each validated on a K-th of
-    every person's photos, choose and calibrate on all the photos, then one run on every photo makes the
-    network handed back (K + 1 trainings).
+    the unfrozen stages' affine layers train). ``folds``: 0 (auto) cross-fits with 2 folds when the
+    median person has at most :data:`dlibplus.crossfit.SMALL_FOLDER` photos, else trains once; 1 trains
+    once and validates on a split (``val_fraction``); K >= 2 cross-fits (:mod:`dlibplus.crossfit`): K runs,
+    each validated on a K-th of every person's photos, choose and calibrate on all the photos, then one
+    run on every photo makes the network handed back (K + 1 trainings).
     """
 
     head: str = "arcface"
@@ -55,7 +56,7 @@ class FinetuneConfig:
     augment: bool = True
     augment_on: str = "auto"
     val_fraction: float = 0.25
-    folds: int = 1
+    folds: int = 0
     patience: int = 15
     seed: int = 0
     device: str = "auto"
@@ -80,8 +81,8 @@ class FinetuneConfig:
             raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, not {self.keep!r}")
         if self.target_far is not None and not 0 < self.target_far < 1:
             raise ValueError(f"target_far must be in (0, 1), not {self.target_far}")
-        if self.folds < 1:
-            raise ValueError(f"folds must be >= 1, not {self.folds}")
+        if self.folds < 0:
+            raise ValueError(f"folds must be >= 0 (0: auto), not {self.folds}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), not {self.val_fraction}")
         positive = {"lr": self.lr, "head_lr": self.head_lr}

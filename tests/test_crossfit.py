@@ -72,3 +72,34 @@ def test_pooled_metrics_weights_by_photos_and_sums_counts():
     out = pooled_metrics(rows, [10, 30])
     assert out["identification_1nn"] == pytest.approx(0.625) and out["n_val"] == 40
     assert out["tar_at_far"] == pytest.approx(0.2)  # a fold that could not measure it is left out
+
+
+def _data(photos_per_person: list[int], val_folder: str | None = None):
+    from dlibplus.finetune_data import ChipSet, FinetuneData
+
+    labels = np.repeat(np.arange(len(photos_per_person)), photos_per_person)
+    chips = np.zeros((len(labels), 1, 1, 3), np.uint8)
+    every = ChipSet(chips, labels, [f"p{i}" for i in range(len(photos_per_person))], [str(i) for i in labels])
+    half = np.arange(len(labels)) % 2 == 0
+    return FinetuneData(every.subset(np.flatnonzero(half)), every.subset(np.flatnonzero(~half)), None,
+                        val_folder=val_folder)
+
+
+def test_auto_folds_cross_fit_small_folders_only():
+    from dlibplus.crossfit import SMALL_FOLDER, folds_for
+    from dlibplus.train_config import FinetuneConfig
+
+    auto = FinetuneConfig()
+    assert auto.folds == 0
+    small, large = _data([2, 3, SMALL_FOLDER, 9]), _data([SMALL_FOLDER + 1, SMALL_FOLDER + 1, 2])
+    assert folds_for(auto, small, resume=False, distributed=False) == 2
+    assert folds_for(auto, large, resume=False, distributed=False) == 1
+    # what rules cross-fitting out: a checkpoint to resume, several processes, a validation folder of its own
+    assert folds_for(auto, small, resume=True, distributed=False) == 1
+    assert folds_for(auto, small, resume=False, distributed=True) == 1
+    assert folds_for(auto, _data([2, 3], val_folder="val/"), resume=False, distributed=False) == 1
+    # an explicit choice is kept
+    assert folds_for(FinetuneConfig(folds=1), small, resume=False, distributed=False) == 1
+    assert folds_for(FinetuneConfig(folds=3), large, resume=False, distributed=False) == 3
+    with pytest.raises(ValueError, match="folds"):
+        FinetuneConfig(folds=-1)

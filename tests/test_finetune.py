@@ -314,9 +314,28 @@ def test_cross_fit_validates_every_photo_and_trains_on_all(people, tmp_path):
     assert np.abs(ours - load_encoder("torch").encode(chips)).max() > 1e-3
 
 
-@pytest.mark.parametrize("extra", [["--folds", "0"], ["--folds", "2", "--resume"],
+@pytest.mark.parametrize("extra", [["--folds", "-1"], ["--folds", "2", "--resume"],
                                    ["--folds", "2", "--val-folder", "."]])
 def test_cross_fit_refuses_what_it_cannot_do(people, tmp_path, extra):
     res = run("finetune", people, "-o", tmp_path / "out", *FAST, *extra)
     assert res.exit_code == 2 and "--folds" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_cross_fits_a_small_folder_only(people, tmp_path):
+    """Without --folds, 3 photos per person cross-fit (recorded as 2 folds); 8 per person train once."""
+    small = tmp_path / "small"
+    for person in PEOPLE:
+        (small / person).mkdir(parents=True)
+        for src in sorted((people / person).iterdir())[:3]:
+            os.symlink(os.readlink(src), small / person / src.name)
+    res = run("finetune", small, "-o", tmp_path / "a", *FAST, *KEEP)
+    assert res.exit_code == 0, res.output
+    assert "cross-fitting over 2 folds" in res.output and "--folds 1" in res.output
+    meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert meta["config"]["folds"] == 2 and meta["cross_fit"]["n_validated"] == len(PEOPLE) * 3
+    res = run("finetune", people, "-o", tmp_path / "b", *FAST, *KEEP, "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
+    assert meta["config"]["folds"] == 1 and not meta["cross_fit"] and "cross-fitting" not in res.output
+

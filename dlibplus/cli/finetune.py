@@ -69,10 +69,11 @@ from .options import check_output_folder, face_options, face_settings, user_erro
               help="Share of each person's photos kept for validation.")
 @click.option("--val-folder", type=click.Path(file_okay=False, path_type=Path),
               help="Validate on this people folder instead of a split.")
-@click.option("--folds", type=click.IntRange(1), default=_FT.folds, show_default=True,
-              help="1: train once, validate on a split (--val-fraction). K >= 2: cross-fit for small folders: K "
-                   "runs, each validated on a K-th of every person's photos, choose and calibrate on all the "
-                   "photos, then one run learns from every photo (K + 1 trainings).")
+@click.option("--folds", type=click.IntRange(0), default=_FT.folds, show_default=True,
+              help="0 (auto): 2 when your people have 4 photos or fewer (median), else 1. 1: train once, validate "
+                   "on a split (--val-fraction). K >= 2: cross-fit for small folders: K runs, each validated on a "
+                   "K-th of every person's photos, choose and calibrate on all the photos, then one run learns "
+                   "from every photo (K + 1 trainings).")
 @click.option("--patience", type=click.IntRange(0), default=_FT.patience, show_default=True,
               help="Stop after this many epochs without a better validation accuracy (0: never).")
 @click.option("--seed", type=int, default=_FT.seed, show_default=True,
