@@ -127,8 +127,7 @@ class EncoderActor:
     """
 
     def __init__(self, encoder: Any, num_jitters: int):
-        from .encoders import with_jitter
-        from .encoders import resolve_encoder
+        from .encoders import resolve_encoder, with_jitter
 
         base = resolve_encoder(encoder)[0] if encoder is None or isinstance(encoder, (str, os.PathLike)) else encoder
         self.encoder = with_jitter(base, num_jitters)
@@ -334,8 +333,7 @@ def encode_to_parquet(paths: Sequence[os.PathLike | str], folder: os.PathLike | 
     """
     from tqdm.auto import tqdm
 
-    from .encoders import with_jitter
-    from .encoders import resolve_encoder
+    from .encoders import resolve_encoder, with_jitter
 
     require("pyarrow.parquet", "ray", "Parquet output")
     if shard_size < 1:

@@ -394,6 +394,3 @@ def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkp
         raise
     bar.close()
     return state
-
-
-# --- the whole run ----------------------------------------------------------------------------------------

@@ -166,8 +166,7 @@ def resolve_usage(classifier, encoder=None, settings: FaceSettings | None = None
                   recipe: "Recipe | None" = None):
     """``(encoder object, face settings)`` to predict with: ``recipe`` (default the classifier's own), with
     ``encoder`` (a spec or an encoder object), ``settings`` and ``num_jitters`` overriding it where given."""
-    from .encoders import with_jitter
-    from .encoders import resolve_encoder
+    from .encoders import resolve_encoder, with_jitter
     from .recipe import Recipe
 
     recipe = recipe or getattr(classifier, "recipe", None) or Recipe()

@@ -149,8 +149,7 @@ def _recipe(clf, model: Path, encoder: str | None, **face_overrides):
     tight-crop model used on ordinary photos is pointed out."""
     import dataclasses
 
-    from ..encoders import encoder_sha256, split_flip
-    from ..encoders import resolve_encoder
+    from ..encoders import encoder_sha256, resolve_encoder, split_flip
 
     recipe = clf.recipe
     if encoder is not None:

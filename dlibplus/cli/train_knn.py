@@ -152,8 +152,7 @@ def _from_command_line(ctx: click.Context, param: str) -> bool:
 
 
 def _same_encoder(spec: str, recorded: str) -> bool:
-    from ..encoders import encoder_sha256, split_flip
-    from ..encoders import resolve_encoder
+    from ..encoders import encoder_sha256, resolve_encoder, split_flip
 
     resolved = resolve_encoder(spec)[1]
     if resolved == recorded:
