@@ -71,7 +71,8 @@ class FinetuneData:
         """sha256 of every photo the run used (train and validation), sorted: evaluate's overlap check."""
         from .fileio import file_sha256
 
-        return sorted({file_sha256(p) for p in self.train.paths + self.val.paths})
+        # each file once: cross-fitting's data validates on the very photos it trains on
+        return sorted({file_sha256(p) for p in dict.fromkeys(self.train.paths + self.val.paths)})
 
 
 def load_chipset(folder: os.PathLike | str, settings: FaceSettings, *, jobs: int | None = None,
