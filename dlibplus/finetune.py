@@ -46,6 +46,17 @@ def check_output(output: Path, *, resume: bool, overwrite: bool = False) -> None
                               "folder or pass --overwrite")
 
 
+def check_folds(folds: int, *, resume: bool, val_folder: str | Path | None) -> None:
+    """Refuse, before any work, cross-fitting (``folds`` >= 2) where it cannot run.
+
+    :raises ValueError: naming the options that do not go together.
+    """
+    if folds > 1 and val_folder is not None:
+        raise ValueError("--folds deals your own photos into folds; it cannot be combined with --val-folder")
+    if folds > 1 and resume:
+        raise ValueError("--resume is not available with --folds: a cross-fitted run writes no checkpoint")
+
+
 def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig(), *, resume: bool = False,
              overwrite: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
              extra_metadata: dict | None = None) -> FinetuneResult:
@@ -56,8 +67,7 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
     """
     t_start = time.time()
     output = Path(output)
-    if config.folds > 1 and resume:
-        raise DlibplusError("--resume is not available with --folds: a cross-fitted run writes no checkpoint")
+    check_folds(config.folds, resume=resume, val_folder=data.val_folder)
     check_output(output, resume=resume, overwrite=overwrite)
     dist_info = init_distributed(config.device)
     device = training_device(config.device, dist_info)

@@ -103,3 +103,15 @@ def test_auto_folds_cross_fit_small_folders_only():
     assert folds_for(FinetuneConfig(folds=3), large, resume=False, distributed=False) == 3
     with pytest.raises(ValueError, match="folds"):
         FinetuneConfig(folds=-1)
+
+
+def test_check_folds_refuses_cross_fitting_where_it_cannot_run():
+    from dlibplus.finetune import check_folds
+
+    for folds in (0, 1):  # auto and one split go with anything
+        check_folds(folds, resume=True, val_folder="val/")
+    check_folds(2, resume=False, val_folder=None)
+    with pytest.raises(ValueError, match="--val-folder"):
+        check_folds(2, resume=False, val_folder="val/")
+    with pytest.raises(ValueError, match="--resume"):
+        check_folds(3, resume=True, val_folder=None)

@@ -123,12 +123,9 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
             augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, folds=folds,
             patience=patience, seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
         config.check_head()
+        ft.check_folds(folds, resume=resume, val_folder=val_folder)
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
-    if folds > 1 and val_folder is not None:
-        raise click.UsageError("--folds deals your own photos into folds; it cannot be combined with --val-folder")
-    if folds > 1 and resume:
-        raise click.UsageError("--resume is not available with --folds: a cross-fitted run writes no checkpoint")
     try:
         resolve_device(device)  # a wrong --device fails here, before the photos are aligned
     except DlibplusError as exc:
