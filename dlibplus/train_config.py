@@ -30,7 +30,10 @@ class FinetuneConfig:
     median person has at most :data:`dlibplus.crossfit.SMALL_FOLDER` photos, else trains once; 1 trains
     once and validates on a split (``val_fraction``); K >= 2 cross-fits (:mod:`dlibplus.crossfit`): K runs,
     each validated on a K-th of every person's photos, choose and calibrate on all the photos, then one
-    run on every photo makes the network handed back (K + 1 trainings).
+    run on every photo makes the network handed back (K + 1 trainings). ``distill``: weight of a loss that
+    keeps dlib's descriptors of faces nobody trained on, pixel mixes of two of the user's people (squared
+    distance between the network's and dlib's 128-d descriptors, dlib units; 0: off); a function-space
+    alternative to the ``anchor``.
     """
 
     head: str = "arcface"
@@ -48,6 +51,7 @@ class FinetuneConfig:
     head_lr: float = 1e-2
     weight_decay: float = 1e-4
     anchor: float = 3000.0
+    distill: float = 0.0
     warmup_epochs: float = 2.0
     grad_clip: float = 5.0
     freeze: int = 0
@@ -89,8 +93,9 @@ class FinetuneConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, not {value}")
-        non_negative = {"weight_decay": self.weight_decay, "anchor": self.anchor, "warmup_epochs": self.warmup_epochs,
-                        "grad_clip": self.grad_clip, "center_loss": self.center_loss, "triplet": self.triplet,
+        non_negative = {"weight_decay": self.weight_decay, "anchor": self.anchor, "distill": self.distill,
+                        "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip,
+                        "center_loss": self.center_loss, "triplet": self.triplet,
                         "metric_loss": self.metric_loss, "triplet_margin": self.triplet_margin,
                         "patience": self.patience, "freeze": self.freeze}
         for name, value in non_negative.items():

@@ -120,6 +120,14 @@ def test_checkpoint_state_round_trip(chips, tmp_path):
     other = build(chips, FinetuneConfig(**{**config.to_dict(), "lr": 1e-4}), torch.device("cpu"), dist)
     with pytest.raises(Exception, match="other settings"):
         TrainState.load(tmp_path / "ckpt.pt", other)
+    # a checkpoint written before a setting existed (here distill) resumes when that setting is at its default
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del ckpt["config"]["distill"]
+    torch.save(ckpt, tmp_path / "older.pt")
+    assert TrainState.load(tmp_path / "older.pt", fresh).epoch == 0
+    distilled = build(chips, FinetuneConfig(**{**config.to_dict(), "distill": 1.0}), torch.device("cpu"), dist)
+    with pytest.raises(Exception, match="other settings"):
+        TrainState.load(tmp_path / "older.pt", distilled)
 
 
 def _dist():
@@ -182,3 +190,62 @@ def test_lp_ft_and_affine_settings_are_checked():
     with pytest.raises(ValueError, match="train_only"):
         FinetuneConfig(train_only="norm")
     assert _lr_lambda(10, 2, start=4)(3) == 0.0 and _lr_lambda(10, 2, start=4)(4) == 0.5
+
+
+def test_mix_people_mixes_each_face_with_the_next_other_person(chips):
+    """Each mixed face is ``s·x_i + (1 − s)·x_j``, j the next face (cyclically) of another person, s in
+    [0.2, 0.8], the same for the same (seed, epoch, step) and new for another step."""
+    from dlibplus.train import mix_people
+
+    order = np.r_[0:4, 6:10, 12:16]  # a P×K batch: 3 people, 4 faces each
+    x = torch.from_numpy(chips.chips[order]).permute(0, 3, 1, 2).double()
+    y = torch.from_numpy(chips.labels[order])
+    mixed = mix_people(x, y, seed=3, epoch=1, step=2)
+    labels = y.numpy()
+    for i in range(len(order)):
+        j = next(k % len(order) for k in range(i + 1, i + len(order)) if labels[k % len(order)] != labels[i])
+        differ = (x[i] - x[j]).abs() > 20  # pixels where the two faces differ clearly
+        share = ((mixed[i] - x[j])[differ] / (x[i] - x[j])[differ]).numpy()
+        assert np.allclose(share, share.mean(), atol=1e-9) and 0.2 <= share.mean() <= 0.8
+    assert torch.equal(mixed, mix_people(x, y, seed=3, epoch=1, step=2))
+    assert not torch.equal(mixed, mix_people(x, y, seed=3, epoch=1, step=3))
+
+
+def test_distillation_loss_is_dlibs_distance_and_keeps_the_network_near_dlib(chips):
+    """With ``distill`` the loss gains distill × the mean squared distance between the network's and dlib's
+    descriptors of mixed faces (0 while the network is dlib's); trained the same way, the distilled network
+    ends nearer dlib on mixed faces it never saw than the one without."""
+    from dlibplus.train import mix_people
+
+    cpu, dist = torch.device("cpu"), __import__("dlibplus.distributed").distributed.Dist()
+    common = dict(epochs=3, freeze=5, augment=False, people_per_batch=3, images_per_person=4, anchor=0,
+                  warmup_epochs=0, lr=3e-3, device="cpu")
+    runs = {}
+    for weight in (0.0, 20.0):
+        torch.manual_seed(0)
+        runs[weight] = build(chips, FinetuneConfig(distill=weight, **common), cpu, dist)
+    run = runs[20.0]
+    assert runs[0.0].teacher is None and run.teacher is not None
+    assert not any(p.requires_grad for p in run.teacher.parameters())
+    x = torch.from_numpy(chips.chips[:12]).permute(0, 3, 1, 2).float()
+    y = torch.from_numpy(chips.labels[:12])
+    mixed = mix_people(x, y, 0, 0, 0)
+    with torch.no_grad():
+        target = run.teacher(mixed)
+        plain = float(run.model(x, y)[0])
+        assert float(run.model(x, y, mixed, target)[0]) == pytest.approx(plain, abs=1e-4)
+        run.backbone.fc.weight.mul_(1.1)
+        moved = run.backbone(mixed).double().numpy()
+        by_hand = 20.0 * np.mean(np.sum((moved - target.double().numpy()) ** 2, axis=1))
+        assert by_hand > 1e-3
+        assert float(run.model(x, y, mixed, target)[0]) - float(run.model(x, y)[0]) == pytest.approx(by_hand, rel=1e-3)
+        run.backbone.fc.weight.div_(1.1)
+    for r in runs.values():
+        for epoch in range(3):
+            train_one_epoch(r, chips, epoch, _Bar())
+    unseen = torch.from_numpy(chips.chips[12:]).permute(0, 3, 1, 2).float()
+    faces = mix_people(unseen, torch.from_numpy(chips.labels[12:]), 1, 0, 0)
+    with torch.no_grad():
+        dlib = run.teacher(faces)
+        drift = {w: float(((r.backbone(faces) - dlib) ** 2).sum(1).mean()) for w, r in runs.items()}
+    assert drift[20.0] < drift[0.0]
