@@ -13,6 +13,17 @@ import numpy as np
 from .align import DlibRand, jitter_image
 
 
+def slot_seed(seed: int, epoch: int, step: int, slot: int, stream: str = "device") -> int:
+    """A 63-bit seed (any ``torch.Generator`` takes it) for one sample of one step and one stream of draws
+    (``"device"``: the device augmentation's parameters, ``"mix"``: distillation's mixing shares).
+
+    It depends on those five values only, so every process of a DDP run draws the same for a slot of the
+    global batch, and a resumed run draws what an uninterrupted one does.
+    """
+    digest = hashlib.blake2b(f"{stream}/{seed}/{epoch}/{step}/{slot}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def sample_rng(seed: int, epoch: int, step: int, slot: int) -> DlibRand:
     """The generator of one sample of one step (independent of which process runs it)."""
     digest = hashlib.blake2b(f"{seed}/{epoch}/{step}/{slot}".encode(), digest_size=4).digest()

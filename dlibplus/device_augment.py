@@ -28,7 +28,6 @@ Entry point for training: :func:`augment_on_device`.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from .align import DlibRand
+from .augment import slot_seed
 
 __all__ = ["AugmentParams", "augment", "augment_on_device", "disturb_colors", "identity_params", "jitter",
            "params_from_dlib", "params_from_uniforms", "sample_params", "sample_points"]
@@ -124,11 +124,6 @@ def params_from_dlib(rngs: Sequence[DlibRand], size: int = CHIP_SIZE, colours: b
     return params_from_uniforms(u, size)
 
 
-def _slot_seed(seed: int, epoch: int, step: int, slot: int) -> int:
-    digest = hashlib.blake2b(f"device/{seed}/{epoch}/{step}/{slot}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # 63 bits: any torch.Generator takes it
-
-
 def sample_params(seed: int, epoch: int, step: int, slots: Sequence[int] | np.ndarray,
                   size: int = CHIP_SIZE, draws: str = "torch") -> AugmentParams:
     """The parameters of the samples in ``slots`` (each sample's place in the global batch) of one step.
@@ -149,7 +144,7 @@ def sample_params(seed: int, epoch: int, step: int, slots: Sequence[int] | np.nd
     u = np.zeros((len(slots), DRAWS_PER_SAMPLE))
     generator = torch.Generator()
     for row, slot in enumerate(slots):
-        generator.manual_seed(_slot_seed(seed, epoch, step, slot))
+        generator.manual_seed(slot_seed(seed, epoch, step, slot))
         u[row] = torch.rand(DRAWS_PER_SAMPLE, generator=generator, dtype=torch.float64).numpy()
     return params_from_uniforms(u, size)
 

@@ -33,6 +33,7 @@ from .distributed import Dist, gather
 from .errors import DataFolderError
 from .fileio import atomic_path
 from .finetune_data import ChipSet
+from .mixing import mix_people, plan_mix
 from .train_config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ class Trainee(nn.Module):
                 target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, cosines)`` of a batch; nothing leaves the device.
 
-        :param mixed: (m, 3, 150, 150) float faces for the distillation loss (:func:`mix_people`), with
-            ``target`` (m, 128) dlib's descriptors of them; ``None``: no distillation.
+        :param mixed: (m, 3, 150, 150) float faces for the distillation loss
+            (:func:`dlibplus.mixing.mix_people`), with ``target`` (m, 128) dlib's descriptors of them;
+            ``None``: no distillation.
         """
         emb = self.backbone(x)
         logits = self.head(emb.float() - self.embedding_mean, y)
@@ -84,25 +86,6 @@ class Trainee(nn.Module):
 def distillation_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared Euclidean distance between (m, 128) descriptors, in dlib's units (scalar float32)."""
     return ((student.float() - target.float()) ** 2).sum(1).mean()
-
-
-def mix_people(x: torch.Tensor, y: torch.Tensor, seed: int, epoch: int, step: int) -> torch.Tensor:
-    """Faces of nobody: each (n, 3, h, w) face mixed pixel by pixel with the next face of someone else in the
-    batch (cyclically; the next face when the batch holds one person), in a seeded share of 0.2 to 0.8.
-
-    Its own generator, seeded by ``(seed, epoch, step)``, so a resumed run mixes as an uninterrupted one.
-    """
-    n = len(x)
-    idx = torch.arange(n, device=y.device)
-    partner = torch.full((n,), -1, dtype=torch.long, device=y.device)
-    for shift in range(1, n):
-        candidate = (idx + shift) % n
-        take = (partner < 0) & (y[candidate] != y)
-        partner[take] = candidate[take]
-    partner = torch.where(partner < 0, (idx + 1) % n, partner)
-    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, step, 7]).generate_state(1)[0]))
-    share = (0.2 + 0.6 * torch.rand(n, generator=gen)).to(x.device, x.dtype).view(n, 1, 1, 1)
-    return share * x + (1 - share) * x[partner.to(x.device)]
 
 
 def encoder_of(backbone: nn.Module, device: torch.device, *, flip: bool = False):
@@ -244,32 +227,37 @@ def augment_on_device(run: Run) -> bool:
 
 
 def _host_batches(run: Run, train: ChipSet, epoch: int):
-    """``(step, idx, x)`` of every step of an epoch, each batch's chips gathered (and, on the host,
-    augmented) by a background thread while the previous step runs, so the loop never waits on numpy."""
+    """``(step, idx, rows, x, plan)`` of every step of an epoch: ``idx`` the chips of this process's slice of
+    the global batch, ``rows`` the global slots of the chips in ``x`` (the slice, then with ``--distill`` the
+    partners held by other processes, see :mod:`dlibplus.mixing`), ``plan`` the mixing (``None`` without
+    distillation). Gathered (and, on the host, augmented) by a background thread while the previous step
+    runs, so the loop never waits on numpy."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import augment  # looked up per call: tests interrupt a run through it
 
     config, dist_info = run.config, run.dist
     on_device = config.augment and augment_on_device(run)
+    distil = run.teacher is not None and run.network_trains(epoch)
 
-    def prepare(step: int, batch) -> tuple[int, np.ndarray, np.ndarray, torch.Tensor]:
+    def prepare(step: int, batch):
         batch = np.asarray(batch)
         slots = np.arange(len(batch))[dist_info.rank::dist_info.world_size]
-        idx = batch[slots]
-        chips = train.chips[idx]
+        plan = plan_mix(train.labels[batch], slots, config.seed, epoch, step) if distil else None
+        rows = slots if plan is None else np.concatenate([slots, plan.extra_slots])
+        chips = train.chips[batch[rows]]
         if config.augment and not on_device:
-            chips = augment.augment_batch(chips, config.seed, epoch, step, slots)
+            chips = augment.augment_batch(chips, config.seed, epoch, step, rows)
         x = torch.from_numpy(np.ascontiguousarray(chips))
-        return step, idx, slots, (x.pin_memory() if run.device.type == "cuda" else x)
+        return step, batch[slots], rows, (x.pin_memory() if run.device.type == "cuda" else x), plan
 
     batches = list(enumerate(run.sampler))
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(prepare, *batches[0]) if batches else None
         for i in range(len(batches)):
-            step, idx, slots, x = pending.result()
+            prepared = pending.result()
             pending = pool.submit(prepare, *batches[i + 1]) if i + 1 < len(batches) else None
-            yield step, idx, slots, x
+            yield prepared
 
 
 def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, float]:
@@ -286,18 +274,19 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, floa
     t_epoch, seen = time.time(), 0
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device, dtype=torch.long)
-    for step, idx, slots, chips in _host_batches(run, train, epoch):
+    for step, idx, rows, chips, plan in _host_batches(run, train, epoch):
         chips = chips.to(run.device, non_blocking=True)  # uint8: a quarter of float32's bytes to copy
         if device_aug:
             from .device_augment import augment_on_device as device_augment
 
-            x = device_augment(chips, config.seed, epoch, step, slots)
+            faces = device_augment(chips, config.seed, epoch, step, rows)
         else:
-            x = chips.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+            faces = chips.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+        x = faces[:len(idx)]
         y = torch.from_numpy(train.labels[idx]).to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
-            if run.teacher is not None and network_trains:
-                mixed = mix_people(x, y, config.seed, epoch, step)
+            if plan is not None:
+                mixed = mix_people(faces, plan)
                 with torch.no_grad():
                     target = run.teacher(mixed)
                 loss, cos = run.model(x, y, mixed, target)

@@ -203,12 +203,16 @@ def test_seeded_cpu_run_repeats_and_resume_matches(people, tmp_path, monkeypatch
     assert res.exit_code == 2 and "--overwrite" in res.output
 
 
-def test_ddp_two_processes_match_one(people, tmp_path):
+@pytest.mark.parametrize("extra, port", [([], 29531), (["--distill", "1", "--anchor", "0"], 29532)],
+                         ids=["plain", "distill"])
+def test_ddp_two_processes_match_one(people, tmp_path, extra, port):
+    """Two gloo processes under torchrun train the weights one process does (with --distill too: the
+    mixed faces are decided on the global batch)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run("finetune", people, "-o", one, *FAST, *KEEP).exit_code == 0
+    assert run("finetune", people, "-o", one, *FAST, *KEEP, *extra).exit_code == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-           "-m", "dlibplus.cli", "finetune", str(people), "-o", str(two), *FAST, *KEEP, "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "dlibplus.cli", "finetune", str(people), "-o", str(two), *FAST, *KEEP, *extra, "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((two / "metadata.json").read_text())

@@ -192,31 +192,62 @@ def test_lp_ft_and_affine_settings_are_checked():
     assert _lr_lambda(10, 2, start=4)(3) == 0.0 and _lr_lambda(10, 2, start=4)(4) == 0.5
 
 
+def _mixed(x: torch.Tensor, labels: np.ndarray, seed: int) -> torch.Tensor:
+    """The mixed faces of a whole batch in one process (step 0 of epoch 0)."""
+    from dlibplus.mixing import mix_people, plan_mix
+
+    return mix_people(x, plan_mix(labels, np.arange(len(labels)), seed, 0, 0))
+
+
 def test_mix_people_mixes_each_face_with_the_next_other_person(chips):
     """Each mixed face is ``s·x_i + (1 − s)·x_j``, j the next face (cyclically) of another person, s in
     [0.2, 0.8], the same for the same (seed, epoch, step) and new for another step."""
-    from dlibplus.train import mix_people
+    from dlibplus.mixing import mix_partners, mix_people, plan_mix
 
+    assert mix_partners(np.array([4, 4, 4])).tolist() == [1, 2, 0]  # one person: the next face
     order = np.r_[0:4, 6:10, 12:16]  # a P×K batch: 3 people, 4 faces each
     x = torch.from_numpy(chips.chips[order]).permute(0, 3, 1, 2).double()
-    y = torch.from_numpy(chips.labels[order])
-    mixed = mix_people(x, y, seed=3, epoch=1, step=2)
-    labels = y.numpy()
+    labels = chips.labels[order]
+    slots = np.arange(len(order))
+    mixed = mix_people(x, plan_mix(labels, slots, seed=3, epoch=1, step=2))
     for i in range(len(order)):
         j = next(k % len(order) for k in range(i + 1, i + len(order)) if labels[k % len(order)] != labels[i])
         differ = (x[i] - x[j]).abs() > 20  # pixels where the two faces differ clearly
         share = ((mixed[i] - x[j])[differ] / (x[i] - x[j])[differ]).numpy()
         assert np.allclose(share, share.mean(), atol=1e-9) and 0.2 <= share.mean() <= 0.8
-    assert torch.equal(mixed, mix_people(x, y, seed=3, epoch=1, step=2))
-    assert not torch.equal(mixed, mix_people(x, y, seed=3, epoch=1, step=3))
+    assert torch.equal(mixed, mix_people(x, plan_mix(labels, slots, seed=3, epoch=1, step=2)))
+    assert not torch.equal(mixed, mix_people(x, plan_mix(labels, slots, seed=3, epoch=1, step=3)))
+
+
+def test_mixed_faces_do_not_depend_on_the_number_of_processes(chips):
+    """Under torchrun each process mixes its slice (``rank::world_size``) of the global batch, making the
+    augmented chips of partners held by other processes itself: every slot's mixed face is the one a
+    single process makes, for 1, 2, 3 and 5 processes."""
+    from dlibplus.augment import augment_batch
+    from dlibplus.mixing import mix_people, plan_mix
+
+    batch = np.r_[0:4, 6:10, 12:16]  # 3 people, 4 faces each
+    labels = chips.labels[batch]
+
+    def mixed_by(world: int) -> np.ndarray:
+        out = np.zeros((len(batch), 3, 150, 150))
+        for rank in range(world):
+            slots = np.arange(len(batch))[rank::world]
+            plan = plan_mix(labels, slots, 5, 2, 7)
+            rows = np.concatenate([slots, plan.extra_slots])
+            faces = torch.from_numpy(augment_batch(chips.chips[batch[rows]], 5, 2, 7, rows)).permute(0, 3, 1, 2)
+            out[slots] = mix_people(faces.double(), plan).numpy()
+        return out
+
+    one = mixed_by(1)
+    for world in (2, 3, 5):
+        assert np.array_equal(mixed_by(world), one), world
 
 
 def test_distillation_loss_is_dlibs_distance_and_keeps_the_network_near_dlib(chips):
     """With ``distill`` the loss gains distill × the mean squared distance between the network's and dlib's
     descriptors of mixed faces (0 while the network is dlib's); trained the same way, the distilled network
     ends nearer dlib on mixed faces it never saw than the one without."""
-    from dlibplus.train import mix_people
-
     cpu, dist = torch.device("cpu"), __import__("dlibplus.distributed").distributed.Dist()
     common = dict(epochs=3, freeze=5, augment=False, people_per_batch=3, images_per_person=4, anchor=0,
                   warmup_epochs=0, lr=3e-3, device="cpu")
@@ -229,7 +260,7 @@ def test_distillation_loss_is_dlibs_distance_and_keeps_the_network_near_dlib(chi
     assert not any(p.requires_grad for p in run.teacher.parameters())
     x = torch.from_numpy(chips.chips[:12]).permute(0, 3, 1, 2).float()
     y = torch.from_numpy(chips.labels[:12])
-    mixed = mix_people(x, y, 0, 0, 0)
+    mixed = _mixed(x, chips.labels[:12], 0)
     with torch.no_grad():
         target = run.teacher(mixed)
         plain = float(run.model(x, y)[0])
@@ -244,7 +275,7 @@ def test_distillation_loss_is_dlibs_distance_and_keeps_the_network_near_dlib(chi
         for epoch in range(3):
             train_one_epoch(r, chips, epoch, _Bar())
     unseen = torch.from_numpy(chips.chips[12:]).permute(0, 3, 1, 2).float()
-    faces = mix_people(unseen, torch.from_numpy(chips.labels[12:]), 1, 0, 0)
+    faces = _mixed(unseen, chips.labels[12:], 1)
     with torch.no_grad():
         dlib = run.teacher(faces)
         drift = {w: float(((r.backbone(faces) - dlib) ** 2).sum(1).mean()) for w, r in runs.items()}
