@@ -277,7 +277,8 @@ def _write_shard(path: Path, first: int, results: Sequence[ImageFaces]) -> dict[
     schema = _shard_schema().with_metadata({"dlibplus": json.dumps(summary)})
     boxes = np.array([b for _, _, b, _ in rows], np.int32).reshape(-1)
     encs = np.array([e for _, _, _, e in rows], np.float32).reshape(-1)
-    table = pa.table([pa.array([p for p, _, _, _ in rows], pa.string()), pa.array([i for _, i, _, _ in rows], pa.int64()),
+    table = pa.table([pa.array([p for p, _, _, _ in rows], pa.string()),
+                      pa.array([i for _, i, _, _ in rows], pa.int64()),
                       pa.FixedSizeListArray.from_arrays(pa.array(boxes, pa.int32()), 4),
                       pa.FixedSizeListArray.from_arrays(pa.array(encs, pa.float32()), DESCRIPTOR_SIZE)],
                      schema=schema)
@@ -339,7 +340,8 @@ def encode_to_parquet(paths: Sequence[os.PathLike | str], folder: os.PathLike | 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, not {shard_size}")
     paths, folder = [Path(p) for p in paths], Path(folder)
-    local_encoder = resolve_encoder(encoder)[0] if encoder is None or isinstance(encoder, (str, os.PathLike)) else encoder
+    named = encoder is None or isinstance(encoder, (str, os.PathLike))
+    local_encoder = resolve_encoder(encoder)[0] if named else encoder
     _check_manifest(folder, _manifest(paths, settings, with_jitter(local_encoder, num_jitters).identity,
                                       num_jitters, shard_size))
     result = ParquetResult(folder)

@@ -43,7 +43,8 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
     _check_report_outside(report, [folder] + ([test_folder] if test_folder else []))
     check_output_folder(report, "--report")
     check_report_folder(report, unique_names(encoders))
-    result = evaluate_folder(folder, encoders, settings=face_settings(detector, upsample, landmarks, face_box, max_side),
+    settings = face_settings(detector, upsample, landmarks, face_box, max_side)
+    result = evaluate_folder(folder, encoders, settings=settings,
                              test_fraction=test_fraction, test_folder=test_folder, holdout_people=holdout_people,
                              pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot)
     click.echo(console_table(result))

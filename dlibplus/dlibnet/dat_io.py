@@ -2,8 +2,9 @@
 
 dlib writes a network as nested wrappers: the loss, then one version int per layer wrapper from the
 output inwards, then the input layer, then every layer body with its wrapper trailer from the input
-outwards (dlib/dnn/core.h: ``add_layer``/``add_loss_layer`` serialize; dlib/dnn/layers.h: each layer). :func:`parse_dat` reads any such chain made
-of the layer kinds the face ResNet uses (also in their newer versions) into a :class:`DatNet`;
+outwards (dlib/dnn/core.h: ``add_layer``/``add_loss_layer`` serialize; dlib/dnn/layers.h: each layer).
+:func:`parse_dat` reads any such chain made of the layer kinds the face ResNet uses (also in their newer
+versions) into a :class:`DatNet`;
 :func:`dat_bytes` writes it back, byte for byte the same when nothing was changed. Which layer is
 which in the face network is :mod:`dlibplus.dlibnet.convert`'s business, not this module's.
 

@@ -3,8 +3,8 @@
 The layer plan is data (:data:`FACE_STAGES`); weights come from elsewhere (``load_state_dict``, or
 :func:`dlibplus.dlibnet.load_dat`). This module knows nothing of ``.dat`` files.
 
-Semantics copied from dlib (dlib/dnn/layers.h and the network of dlib/examples/dnn_face_recognition_ex.cpp): stride-2 convolutions
-have no padding; residual sums zero-pad the smaller input at the end of each axis (channels, rows,
+Semantics copied from dlib (dlib/dnn/layers.h and the network of dlib/examples/dnn_face_recognition_ex.cpp):
+stride-2 convolutions have no padding; residual sums zero-pad the smaller input at the end of each axis (channels, rows,
 columns) instead of cropping; the skip path of a downsampling block is a 2x2 average pool; BN is
 already folded into per-channel affine layers, so train and eval mode compute the same thing.
 """
