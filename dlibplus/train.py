@@ -169,6 +169,8 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
     frozen = backbone.freeze(config.freeze)
     network = trainable_network(backbone, config.train_only)
     backbone = backbone.to(device).to(memory_format=torch.channels_last)
+    # --distill's teacher: dlib's network as loaded, frozen (a copy, not a second parse of the .dat)
+    teacher = copy.deepcopy(backbone).eval().requires_grad_(False) if config.distill > 0 else None
     dlib_emb = encoder_of(backbone, device).encode(train.chips)
 
     n_classes = len(train.classes)
@@ -209,10 +211,6 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    teacher = None
-    if config.distill > 0:
-        teacher = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).eval().requires_grad_(False)
-        teacher = teacher.to(device).to(memory_format=torch.channels_last)
     return Run(config, device, dist_info, backbone, head, trainee, model, optimizer, scheduler, scaler, sampler,
                network, anchors, frozen, base_state, use_amp, amp_dtype, teacher)
 
@@ -238,12 +236,12 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
 
     config, dist_info = run.config, run.dist
     on_device = config.augment and augment_on_device(run)
-    distil = run.teacher is not None and run.network_trains(epoch)
+    distilling = run.teacher is not None and run.network_trains(epoch)
 
     def prepare(step: int, batch):
         batch = np.asarray(batch)
         slots = np.arange(len(batch))[dist_info.rank::dist_info.world_size]
-        plan = plan_mix(train.labels[batch], slots, config.seed, epoch, step) if distil else None
+        plan = plan_mix(train.labels[batch], slots, config.seed, epoch, step) if distilling else None
         rows = slots if plan is None else np.concatenate([slots, plan.extra_slots])
         chips = train.chips[batch[rows]]
         if config.augment and not on_device:
