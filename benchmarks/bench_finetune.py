@@ -145,18 +145,18 @@ def main() -> None:
                                  "kpop": closed_set(enc, kpop, train_idx, test_idx),
                                  "lfw": lfw_verification(enc, lfw, args.lfw_people),
                                  "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
-                                 "val_better_than_dlib": res.better}
+                                 "val_better_than_dlib": res.better, "kept": res.selection.chosen.name}
                 print(json.dumps({name: results[name]}, indent=1), flush=True)
 
     columns = [("kpop", "knn_accuracy", 3), ("kpop", "1nn_accuracy", 3), ("kpop", "tar@0.001", 3),
                ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3), ("lfw", "kfold_accuracy", 4),
                ("lfw", "tar@0.001", 3)]
     print("\n| model | KNN acc | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | "
-          "LFW TAR@1e-3 | fine-tune wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "LFW TAR@1e-3 | kept | fine-tune wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         cells = [f"{r[part][key]:.{digits}f}" for part, key, digits in columns]
-        print(f"| {name} | {' | '.join(cells)} | {r.get('wall_seconds', 0):.0f} |")
+        print(f"| {name} | {' | '.join(cells)} | {r.get('kept', '–')} | {r.get('wall_seconds', 0):.0f} |")
     groups = list(dict.fromkeys(r["group"] for r in results.values() if "group" in r))
     if len(args.seeds) > 1:
         for group in groups:
@@ -164,7 +164,7 @@ def main() -> None:
             cells = [f"{np.mean([r[part][key] for r in runs]):.{digits}f} ± "
                      f"{np.std([r[part][key] for r in runs], ddof=1):.{digits}f}" for part, key, digits in columns]
             wall = np.mean([r["wall_seconds"] for r in runs])
-            print(f"| {group}, mean ± sd of {len(runs)} | {' | '.join(cells)} | {wall:.0f} |")
+            print(f"| {group}, mean ± sd of {len(runs)} | {' | '.join(cells)} | | {wall:.0f} |")
     if len(variants) > 1:
         print_paired(results, columns)
     args.out.mkdir(parents=True, exist_ok=True)
