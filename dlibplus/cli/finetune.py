@@ -30,6 +30,9 @@ from .options import check_output_folder, face_options, face_settings, user_erro
               help="Weight of the center loss, which pulls each photo towards its person's centre (0: off).")
 @click.option("--triplet", type=click.FloatRange(0), default=_FT.triplet, show_default=True,
               help="Weight of the triplet loss (batch semi-hard mining).")
+@click.option("--triplet-margin", type=click.FloatRange(0), default=_FT.triplet_margin, show_default=True,
+              help="Margin of the triplet loss, in dlib's distance units (a same-person pair should be this much "
+                   "closer than a different-person one).")
 @click.option("--metric-loss", type=click.FloatRange(0), default=_FT.metric_loss, show_default=True,
               help="Weight of dlib's own pairwise hinge loss around distance 0.6 (loss_metric).")
 @click.option("--epochs", type=click.IntRange(1), default=_FT.epochs, show_default=True,
@@ -96,9 +99,9 @@ from .options import check_output_folder, face_options, face_settings, user_erro
 @click.option("--overwrite", is_flag=True, help="Replace a finished model already in OUTPUT (refused otherwise).")
 @face_options
 @user_errors
-def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_loss, epochs, batch_people, batch_images,
-             optimizer, lr, head_lr, weight_decay, anchor, distill, warmup_epochs, grad_clip, freeze, head_epochs,
-             train_only, augment_on, no_augment,
+def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_margin, metric_loss, epochs,
+             batch_people, batch_images, optimizer, lr, head_lr, weight_decay, anchor, distill, warmup_epochs,
+             grad_clip, freeze, head_epochs, train_only, augment_on, no_augment,
              val_fraction, val_folder, folds, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
@@ -119,8 +122,9 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, metric_l
         head_options["margin"] = int(head_options["margin"])
     try:
         config = _FT(
-            head=head, head_options=head_options, center_loss=center_loss, triplet=triplet, metric_loss=metric_loss,
-            epochs=epochs, people_per_batch=batch_people, images_per_person=batch_images, optimizer=optimizer, lr=lr,
+            head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
+            triplet_margin=triplet_margin, metric_loss=metric_loss, epochs=epochs, people_per_batch=batch_people,
+            images_per_person=batch_images, optimizer=optimizer, lr=lr,
             head_lr=head_lr, weight_decay=weight_decay, anchor=anchor, distill=distill, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, freeze=freeze, head_epochs=head_epochs, train_only=train_only,
             augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, folds=folds,
