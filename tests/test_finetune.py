@@ -264,8 +264,8 @@ def test_head_open_set_threshold_by_hand():
 
 
 def test_cli_lp_ft_and_affine_only_reach_the_written_model(people, tmp_path):
-    """--head-epochs, --train-only, --distill and --triplet-margin through the command: the settings are recorded, and the written
-    network differs from dlib's only in the unfrozen stage's affine layers (its convolutions and every
+    """--head-epochs, --train-only, --distill and --triplet-margin through the command: the settings are recorded,
+    and the written network differs from dlib's only in the unfrozen stage's affine layers (its convolutions and every
     frozen stage are dlib's to the bit; fc is dlib's times the calibration's scale)."""
     from dlibplus import dlibnet
     from dlibplus.models import FACE_RECOGNITION_MODEL, model_path
