@@ -1,11 +1,12 @@
-"""Faces of nobody, for ``finetune --distill``: each training face mixed pixel by pixel with a face of
+"""Faces of nobody, for ``finetune --distill``: training faces mixed pixel by pixel with a face of
 someone else in the same step, in a seeded share.
 
-Everything is decided on the **global** batch (all processes' faces of a step), slot by slot: a face's
-partner is the next slot (cyclically) holding another person, and its share comes from a hash of
-(seed, epoch, step, slot). Under ``torchrun`` a process also makes the chips of partners that sit in
-other processes' slices (with those slots' own augmentation), so N processes mix exactly the faces one
-process does, and a resumed run mixes as an uninterrupted one.
+Everything is decided on the **global** batch (all processes' faces of a step), slot by slot: which slots
+are mixed (all, or a seeded draw of ``--distill-share`` of them), a face's partner is the next slot
+(cyclically) holding another person, and its share comes from a hash of (seed, epoch, step, slot).
+Under ``torchrun`` a process also makes the chips of partners that sit in other processes' slices (with
+those slots' own augmentation), so N processes mix exactly the faces one process does, and a resumed run
+mixes as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 from .augment import slot_seed
 
-__all__ = ["MixPlan", "mix_partners", "mix_people", "mix_shares", "plan_mix"]
+__all__ = ["MixPlan", "mix_partners", "mix_people", "mix_shares", "mixed_slots", "plan_mix"]
 
 SHARE_LOW, SHARE_HIGH = 0.2, 0.8  # a face's own share: never near a single person's face
 
@@ -46,43 +47,63 @@ def mix_shares(seed: int, epoch: int, step: int, slots: np.ndarray) -> np.ndarra
     return SHARE_LOW + (SHARE_HIGH - SHARE_LOW) * u.reshape(-1)
 
 
+def mixed_slots(batch_size: int, seed: int, epoch: int, step: int, share: float = 1.0) -> np.ndarray:
+    """The slots of a global batch whose faces are mixed: all of them at ``share`` 1, else a seeded draw of
+    ``round(share · batch_size)`` (at least one), the same in every process.
+
+    :return: (k,) int64 slot numbers, sorted.
+    """
+    if share >= 1.0:
+        return np.arange(batch_size, dtype=np.int64)
+    count = min(batch_size, max(1, round(share * batch_size)))
+    rng = np.random.default_rng(slot_seed(seed, epoch, step, 0, stream="mix-slots"))
+    return np.sort(rng.choice(batch_size, count, replace=False)).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class MixPlan:
     """How one process mixes its faces in one step.
 
     :ivar extra_slots: (m,) int64, partner slots in other processes' slices: this process makes their
         chips too, after its own, with their slots' augmentation.
-    :ivar partner_row: (n,) int64, each local face's partner as a row of [local faces; extra faces].
-    :ivar share: (n,) float64, each local face's own share.
+    :ivar own_row: (k,) int64, the local faces that are mixed, as rows of the local faces.
+    :ivar partner_row: (k,) int64, each mixed face's partner as a row of [local faces; extra faces].
+    :ivar share: (k,) float64, each mixed face's own share.
     """
 
     extra_slots: np.ndarray
+    own_row: np.ndarray
     partner_row: np.ndarray
     share: np.ndarray
 
 
-def plan_mix(labels: np.ndarray, slots: np.ndarray, seed: int, epoch: int, step: int) -> MixPlan:
+def plan_mix(labels: np.ndarray, slots: np.ndarray, seed: int, epoch: int, step: int,
+             share: float = 1.0) -> MixPlan:
     """The mixing of the faces in ``slots`` (this process's slice of the global batch).
 
     :param labels: (B,) int, the people of the whole global batch. :param slots: (n,) int, this process's
-        slots in it (``rank::world_size``).
+        slots in it (``rank::world_size``). :param share: the share of the global batch mixed
+        (:func:`mixed_slots`).
     """
     slots = np.asarray(slots, np.int64).reshape(-1)
-    partners = mix_partners(labels)[slots]
+    own_row = np.flatnonzero(np.isin(slots, mixed_slots(len(labels), seed, epoch, step, share)))
+    mixed = slots[own_row]
+    partners = mix_partners(labels)[mixed]
     extra = np.setdiff1d(partners, slots)  # sorted, unique
     rows = np.concatenate([slots, extra])
     row_of_slot = dict(zip(rows.tolist(), range(len(rows))))
     partner_row = np.array([row_of_slot[int(p)] for p in partners], np.int64)
-    return MixPlan(extra, partner_row, mix_shares(seed, epoch, step, slots))
+    return MixPlan(extra, own_row.astype(np.int64), partner_row, mix_shares(seed, epoch, step, mixed))
 
 
 def mix_people(faces: torch.Tensor, plan: MixPlan) -> torch.Tensor:
     """The mixed faces ``share·x_i + (1 − share)·x_partner``.
 
     :param faces: (n + m, 3, h, w) float, the local faces then the extra ones (:attr:`MixPlan.extra_slots`).
-    :return: (n, 3, h, w), same dtype and device.
+    :return: (k, 3, h, w), the mixed faces (:attr:`MixPlan.own_row`), same dtype and device.
     """
-    n = len(plan.share)
-    share = torch.from_numpy(plan.share).to(faces.device, faces.dtype).view(n, 1, 1, 1)
+    k = len(plan.share)
+    share = torch.from_numpy(plan.share).to(faces.device, faces.dtype).view(k, 1, 1, 1)
+    own = torch.from_numpy(plan.own_row).to(faces.device)
     partner = torch.from_numpy(plan.partner_row).to(faces.device)
-    return share * faces[:n] + (1 - share) * faces[partner]
+    return share * faces[own] + (1 - share) * faces[partner]

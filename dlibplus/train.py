@@ -241,7 +241,10 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
     def prepare(step: int, batch):
         batch = np.asarray(batch)
         slots = np.arange(len(batch))[dist_info.rank::dist_info.world_size]
-        plan = plan_mix(train.labels[batch], slots, config.seed, epoch, step) if distilling else None
+        plan = (plan_mix(train.labels[batch], slots, config.seed, epoch, step, config.distill_share)
+                if distilling else None)
+        if plan is not None and not len(plan.own_row):
+            plan = None  # none of this process's faces is mixed in this step
         rows = slots if plan is None else np.concatenate([slots, plan.extra_slots])
         chips = train.chips[batch[rows]]
         if config.augment and not on_device:

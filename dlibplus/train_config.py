@@ -33,7 +33,8 @@ class FinetuneConfig:
     run on every photo makes the network handed back (K + 1 trainings). ``distill``: weight of a loss that
     keeps dlib's descriptors of faces nobody trained on, pixel mixes of two of the user's people (squared
     distance between the network's and dlib's 128-d descriptors, dlib units; 0: off); a function-space
-    alternative to the ``anchor``.
+    alternative to the ``anchor``. ``distill_share``: the share of each batch's faces mixed for it (fewer:
+    cheaper steps).
     """
 
     head: str = "arcface"
@@ -52,6 +53,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     anchor: float = 3000.0
     distill: float = 0.0
+    distill_share: float = 1.0
     warmup_epochs: float = 2.0
     grad_clip: float = 5.0
     freeze: int = 0
@@ -85,6 +87,8 @@ class FinetuneConfig:
             raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, not {self.keep!r}")
         if self.target_far is not None and not 0 < self.target_far < 1:
             raise ValueError(f"target_far must be in (0, 1), not {self.target_far}")
+        if not 0 < self.distill_share <= 1:
+            raise ValueError(f"distill_share must be in (0, 1], not {self.distill_share}")
         if self.folds < 0:
             raise ValueError(f"folds must be >= 0 (0: auto), not {self.folds}")
         if not 0 < self.val_fraction < 1:

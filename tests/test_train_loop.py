@@ -222,26 +222,43 @@ def test_mix_people_mixes_each_face_with_the_next_other_person(chips):
 def test_mixed_faces_do_not_depend_on_the_number_of_processes(chips):
     """Under torchrun each process mixes its slice (``rank::world_size``) of the global batch, making the
     augmented chips of partners held by other processes itself: every slot's mixed face is the one a
-    single process makes, for 1, 2, 3 and 5 processes."""
+    single process makes, for 1, 2, 3 and 5 processes, with every face mixed or half of them."""
     from dlibplus.augment import augment_batch
     from dlibplus.mixing import mix_people, plan_mix
 
     batch = np.r_[0:4, 6:10, 12:16]  # 3 people, 4 faces each
     labels = chips.labels[batch]
 
-    def mixed_by(world: int) -> np.ndarray:
-        out = np.zeros((len(batch), 3, 150, 150))
+    def mixed_by(world: int, share: float) -> np.ndarray:
+        out = np.full((len(batch), 3, 150, 150), np.nan)  # nan: a face not mixed
         for rank in range(world):
             slots = np.arange(len(batch))[rank::world]
-            plan = plan_mix(labels, slots, 5, 2, 7)
+            plan = plan_mix(labels, slots, 5, 2, 7, share)
             rows = np.concatenate([slots, plan.extra_slots])
             faces = torch.from_numpy(augment_batch(chips.chips[batch[rows]], 5, 2, 7, rows)).permute(0, 3, 1, 2)
-            out[slots] = mix_people(faces.double(), plan).numpy()
+            out[slots[plan.own_row]] = mix_people(faces.double(), plan).numpy()
         return out
 
-    one = mixed_by(1)
-    for world in (2, 3, 5):
-        assert np.array_equal(mixed_by(world), one), world
+    for share, n_mixed in ((1.0, 12), (0.5, 6)):
+        one = mixed_by(1, share)
+        assert (~np.isnan(one).any(axis=(1, 2, 3))).sum() == n_mixed
+        for world in (2, 3, 5):
+            assert np.array_equal(mixed_by(world, share), one, equal_nan=True), (share, world)
+
+
+def test_distill_share_mixes_a_seeded_draw_of_the_batch():
+    """``--distill-share`` mixes round(share · batch) slots, drawn anew each step, the same for the same
+    (seed, epoch, step); share 1 mixes every slot."""
+    from dlibplus.mixing import mixed_slots
+
+    assert mixed_slots(32, 0, 0, 0, 1.0).tolist() == list(range(32))
+    half = mixed_slots(32, 0, 3, 5, 0.5)
+    assert len(half) == len(set(half.tolist())) == 16 and half.min() >= 0 and half.max() < 32
+    assert np.array_equal(half, mixed_slots(32, 0, 3, 5, 0.5))
+    assert not np.array_equal(half, mixed_slots(32, 0, 3, 6, 0.5))
+    assert len(mixed_slots(32, 0, 0, 0, 0.01)) == 1  # never none
+    with pytest.raises(ValueError, match="distill_share"):
+        FinetuneConfig(distill_share=0)
 
 
 def test_distillation_loss_is_dlibs_distance_and_keeps_the_network_near_dlib(chips):

@@ -55,6 +55,8 @@ from .options import check_output_folder, face_options, face_settings, user_erro
 @click.option("--distill", type=click.FloatRange(0), default=_FT.distill, show_default=True,
               help="Weight of a loss that keeps dlib's descriptors of faces nobody trained on (pixel mixes of two "
                    "of your people; 0: off). With --anchor 0, a function-space alternative to the anchor.")
+@click.option("--distill-share", type=click.FloatRange(0, 1, min_open=True), default=_FT.distill_share,
+              show_default=True, help="Share of each batch's faces mixed for --distill (less: cheaper steps).")
 @click.option("--warmup-epochs", type=click.FloatRange(0), default=_FT.warmup_epochs, show_default=True,
               help="Epochs of linear learning-rate warm-up before the cosine decay.")
 @click.option("--grad-clip", type=click.FloatRange(0), default=_FT.grad_clip, show_default=True,
@@ -100,8 +102,8 @@ from .options import check_output_folder, face_options, face_settings, user_erro
 @face_options
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_margin, metric_loss, epochs,
-             batch_people, batch_images, optimizer, lr, head_lr, weight_decay, anchor, distill, warmup_epochs,
-             grad_clip, freeze, head_epochs, train_only, augment_on, no_augment,
+             batch_people, batch_images, optimizer, lr, head_lr, weight_decay, anchor, distill, distill_share,
+             warmup_epochs, grad_clip, freeze, head_epochs, train_only, augment_on, no_augment,
              val_fraction, val_folder, folds, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
@@ -125,7 +127,8 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_
             head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
             triplet_margin=triplet_margin, metric_loss=metric_loss, epochs=epochs, people_per_batch=batch_people,
             images_per_person=batch_images, optimizer=optimizer, lr=lr,
-            head_lr=head_lr, weight_decay=weight_decay, anchor=anchor, distill=distill, warmup_epochs=warmup_epochs,
+            head_lr=head_lr, weight_decay=weight_decay, anchor=anchor, distill=distill, distill_share=distill_share,
+            warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, freeze=freeze, head_epochs=head_epochs, train_only=train_only,
             augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, folds=folds,
             patience=patience, seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
