@@ -20,8 +20,9 @@ from . import model_folder
 from .crossfit import SMALL_FOLDER, finetune_crossfit, folds_for
 from .distributed import barrier, init_distributed, training_device
 from .errors import DataFolderError, DlibplusError
-from .finetune_data import FinetuneData
+from .finetune_data import ChipSet, FinetuneData
 from .finish import FinetuneResult, finish
+from .regime import RegimeChoice, choose_regime, sample_photos
 from .train import TrainState, build, fit, validate
 from .train_config import FinetuneConfig
 
@@ -57,6 +58,19 @@ def check_folds(folds: int, *, resume: bool, val_folder: str | Path | None) -> N
         raise ValueError("--resume is not available with --folds: a cross-fitted run writes no checkpoint")
 
 
+def dlib_regime(train: ChipSet, device: torch.device) -> RegimeChoice:
+    """The regime ``auto`` resolves to, from dlib's descriptors (the exact replica, on ``device``) of the
+    training photos (:func:`dlibplus.regime.sample_photos` of them)."""
+    from . import dlibnet
+    from .models import FACE_RECOGNITION_MODEL, model_path
+    from .train import encoder_of
+
+    rows = sample_photos(train.labels)
+    backbone = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).to(device)
+    embeddings = encoder_of(backbone, device).encode(train.chips[rows])
+    return choose_regime(embeddings, train.labels[rows])
+
+
 def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig(), *, resume: bool = False,
              overwrite: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
              extra_metadata: dict | None = None) -> FinetuneResult:
@@ -82,6 +96,14 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
                             "parameters in every epoch")
     if config.folds > 1 and dist_info.active:
         raise DlibplusError("--folds (cross-fitting, for small folders) is not supported under torchrun")
+    if config.regime == "auto":  # resolved before anything trains: every fold and a resumed run agree
+        choice = dlib_regime(data.train, device)
+        config = config.with_regime(choice.regime)
+        say(choice.describe())
+        regime = choice.to_dict()
+    else:
+        regime = {"regime": config.regime, "chosen_by": "user"}
+    extra_metadata = {**(extra_metadata or {}), "regime": regime}
     if not config.folds:  # auto: recorded as what it resolved to
         config = dataclasses.replace(config, folds=folds_for(config, data, resume=resume,
                                                             distributed=dist_info.active))
@@ -106,7 +128,7 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
         + (f", the head alone for the first {config.head_epochs} epochs" if config.head_epochs else ""))
     state = fit(run, train, val, state, checkpoint, progress=progress, say=say)
     run.backbone.load_state_dict(state.best_backbone)
-    result = finish(run, state, data, output, dlib_val=dlib_val, t_start=t_start, extra=extra_metadata or {})
+    result = finish(run, state, data, output, dlib_val=dlib_val, t_start=t_start, extra=extra_metadata)
     barrier(dist_info)
     if dist_info.main:
         checkpoint.unlink(missing_ok=True)  # the folder is complete: the 90 MB checkpoint has no more use

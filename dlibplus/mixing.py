@@ -69,12 +69,20 @@ class MixPlan:
     :ivar own_row: (k,) int64, the local faces that are mixed, as rows of the local faces.
     :ivar partner_row: (k,) int64, each mixed face's partner as a row of [local faces; extra faces].
     :ivar share: (k,) float64, each mixed face's own share.
+    :ivar mixed_total: faces mixed in the whole global batch (all processes).
     """
 
     extra_slots: np.ndarray
     own_row: np.ndarray
     partner_row: np.ndarray
     share: np.ndarray
+    mixed_total: int
+
+    def loss_weight(self, world_size: int) -> float:
+        """The factor on this process's mean loss over its mixed faces that makes DDP's average of the
+        processes' gradients the mean over every mixed face of the global batch (1 in one process; the
+        processes may hold different numbers of mixed faces when only a share is mixed)."""
+        return world_size * len(self.own_row) / self.mixed_total
 
 
 def plan_mix(labels: np.ndarray, slots: np.ndarray, seed: int, epoch: int, step: int,
@@ -86,14 +94,15 @@ def plan_mix(labels: np.ndarray, slots: np.ndarray, seed: int, epoch: int, step:
         (:func:`mixed_slots`).
     """
     slots = np.asarray(slots, np.int64).reshape(-1)
-    own_row = np.flatnonzero(np.isin(slots, mixed_slots(len(labels), seed, epoch, step, share)))
+    chosen = mixed_slots(len(labels), seed, epoch, step, share)
+    own_row = np.flatnonzero(np.isin(slots, chosen))
     mixed = slots[own_row]
     partners = mix_partners(labels)[mixed]
     extra = np.setdiff1d(partners, slots)  # sorted, unique
     rows = np.concatenate([slots, extra])
     row_of_slot = dict(zip(rows.tolist(), range(len(rows))))
     partner_row = np.array([row_of_slot[int(p)] for p in partners], np.int64)
-    return MixPlan(extra, own_row.astype(np.int64), partner_row, mix_shares(seed, epoch, step, mixed))
+    return MixPlan(extra, own_row.astype(np.int64), partner_row, mix_shares(seed, epoch, step, mixed), len(chosen))
 
 
 def mix_people(faces: torch.Tensor, plan: MixPlan) -> torch.Tensor:

@@ -44,7 +44,7 @@ class FinetunedMetadata:
     The rest describe the run and its validation; ``selection`` and ``operating_point`` (format 2)
     say which candidate (dlib, an interpolation, the fine-tuned weights) was kept and what tolerance
     0.6 means on the user's photos; ``cross_fit`` (``folds`` >= 2) the folds' best epochs and the epochs
-    of the run on every photo.
+    of the run on every photo; ``regime`` which regime trained and why (:mod:`dlibplus.regime`).
     """
 
     base_model: dict[str, Any]
@@ -59,6 +59,7 @@ class FinetunedMetadata:
     validation: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     cross_fit: dict[str, Any] = field(default_factory=dict)
+    regime: dict[str, Any] = field(default_factory=dict)
     frozen_stages: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0

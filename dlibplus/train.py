@@ -58,12 +58,12 @@ class Trainee(nn.Module):
         self.register_buffer("embedding_mean", torch.zeros(128))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mixed: torch.Tensor | None = None,
-                target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                target: torch.Tensor | None = None, mixed_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, cosines)`` of a batch; nothing leaves the device.
 
         :param mixed: (m, 3, 150, 150) float faces for the distillation loss
             (:func:`dlibplus.mixing.mix_people`), with ``target`` (m, 128) dlib's descriptors of them;
-            ``None``: no distillation.
+            ``None``: no distillation. :param mixed_weight: :meth:`dlibplus.mixing.MixPlan.loss_weight`.
         """
         emb = self.backbone(x)
         logits = self.head(emb.float() - self.embedding_mean, y)
@@ -77,7 +77,7 @@ class Trainee(nn.Module):
                 if module is not None:
                     loss = loss + weight * module(batch_emb, batch_y)
         if mixed is not None:
-            loss = loss + self.config.distill * distillation_loss(self.backbone(mixed), target)
+            loss = loss + self.config.distill * mixed_weight * distillation_loss(self.backbone(mixed), target)
         with torch.no_grad():
             cos = self.head.predict(emb.float() - self.embedding_mean)
         return loss, cos
@@ -157,7 +157,12 @@ def trainable_network(backbone: nn.Module, train_only: str) -> list[nn.Parameter
 
 
 def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_info: Dist) -> Run:
-    """dlib's network, a head imprinted from dlib's embeddings of ``train``, losses and optimizer."""
+    """dlib's network, a head imprinted from dlib's embeddings of ``train``, losses and optimizer.
+
+    :raises ValueError: ``config.regime`` is still ``auto`` (:func:`dlibplus.finetune.finetune` resolves it).
+    """
+    if config.regime == "auto":
+        raise ValueError("build() needs a named regime; finetune() resolves 'auto' from the user's photos")
     from . import dlibnet
     from .heads import create_head
     from .losses import CenterLoss, DlibMetricLoss, TripletLoss
@@ -290,7 +295,7 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, floa
                 mixed = mix_people(faces, plan)
                 with torch.no_grad():
                     target = run.teacher(mixed)
-                loss, cos = run.model(x, y, mixed, target)
+                loss, cos = run.model(x, y, mixed, target, plan.loss_weight(dist_info.world_size))
             else:
                 loss, cos = run.model(x, y)
         run.optimizer.zero_grad(set_to_none=True)
@@ -357,9 +362,10 @@ class TrainState:
             ckpt = torch.load(path, map_location=run.device, weights_only=True)
         except Exception as exc:
             raise DataFolderError(f"--resume: {path} cannot be read ({type(exc).__name__})") from None
-        # a setting added since the checkpoint was written had its default's effect then
+        # a setting added since the checkpoint was written had its default's effect then (in this regime)
         saved = ckpt.get("config")
-        if not isinstance(saved, dict) or {**_config_json(FinetuneConfig()), **saved} != _config_json(run.config):
+        defaults = _config_json(FinetuneConfig(regime=run.config.regime))
+        if not isinstance(saved, dict) or {**defaults, **saved} != _config_json(run.config):
             raise DataFolderError(f"--resume: {path} was made with other settings; use the same options")
         run.trainee.load_state_dict(ckpt["trainee"])
         run.optimizer.load_state_dict(ckpt["optimizer"])

@@ -11,6 +11,18 @@ KEEP_CHOICES = ("auto", "finetuned")
 # which of the network's (unfrozen) parameters train: all, or only the per-channel affine scale and shift
 # that stand in for batch norm in dlib's network (7,104 of its 5.6 million parameters)
 TRAIN_ONLY_CHOICES = ("all", "affine")
+# How far the network may move from dlib: the defaults of the four settings that decide it (a value
+# given explicitly wins). "anchor" pulls the weights towards dlib's (L2-SP), for people dlib already tells
+# apart; "distill" drops the pull and keeps dlib's descriptors of mixed faces instead, with a heavier,
+# wider triplet loss: it moves further, for people dlib confuses (measured in BENCHMARKS.md, issue 10).
+REGIMES = {
+    "anchor": {"anchor": 3000.0, "distill": 0.0, "triplet": 1.0, "triplet_margin": 0.2},
+    "distill": {"anchor": 0.0, "distill": 2.0, "triplet": 2.0, "triplet_margin": 0.4},
+}
+# auto: "distill" when dlib puts more than this share of the user's different-person pairs within 0.6
+# (its operating point lets about 1 % through on general faces), else "anchor"; see dlibplus.finetune
+REGIME_CHOICES = ("auto", *REGIMES)
+CONFUSED_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -34,15 +46,17 @@ class FinetuneConfig:
     keeps dlib's descriptors of faces nobody trained on, pixel mixes of two of the user's people (squared
     distance between the network's and dlib's 128-d descriptors, dlib units; 0: off); a function-space
     alternative to the ``anchor``. ``distill_share``: the share of each batch's faces mixed for it (fewer:
-    cheaper steps).
+    cheaper steps). ``regime``: see :data:`REGIMES`; ``anchor``, ``distill``, ``triplet`` and
+    ``triplet_margin`` left ``None`` take the regime's values, at once for a named regime, in
+    :func:`dlibplus.finetune.finetune` for ``auto`` (:meth:`with_regime`).
     """
 
     head: str = "arcface"
     head_options: dict = field(default_factory=dict)
     center_loss: float = 0.0
     center_alpha: float = 0.5
-    triplet: float = 1.0
-    triplet_margin: float = 0.2
+    triplet: float | None = None  # None: the regime's
+    triplet_margin: float | None = None  # None: the regime's
     metric_loss: float = 0.0
     epochs: int = 40
     people_per_batch: int = 8
@@ -51,8 +65,8 @@ class FinetuneConfig:
     lr: float = 2e-5
     head_lr: float = 1e-2
     weight_decay: float = 1e-4
-    anchor: float = 3000.0
-    distill: float = 0.0
+    anchor: float | None = None  # None: the regime's
+    distill: float | None = None  # None: the regime's
     distill_share: float = 1.0
     warmup_epochs: float = 2.0
     grad_clip: float = 5.0
@@ -69,8 +83,15 @@ class FinetuneConfig:
     amp: bool = True
     target_far: float | None = None
     keep: str = "auto"
+    regime: str = "auto"
 
     def __post_init__(self):
+        if self.regime not in REGIME_CHOICES:
+            raise ValueError(f"regime must be one of {list(REGIME_CHOICES)}, not {self.regime!r}")
+        if self.regime != "auto":
+            for name, value in REGIMES[self.regime].items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)  # frozen: filled once, here
         if self.head not in HEAD_NAMES:
             raise ValueError(f"unknown head {self.head!r}; choose one of {list(HEAD_NAMES)}")
         if self.optimizer not in ("adamw", "sgd"):
@@ -103,7 +124,7 @@ class FinetuneConfig:
                         "metric_loss": self.metric_loss, "triplet_margin": self.triplet_margin,
                         "patience": self.patience, "freeze": self.freeze}
         for name, value in non_negative.items():
-            if not value >= 0:
+            if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, not {value}")
 
     def check_head(self) -> None:
@@ -115,6 +136,12 @@ class FinetuneConfig:
             create_head(self.head, 2, **self.head_options)
         except TypeError as exc:
             raise ValueError(f"head {self.head}: {exc}") from None
+
+    def with_regime(self, regime: str) -> "FinetuneConfig":
+        """This ``auto`` config with the named regime's values for the settings left ``None``."""
+        if self.regime != "auto":
+            raise ValueError(f"the regime is already {self.regime!r}")
+        return dataclasses.replace(self, regime=regime)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

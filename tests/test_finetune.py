@@ -62,6 +62,10 @@ def test_outputs_and_dlib_loads_the_dat(trained, people):
     assert "kept: fine-tuned" in log and "with +flip" in log and "named right" in log
     assert meta["selection"]["chosen"]["alpha"] == 1.0 and len(meta["selection"]["candidates"]) == 4
     assert meta["format_version"] == 2 and len(meta["data"]["files_sha256"]) == len(PEOPLE) * 8
+    # kpop idols: dlib puts most of their different-person pairs within 0.6, so auto trains the distill regime
+    assert "--regime distill" in log and meta["regime"]["regime"] == meta["config"]["regime"] == "distill"
+    assert meta["regime"]["chosen_by"] == "auto" and meta["regime"]["dlib_different_pairs_within_0.6"] > 0.5
+    assert meta["config"]["anchor"] == 0 and meta["config"]["distill"] > 0
     # the fine-tuned weights differ from dlib's, and dlib itself computes what the torch encoder computes
     chips = load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0].chips[:12]
     theirs = np.array([dlib.face_recognition_model_v1(str(out / "model.dat")).compute_face_descriptor(c) for c in chips])
@@ -203,13 +207,17 @@ def test_seeded_cpu_run_repeats_and_resume_matches(people, tmp_path, monkeypatch
     assert res.exit_code == 2 and "--overwrite" in res.output
 
 
-@pytest.mark.parametrize("extra, port", [([], 29531), (["--distill", "1", "--anchor", "0"], 29532)],
-                         ids=["plain", "distill"])
+@pytest.mark.parametrize("extra, port", [(["--regime", "anchor"], 29531), (["--distill-share", "0.5"], 29532)],
+                         ids=["anchor", "auto-distill-half"])
 def test_ddp_two_processes_match_one(people, tmp_path, extra, port):
-    """Two gloo processes under torchrun train the weights one process does (with --distill too: the
-    mixed faces are decided on the global batch)."""
+    """Two gloo processes under torchrun train the weights one process does (auto's distill regime too,
+    with half of each batch mixed: the mixed faces are decided on the global batch)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run("finetune", people, "-o", one, *FAST, *KEEP, *extra).exit_code == 0
+    res = run("finetune", people, "-o", one, *FAST, *KEEP, *extra)
+    assert res.exit_code == 0, res.output
+    regime = json.loads((one / "metadata.json").read_text())["regime"]
+    assert regime["regime"] == ("anchor" if "anchor" in extra else "distill")
+    assert (regime["chosen_by"] == "user") == ("dlib puts" not in res.output) == ("anchor" in extra)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "dlibplus.cli", "finetune", str(people), "-o", str(two), *FAST, *KEEP, *extra, "--device", "cpu"]
@@ -279,6 +287,7 @@ def test_cli_lp_ft_and_affine_only_reach_the_written_model(people, tmp_path):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["config"]["head_epochs"] == 1 and meta["config"]["train_only"] == "affine"
     assert meta["config"]["distill"] == 0.5 and meta["config"]["triplet_margin"] == 0.4
+    assert meta["config"]["anchor"] == 10 and meta["config"]["triplet"] == 2  # given values win, the rest: distill's
     assert meta["best_epoch"] != 1  # the head-only epoch (still dlib's network) is never the one kept
     ours = torch.load(out / "model.pt", weights_only=True)
     dlib = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).state_dict()
@@ -289,6 +298,9 @@ def test_cli_lp_ft_and_affine_only_reach_the_written_model(people, tmp_path):
     assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--epochs", "2", "--head-epochs", "2").exit_code == 2
     assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--distill", "-1").exit_code == 2
     assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--triplet-margin", "-1").exit_code == 2
+    assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--regime", "loose").exit_code == 2
+    assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--distill-share", "0").exit_code == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cross_fit_validates_every_photo_and_trains_on_all(people, tmp_path):

@@ -48,7 +48,7 @@ def test_every_head_trains_with_center_and_metric_losses_in_the_loop(head, chips
     loss the network sees, the trained parts move, the frozen ones do not, every value stays finite."""
     cpu, dist = torch.device("cpu"), __import__("dlibplus.distributed").distributed.Dist()
     common = dict(head=head, epochs=2, freeze=5, augment=False, people_per_batch=3, images_per_person=4,
-                  anchor=0, device="cpu")
+                  anchor=0, device="cpu", regime="anchor")
     torch.manual_seed(0)
     run = build(chips, FinetuneConfig(center_loss=0.1, metric_loss=0.5, triplet=1.0, **common), cpu, dist)
     plain = build(chips, FinetuneConfig(center_loss=0, metric_loss=0, triplet=0, **common), cpu, dist)
@@ -69,7 +69,7 @@ def test_every_head_trains_with_center_and_metric_losses_in_the_loop(head, chips
 
 def test_learning_rate_schedule_warms_up_then_follows_a_cosine(chips):
     config = FinetuneConfig(epochs=5, freeze=6, augment=False, people_per_batch=3, images_per_person=2,
-                            warmup_epochs=1, device="cpu", lr=1e-3)
+                            warmup_epochs=1, device="cpu", lr=1e-3, regime="anchor")
     run = build(chips, config, torch.device("cpu"), __import__("dlibplus.distributed").distributed.Dist())
     steps = len(run.sampler)
     total, warmup = steps * config.epochs, steps
@@ -105,7 +105,8 @@ def test_val_folder_validates_on_known_people_only(people, tmp_path, faces_dir):
 
 
 def test_checkpoint_state_round_trip(chips, tmp_path):
-    config = FinetuneConfig(epochs=2, freeze=6, augment=False, people_per_batch=3, images_per_person=2, device="cpu")
+    config = FinetuneConfig(epochs=2, freeze=6, augment=False, people_per_batch=3, images_per_person=2, device="cpu",
+                            regime="anchor")
     dist = __import__("dlibplus.distributed").distributed.Dist()
     run = build(chips, config, torch.device("cpu"), dist)
     train_one_epoch(run, chips, 0, _Bar())
@@ -120,9 +121,9 @@ def test_checkpoint_state_round_trip(chips, tmp_path):
     other = build(chips, FinetuneConfig(**{**config.to_dict(), "lr": 1e-4}), torch.device("cpu"), dist)
     with pytest.raises(Exception, match="other settings"):
         TrainState.load(tmp_path / "ckpt.pt", other)
-    # a checkpoint written before a setting existed (here distill) resumes when that setting is at its default
+    # a checkpoint written before settings existed (here distill, regime) resumes when they are at their defaults
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    del ckpt["config"]["distill"]
+    del ckpt["config"]["distill"], ckpt["config"]["regime"]
     torch.save(ckpt, tmp_path / "older.pt")
     assert TrainState.load(tmp_path / "older.pt", fresh).epoch == 0
     distilled = build(chips, FinetuneConfig(**{**config.to_dict(), "distill": 1.0}), torch.device("cpu"), dist)
@@ -141,7 +142,7 @@ def test_head_epochs_train_the_head_alone_then_the_network(chips, tmp_path):
     from dlibplus.train import fit
 
     config = FinetuneConfig(epochs=2, head_epochs=1, freeze=5, augment=False, people_per_batch=3,
-                            images_per_person=4, warmup_epochs=1, device="cpu")
+                            images_per_person=4, warmup_epochs=1, device="cpu", regime="anchor")
     run = build(chips, config, torch.device("cpu"), _dist())
     net0 = {k: v.clone() for k, v in run.backbone.state_dict().items()}
     head0 = [p.detach().clone() for p in run.head.parameters()]
@@ -171,7 +172,7 @@ def test_train_only_affine_changes_only_the_affine_layers(chips):
     from dlibplus.dlibnet.net import Affine
 
     config = FinetuneConfig(epochs=1, train_only="affine", freeze=4, augment=False, people_per_batch=3,
-                            images_per_person=4, warmup_epochs=0, lr=1e-2, anchor=0, device="cpu")
+                            images_per_person=4, warmup_epochs=0, lr=1e-2, anchor=0, device="cpu", regime="anchor")
     run = build(chips, config, torch.device("cpu"), _dist())
     affine = {f"{name}.{p}" for name, m in run.backbone.named_modules() if isinstance(m, Affine)
               for p in ("weight", "bias")}
@@ -267,7 +268,7 @@ def test_distillation_loss_is_dlibs_distance_and_keeps_the_network_near_dlib(chi
     ends nearer dlib on mixed faces it never saw than the one without."""
     cpu, dist = torch.device("cpu"), __import__("dlibplus.distributed").distributed.Dist()
     common = dict(epochs=3, freeze=5, augment=False, people_per_batch=3, images_per_person=4, anchor=0,
-                  warmup_epochs=0, lr=3e-3, device="cpu")
+                  warmup_epochs=0, lr=3e-3, device="cpu", regime="anchor")
     runs = {}
     for weight in (0.0, 20.0):
         torch.manual_seed(0)

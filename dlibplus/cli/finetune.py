@@ -6,10 +6,18 @@ from pathlib import Path
 
 import click
 
+from ..train_config import CONFUSED_SHARE as _CONFUSED
 from ..train_config import HEAD_NAMES as _TRAIN_HEADS
+from ..train_config import REGIME_CHOICES as _REGIMES
+from ..train_config import REGIMES as _REGIME_VALUES
 from ..train_config import TRAIN_ONLY_CHOICES as _TRAIN_ONLY
 from ..train_config import FinetuneConfig as _FT
 from .options import check_output_folder, face_options, face_settings, user_errors
+
+# "[default: the regime's: anchor 3000, distill 0]" for each setting a regime decides
+_BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[name]:g}"
+                                                          for regime, values in _REGIME_VALUES.items()) + "]"
+              for name in _REGIME_VALUES["anchor"]}
 
 
 @click.command()
@@ -28,11 +36,11 @@ from .options import check_output_folder, face_options, face_settings, user_erro
               help="Head logit scale s (arcface, cosface, combined) [default: the head's own].")
 @click.option("--center-loss", type=click.FloatRange(0), default=_FT.center_loss, show_default=True,
               help="Weight of the center loss, which pulls each photo towards its person's centre (0: off).")
-@click.option("--triplet", type=click.FloatRange(0), default=_FT.triplet, show_default=True,
-              help="Weight of the triplet loss (batch semi-hard mining).")
-@click.option("--triplet-margin", type=click.FloatRange(0), default=_FT.triplet_margin, show_default=True,
+@click.option("--triplet", type=click.FloatRange(0), default=None,
+              help=f"Weight of the triplet loss (batch semi-hard mining) {_BY_REGIME['triplet']}.")
+@click.option("--triplet-margin", type=click.FloatRange(0), default=None,
               help="Margin of the triplet loss, in dlib's distance units (a same-person pair should be this much "
-                   "closer than a different-person one).")
+                   f"closer than a different-person one) {_BY_REGIME['triplet_margin']}.")
 @click.option("--metric-loss", type=click.FloatRange(0), default=_FT.metric_loss, show_default=True,
               help="Weight of dlib's own pairwise hinge loss around distance 0.6 (loss_metric).")
 @click.option("--epochs", type=click.IntRange(1), default=_FT.epochs, show_default=True,
@@ -49,12 +57,19 @@ from .options import check_output_folder, face_options, face_settings, user_erro
               help="Peak learning rate of the head.")
 @click.option("--weight-decay", type=click.FloatRange(0), default=_FT.weight_decay, show_default=True,
               help="Decoupled weight decay of the network (the head has none).")
-@click.option("--anchor", type=click.FloatRange(0), default=_FT.anchor, show_default=True,
+@click.option("--regime", type=click.Choice(list(_REGIMES)), default=_FT.regime, show_default=True,
+              help="How far the network may move from dlib. anchor: pulled towards dlib's weights, for people dlib "
+                   "already tells apart; distill: no pull, dlib's descriptors of mixed faces kept instead and a "
+                   "heavier triplet loss, for people dlib confuses; auto: distill when dlib puts more than "
+                   f"{_CONFUSED:.0%} of your different-person pairs within 0.6. Sets the defaults of --anchor, "
+                   "--distill, --triplet and --triplet-margin; those you give win.")
+@click.option("--anchor", type=click.FloatRange(0), default=None,
               help="Pull towards dlib's weights each step (L2-SP; 0: off). Keeps the model good on people "
-                   "it was not trained on; lower it to adapt more to yours.")
-@click.option("--distill", type=click.FloatRange(0), default=_FT.distill, show_default=True,
+                   f"it was not trained on; lower it to adapt more to yours {_BY_REGIME['anchor']}.")
+@click.option("--distill", type=click.FloatRange(0), default=None,
               help="Weight of a loss that keeps dlib's descriptors of faces nobody trained on (pixel mixes of two "
-                   "of your people; 0: off). With --anchor 0, a function-space alternative to the anchor.")
+                   "of your people; 0: off). With --anchor 0, a function-space alternative to the anchor "
+                   f"{_BY_REGIME['distill']}.")
 @click.option("--distill-share", type=click.FloatRange(0, 1, min_open=True), default=_FT.distill_share,
               show_default=True, help="Share of each batch's faces mixed for --distill (less: cheaper steps).")
 @click.option("--warmup-epochs", type=click.FloatRange(0), default=_FT.warmup_epochs, show_default=True,
@@ -102,7 +117,7 @@ from .options import check_output_folder, face_options, face_settings, user_erro
 @face_options
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_margin, metric_loss, epochs,
-             batch_people, batch_images, optimizer, lr, head_lr, weight_decay, anchor, distill, distill_share,
+             batch_people, batch_images, optimizer, lr, head_lr, weight_decay, regime, anchor, distill, distill_share,
              warmup_epochs, grad_clip, freeze, head_epochs, train_only, augment_on, no_augment,
              val_fraction, val_folder, folds, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              detector, upsample, landmarks, face_box, max_side, jobs):
@@ -127,8 +142,8 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_
             head=head, head_options=head_options, center_loss=center_loss, triplet=triplet,
             triplet_margin=triplet_margin, metric_loss=metric_loss, epochs=epochs, people_per_batch=batch_people,
             images_per_person=batch_images, optimizer=optimizer, lr=lr,
-            head_lr=head_lr, weight_decay=weight_decay, anchor=anchor, distill=distill, distill_share=distill_share,
-            warmup_epochs=warmup_epochs,
+            head_lr=head_lr, weight_decay=weight_decay, regime=regime, anchor=anchor, distill=distill,
+            distill_share=distill_share, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, freeze=freeze, head_epochs=head_epochs, train_only=train_only,
             augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, folds=folds,
             patience=patience, seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
