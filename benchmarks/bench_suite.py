@@ -166,8 +166,10 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
         rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
         rows[label]["lfw_10fold"] = lfw_general(enc, lfw)
     draws = bootstrap_gain(rows["finetuned"].pop("correct"), rows["dlib"].pop("correct"), names[sp.test], seed=seed)
+    regime = json.loads((out / "metadata.json").read_text()).get("regime", {})
     return {"set": name, "seed": seed, "n_people": len(data.classes), "n_train": len(sp.train),
-            "n_test": len(sp.test), "kept": result.selection.chosen.name, "beats_dlib": result.selection.beats_dlib,
+            "n_test": len(sp.test), "regime": regime, "kept": result.selection.chosen.name,
+            "beats_dlib": result.selection.beats_dlib,
             "wall_seconds": wall, "knn_gain": rows["finetuned"]["knn_accuracy"] - rows["dlib"]["knn_accuracy"],
             "knn_gain_ci": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))], **rows}
 
@@ -216,15 +218,16 @@ def _yes(row: dict) -> str:
 
 
 def print_table(results: list[dict]) -> None:
-    print("\n| set | photos/person | kept | dlib, the example's vote (knn) | train-knn acc dlib → ft (gain, 95 % CI) "
-          "| method dlib → ft | unknown dlib → ft | "
+    print("\n| set | photos/person | regime | kept | dlib, the example's vote (knn) "
+          "| train-knn acc dlib → ft (gain, 95 % CI) | method dlib → ft | unknown dlib → ft | "
           "1-NN | SVM dlib → ft | prototypes dlib → ft | TAR@1e-3 | diff. pairs ≤ 0.6 | same pairs > 0.6 | "
           "EER | 0.6 within EER + 1 pt | lfw 10-fold | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         d, f = r["dlib"], r["finetuned"]
         lo, hi = r["knn_gain_ci"]
-        print(f"| {r['set']} | {r['count']} ({r['n_train']}) | {r['kept']} | {d['vote_accuracy']:.3f} | "
+        regime = r.get("regime", {}).get("regime", "–")
+        print(f"| {r['set']} | {r['count']} ({r['n_train']}) | {regime} | {r['kept']} | {d['vote_accuracy']:.3f} | "
               f"{d['knn_accuracy']:.3f} → {f['knn_accuracy']:.3f} ({r['knn_gain']:+.3f}, [{lo:+.3f}, {hi:+.3f}]) | "
               f"{d['knn_method']} → {f['knn_method']} | {d['unknown_rate']:.3f} → "
               f"{f['unknown_rate']:.3f} | {d['1nn_accuracy']:.3f} → {f['1nn_accuracy']:.3f} | "
