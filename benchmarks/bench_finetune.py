@@ -137,26 +137,30 @@ def main() -> None:
                 name = group if len(args.seeds) == 1 else f"{group} seed {seed}"
                 out = args.out / name.replace(" ", "_")
                 t0 = time.time()
-                data = FinetuneData(half.subset(inner_train), half.subset(inner_val), people=None, folder="kpop (bench)")
-                res = finetune(data, out, config, progress=False, overwrite=True, echo=lambda m: print(m, file=sys.stderr))
+                data = FinetuneData(half.subset(inner_train), half.subset(inner_val), people=None,
+                                    folder="kpop (bench)")
+                res = finetune(data, out, config, progress=False, overwrite=True,
+                               echo=lambda m: print(m, file=sys.stderr))
                 wall = time.time() - t0
                 enc = TorchEncoder.from_dat(out / "model.dat", device="cpu")
                 results[name] = {"head": head, "variant": variant, "group": group, "seed": seed,
                                  "kpop": closed_set(enc, kpop, train_idx, test_idx),
                                  "lfw": lfw_verification(enc, lfw, args.lfw_people),
                                  "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
-                                 "val_better_than_dlib": res.better, "kept": res.selection.chosen.name}
+                                 "val_better_than_dlib": res.better, "kept": res.selection.chosen.name,
+                                 "regime": json.loads((out / "metadata.json").read_text()).get("regime", {})}
                 print(json.dumps({name: results[name]}, indent=1), flush=True)
 
     columns = [("kpop", "knn_accuracy", 3), ("kpop", "1nn_accuracy", 3), ("kpop", "tar@0.001", 3),
                ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3), ("lfw", "kfold_accuracy", 4),
                ("lfw", "tar@0.001", 3)]
     print("\n| model | KNN acc | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | "
-          "LFW TAR@1e-3 | kept | fine-tune wall s |")
+          "LFW TAR@1e-3 | regime: kept | fine-tune wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         cells = [f"{r[part][key]:.{digits}f}" for part, key, digits in columns]
-        print(f"| {name} | {' | '.join(cells)} | {r.get('kept', '–')} | {r.get('wall_seconds', 0):.0f} |")
+        kept = f"{r.get('regime', {}).get('regime', '–')}: {r.get('kept', '–')}"
+        print(f"| {name} | {' | '.join(cells)} | {kept} | {r.get('wall_seconds', 0):.0f} |")
     groups = list(dict.fromkeys(r["group"] for r in results.values() if "group" in r))
     if len(args.seeds) > 1:
         for group in groups:
