@@ -11,13 +11,13 @@ KEEP_CHOICES = ("auto", "finetuned")
 # which of the network's (unfrozen) parameters train: all, or only the per-channel affine scale and shift
 # that stand in for batch norm in dlib's network (7,104 of its 5.6 million parameters)
 TRAIN_ONLY_CHOICES = ("all", "affine")
-# How far the network may move from dlib: the defaults of the four settings that decide it (a value
+# How far the network may move from dlib: the defaults of the five settings that decide it (a value
 # given explicitly wins). "anchor" pulls the weights towards dlib's (L2-SP), for people dlib already tells
 # apart; "distill" drops the pull and keeps dlib's descriptors of mixed faces instead, with a heavier,
 # wider triplet loss: it moves further, for people dlib confuses (measured in BENCHMARKS.md, issue 10).
 REGIMES = {
-    "anchor": {"anchor": 3000.0, "distill": 0.0, "triplet": 1.0, "triplet_margin": 0.2},
-    "distill": {"anchor": 0.0, "distill": 2.0, "triplet": 2.0, "triplet_margin": 0.4},
+    "anchor": {"anchor": 3000.0, "distill": 0.0, "distill_share": 1.0, "triplet": 1.0, "triplet_margin": 0.2},
+    "distill": {"anchor": 0.0, "distill": 2.0, "distill_share": 0.5, "triplet": 2.0, "triplet_margin": 0.4},
 }
 # auto: "distill" when dlib puts more than this share of the user's different-person pairs within 0.6
 # (its operating point lets about 1 % through on general faces), else "anchor"; see dlibplus.finetune
@@ -46,8 +46,8 @@ class FinetuneConfig:
     keeps dlib's descriptors of faces nobody trained on, pixel mixes of two of the user's people (squared
     distance between the network's and dlib's 128-d descriptors, dlib units; 0: off); a function-space
     alternative to the ``anchor``. ``distill_share``: the share of each batch's faces mixed for it (fewer:
-    cheaper steps). ``regime``: see :data:`REGIMES`; ``anchor``, ``distill``, ``triplet`` and
-    ``triplet_margin`` left ``None`` take the regime's values, at once for a named regime, in
+    cheaper steps). ``regime``: see :data:`REGIMES`; ``anchor``, ``distill``, ``distill_share``, ``triplet``
+    and ``triplet_margin`` left ``None`` take the regime's values, at once for a named regime, in
     :func:`dlibplus.finetune.finetune` for ``auto`` (:meth:`with_regime`).
     """
 
@@ -67,7 +67,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     anchor: float | None = None  # None: the regime's
     distill: float | None = None  # None: the regime's
-    distill_share: float = 1.0
+    distill_share: float | None = None  # None: the regime's
     warmup_epochs: float = 2.0
     grad_clip: float = 5.0
     freeze: int = 0
@@ -108,7 +108,7 @@ class FinetuneConfig:
             raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, not {self.keep!r}")
         if self.target_far is not None and not 0 < self.target_far < 1:
             raise ValueError(f"target_far must be in (0, 1), not {self.target_far}")
-        if not 0 < self.distill_share <= 1:
+        if self.distill_share is not None and not 0 < self.distill_share <= 1:
             raise ValueError(f"distill_share must be in (0, 1], not {self.distill_share}")
         if self.folds < 0:
             raise ValueError(f"folds must be >= 0 (0: auto), not {self.folds}")

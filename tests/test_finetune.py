@@ -65,7 +65,7 @@ def test_outputs_and_dlib_loads_the_dat(trained, people):
     # kpop idols: dlib puts most of their different-person pairs within 0.6, so auto trains the distill regime
     assert "--regime distill" in log and meta["regime"]["regime"] == meta["config"]["regime"] == "distill"
     assert meta["regime"]["chosen_by"] == "auto" and meta["regime"]["dlib_different_pairs_within_0.6"] > 0.5
-    assert meta["config"]["anchor"] == 0 and meta["config"]["distill"] > 0
+    assert meta["config"]["anchor"] == 0 and meta["config"]["distill"] > 0 and meta["config"]["distill_share"] == 0.5
     # the fine-tuned weights differ from dlib's, and dlib itself computes what the torch encoder computes
     chips = load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0].chips[:12]
     theirs = np.array([dlib.face_recognition_model_v1(str(out / "model.dat")).compute_face_descriptor(c) for c in chips])
@@ -207,11 +207,11 @@ def test_seeded_cpu_run_repeats_and_resume_matches(people, tmp_path, monkeypatch
     assert res.exit_code == 2 and "--overwrite" in res.output
 
 
-@pytest.mark.parametrize("extra, port", [(["--regime", "anchor"], 29531), (["--distill-share", "0.5"], 29532)],
-                         ids=["anchor", "auto-distill-half"])
+@pytest.mark.parametrize("extra, port", [(["--regime", "anchor"], 29531), (["--regime", "auto"], 29532)],
+                         ids=["anchor", "auto-distill"])
 def test_ddp_two_processes_match_one(people, tmp_path, extra, port):
     """Two gloo processes under torchrun train the weights one process does (auto's distill regime too,
-    with half of each batch mixed: the mixed faces are decided on the global batch)."""
+    which mixes half of each batch: the mixed faces are decided on the global batch)."""
     one, two = tmp_path / "one", tmp_path / "two"
     res = run("finetune", people, "-o", one, *FAST, *KEEP, *extra)
     assert res.exit_code == 0, res.output

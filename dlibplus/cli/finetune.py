@@ -62,7 +62,7 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
                    "already tells apart; distill: no pull, dlib's descriptors of mixed faces kept instead and a "
                    "heavier triplet loss, for people dlib confuses; auto: distill when dlib puts more than "
                    f"{_CONFUSED:.0%} of your different-person pairs within 0.6. Sets the defaults of --anchor, "
-                   "--distill, --triplet and --triplet-margin; those you give win.")
+                   "--distill, --distill-share, --triplet and --triplet-margin; those you give win.")
 @click.option("--anchor", type=click.FloatRange(0), default=None,
               help="Pull towards dlib's weights each step (L2-SP; 0: off). Keeps the model good on people "
                    f"it was not trained on; lower it to adapt more to yours {_BY_REGIME['anchor']}.")
@@ -70,8 +70,9 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
               help="Weight of a loss that keeps dlib's descriptors of faces nobody trained on (pixel mixes of two "
                    "of your people; 0: off). With --anchor 0, a function-space alternative to the anchor "
                    f"{_BY_REGIME['distill']}.")
-@click.option("--distill-share", type=click.FloatRange(0, 1, min_open=True), default=_FT.distill_share,
-              show_default=True, help="Share of each batch's faces mixed for --distill (less: cheaper steps).")
+@click.option("--distill-share", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Share of each batch's faces mixed for --distill (less: cheaper steps) "
+                   f"{_BY_REGIME['distill_share']}.")
 @click.option("--warmup-epochs", type=click.FloatRange(0), default=_FT.warmup_epochs, show_default=True,
               help="Epochs of linear learning-rate warm-up before the cosine decay.")
 @click.option("--grad-clip", type=click.FloatRange(0), default=_FT.grad_clip, show_default=True,
