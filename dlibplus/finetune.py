@@ -102,7 +102,7 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
         say(choice.describe())
         regime = choice.to_dict()
     else:
-        regime = {"regime": config.regime, "chosen_by": "user"}
+        regime = {"regime": config.regime, "chosen_by": "option"}
     extra_metadata = {**(extra_metadata or {}), "regime": regime}
     if not config.folds:  # auto: recorded as what it resolved to
         config = dataclasses.replace(config, folds=folds_for(config, data, resume=resume,

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from dlibplus.cli import main
+from dlibplus.train_config import REGIMES
 
 PEOPLE = ["Arin", "Chaeyong", "Chorong", "Dahyun", "Eunha"]
 # Short runs that still exercise every part: two epochs, only the last stage and fc trainable.
@@ -57,18 +58,19 @@ def test_outputs_and_dlib_loads_the_dat(trained, people):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["classes"] == PEOPLE == json.loads((out / "classes.json").read_text())
     assert len(meta["base_model"]["sha256"]) == 64 and len(meta["data"]["train_fingerprint"]) == 64
-    assert meta["config"]["head"] == "arcface" and meta["frozen_stages"] == ["stem"] + [f"layer{i}" for i in range(1, 5)]
+    assert meta["config"]["head"] == "arcface"
+    assert meta["frozen_stages"] == ["stem"] + [f"layer{i}" for i in range(1, 5)]
     assert set(meta["validation"]) == {"dlib", "finetuned", "finetuned_flip", "better_than_dlib"}
     assert "kept: fine-tuned" in log and "with +flip" in log and "named right" in log
     assert meta["selection"]["chosen"]["alpha"] == 1.0 and len(meta["selection"]["candidates"]) == 4
     assert meta["format_version"] == 2 and len(meta["data"]["files_sha256"]) == len(PEOPLE) * 8
-    # kpop idols: dlib puts most of their different-person pairs within 0.6, so auto trains the distill regime
-    assert "--regime distill" in log and meta["regime"]["regime"] == meta["config"]["regime"] == "distill"
-    assert meta["regime"]["chosen_by"] == "auto" and meta["regime"]["dlib_different_pairs_within_0.6"] > 0.5
-    assert meta["config"]["anchor"] == 0 and meta["config"]["distill"] > 0 and meta["config"]["distill_share"] == 0.5
+    # the default regime, as an option: no measurement of dlib, the anchor regime's settings
+    assert meta["regime"] == {"regime": "anchor", "chosen_by": "option"} and "dlib puts" not in log
+    assert {k: meta["config"][k] for k in REGIMES["anchor"]} == REGIMES["anchor"]
     # the fine-tuned weights differ from dlib's, and dlib itself computes what the torch encoder computes
     chips = load_chipset(people, FaceSettings(face_box="whole"), jobs=1, progress=False)[0].chips[:12]
-    theirs = np.array([dlib.face_recognition_model_v1(str(out / "model.dat")).compute_face_descriptor(c) for c in chips])
+    net = dlib.face_recognition_model_v1(str(out / "model.dat"))
+    theirs = np.array([net.compute_face_descriptor(c) for c in chips])
     ours = load_encoder(out).encode(chips)
     original = load_encoder("torch").encode(chips)
     assert np.abs(ours - theirs).max() <= 1e-5
@@ -207,17 +209,22 @@ def test_seeded_cpu_run_repeats_and_resume_matches(people, tmp_path, monkeypatch
     assert res.exit_code == 2 and "--overwrite" in res.output
 
 
-@pytest.mark.parametrize("extra, port", [(["--regime", "anchor"], 29531), (["--regime", "auto"], 29532)],
-                         ids=["anchor", "auto-distill"])
+@pytest.mark.parametrize("extra, port", [([], 29531), (["--regime", "auto"], 29532)],
+                         ids=["default-anchor", "auto-distill"])
 def test_ddp_two_processes_match_one(people, tmp_path, extra, port):
     """Two gloo processes under torchrun train the weights one process does (auto's distill regime too,
     which mixes half of each batch: the mixed faces are decided on the global batch)."""
     one, two = tmp_path / "one", tmp_path / "two"
     res = run("finetune", people, "-o", one, *FAST, *KEEP, *extra)
     assert res.exit_code == 0, res.output
-    regime = json.loads((one / "metadata.json").read_text())["regime"]
-    assert regime["regime"] == ("anchor" if "anchor" in extra else "distill")
-    assert (regime["chosen_by"] == "user") == ("dlib puts" not in res.output) == ("anchor" in extra)
+    meta = json.loads((one / "metadata.json").read_text())
+    auto = "auto" in extra
+    # kpop idols: dlib puts most of their different-person pairs within 0.6, so auto trains the distill regime
+    assert meta["regime"]["regime"] == meta["config"]["regime"] == ("distill" if auto else "anchor")
+    assert (meta["regime"]["chosen_by"] == "auto") == ("--regime distill" in res.output) == auto
+    if auto:
+        assert meta["regime"]["dlib_different_pairs_within_0.6"] > 0.5
+        assert {k: meta["config"][k] for k in REGIMES["distill"]} == REGIMES["distill"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "dlibplus.cli", "finetune", str(people), "-o", str(two), *FAST, *KEEP, *extra, "--device", "cpu"]
@@ -287,7 +294,7 @@ def test_cli_lp_ft_and_affine_only_reach_the_written_model(people, tmp_path):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["config"]["head_epochs"] == 1 and meta["config"]["train_only"] == "affine"
     assert meta["config"]["distill"] == 0.5 and meta["config"]["triplet_margin"] == 0.4
-    assert meta["config"]["anchor"] == 10 and meta["config"]["triplet"] == 2  # given values win, the rest: distill's
+    assert meta["config"]["anchor"] == 10 and meta["config"]["triplet"] == REGIMES["anchor"]["triplet"]
     assert meta["best_epoch"] != 1  # the head-only epoch (still dlib's network) is never the one kept
     ours = torch.load(out / "model.pt", weights_only=True)
     dlib = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).state_dict()

@@ -14,8 +14,9 @@ def test_a_regime_sets_the_defaults_and_given_values_win():
         assert {k: getattr(config, k) for k in values} == values
     assert FinetuneConfig(regime="distill", anchor=300).anchor == 300
     assert FinetuneConfig(regime="distill", anchor=300).distill == REGIMES["distill"]["distill"]
-    auto = FinetuneConfig(anchor=5.0)
-    assert auto.regime == "auto" and auto.distill is None and auto.anchor == 5.0  # resolved by finetune()
+    assert FinetuneConfig().regime == "anchor" and FinetuneConfig().anchor == REGIMES["anchor"]["anchor"]
+    auto = FinetuneConfig(regime="auto", anchor=5.0)
+    assert auto.distill is None and auto.anchor == 5.0  # resolved by finetune()
     resolved = auto.with_regime("distill")
     assert (resolved.regime, resolved.anchor, resolved.triplet) == ("distill", 5.0, REGIMES["distill"]["triplet"])
     with pytest.raises(ValueError, match="already"):
@@ -35,7 +36,7 @@ def test_build_refuses_an_unresolved_regime():
 
     chips = ChipSet(np.zeros((4, 150, 150, 3), np.uint8), np.array([0, 0, 1, 1]), ["a", "b"], ["p"] * 4)
     with pytest.raises(ValueError, match="regime"):
-        build(chips, FinetuneConfig(), torch.device("cpu"), Dist())
+        build(chips, FinetuneConfig(regime="auto"), torch.device("cpu"), Dist())
 
 
 @pytest.mark.parametrize("set_name, expected", [("kpop_idols15", "distill"), ("five_celebrity", "anchor"),
