@@ -43,7 +43,7 @@ class RegimeChoice:
         """One line for the user: what dlib does with their photos and what that decided."""
         share = f"{self.dlib_different_within_tolerance:.0%}"
         if self.regime == "distill":
-            return (f"dlib puts {share} of the different-person pairs of your photos within 0.6 (about 1 % on "
+            return (f"dlib puts {share} of the different-person pairs of your photos within 0.6 (about 1% on "
                     "general faces): training to move further from it (--regime distill; --regime anchor "
                     "stays closer)")
         return (f"dlib puts {share} of the different-person pairs of your photos within 0.6: training close to "
