@@ -61,13 +61,10 @@ def check_folds(folds: int, *, resume: bool, val_folder: str | Path | None) -> N
 def dlib_regime(train: ChipSet, device: torch.device) -> RegimeChoice:
     """The regime ``auto`` resolves to, from dlib's descriptors (the exact replica, on ``device``) of the
     training photos (:func:`dlibplus.regime.sample_photos` of them)."""
-    from . import dlibnet
-    from .models import FACE_RECOGNITION_MODEL, model_path
-    from .train import encoder_of
+    from .encoders import TorchEncoder
 
     rows = sample_photos(train.labels)
-    backbone = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).to(device)
-    embeddings = encoder_of(backbone, device).encode(train.chips[rows])
+    embeddings = TorchEncoder(device=str(device)).encode(train.chips[rows])  # dlib's own weights
     return choose_regime(embeddings, train.labels[rows])
 
 
