@@ -28,8 +28,9 @@ from .train import Run, TrainState, build, encoder_of, fit, validate
 from .train_config import FinetuneConfig
 
 # --folds 0 (auto) cross-fits when the median person has at most this many photos: in the suite (BENCHMARKS.md)
-# cross-fitting named more test photos than one split over the 2- and 4-photo rows; not measured with more
-SMALL_FOLDER = 4
+# cross-fitting named as many test photos as one split or more over the 2-, 4- and 10-photo rows; with ~12 per
+# person (kpop 50/50) it did not pay for its time
+SMALL_FOLDER = 10
 
 
 def folds_for(config: FinetuneConfig, data: FinetuneData, *, resume: bool, distributed: bool) -> int:

@@ -266,10 +266,11 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
             yield prepared
 
 
-def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, float]:
+def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar, epochs: int | None = None) -> dict[str, float]:
     """One pass of P×K batches; returns the epoch's mean loss, training accuracy and seconds. Nothing is
     read back from the device inside a step (the progress bar reads the sums every few steps). In LP-FT's
-    head-only epochs the network's parameters need no gradient: only the head's backward pass runs."""
+    head-only epochs the network's parameters need no gradient: only the head's backward pass runs.
+    ``epochs``: the run's epoch count the bar shows (default ``config.epochs``)."""
     config, dist_info = run.config, run.dist
     network_trains = run.network_trains(epoch)
     for p in run.network:
@@ -316,7 +317,7 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar) -> dict[str, floa
         correct += (cos.argmax(1) == y).sum()
         bar.update(1)
         if (step + 1) % POSTFIX_EVERY == 0:
-            bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{float(loss_sum) / seen:.3f}",
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs or config.epochs}", loss=f"{float(loss_sum) / seen:.3f}",
                             acc=f"{int(correct) / seen:.2f}", lr=f"{run.scheduler.get_last_lr()[0]:.1e}",
                             img_s=f"{seen * dist_info.world_size / (time.time() - t_epoch):.0f}")
     seen = max(seen, 1)
@@ -406,7 +407,7 @@ def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkp
     epoch = state.epoch + 1
     try:
         for epoch in range(state.epoch + 1, last):
-            row = {"epoch": epoch + 1, **train_one_epoch(run, train, epoch, bar),
+            row = {"epoch": epoch + 1, **train_one_epoch(run, train, epoch, bar, last),
                    **(validate(run, train, val) if val is not None else {})}
             state.history.append(row)
             state.epoch = epoch

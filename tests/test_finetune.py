@@ -16,8 +16,9 @@ from dlibplus.train_config import REGIMES
 
 PEOPLE = ["Arin", "Chaeyong", "Chorong", "Dahyun", "Eunha"]
 # Short runs that still exercise every part: two epochs, only the last stage and fc trainable.
-FAST = ["--face-box", "whole", "--epochs", "2", "--freeze", "5", "--batch-people", "5", "--batch-images", "4",
-        "--jobs", "1"]
+FAST_ANY_FOLDS = ["--face-box", "whole", "--epochs", "2", "--freeze", "5", "--batch-people", "5",
+                  "--batch-images", "4", "--jobs", "1"]
+FAST = [*FAST_ANY_FOLDS, "--folds", "1"]  # one split: 8 photos per person would cross-fit by default
 KEEP = ["--keep", "finetuned"]  # the fine-tuned weights whatever they measure: what these tests look at
 
 
@@ -349,20 +350,27 @@ def test_cross_fit_refuses_what_it_cannot_do(people, tmp_path, extra):
     assert not (tmp_path / "out").exists()
 
 
-def test_auto_cross_fits_a_small_folder_only(people, tmp_path):
-    """Without --folds, 3 photos per person cross-fit (recorded as 2 folds); 8 per person train once."""
-    small = tmp_path / "small"
+def test_auto_cross_fits_a_small_folder_only(people, tmp_path, faces_dir):
+    """Without --folds, 3 photos per person cross-fit (recorded as 2 folds); a median above SMALL_FOLDER
+    trains once."""
+    from dlibplus.crossfit import SMALL_FOLDER
+
+    small, large = tmp_path / "small", tmp_path / "large"
     for person in PEOPLE:
         (small / person).mkdir(parents=True)
-        for src in sorted((people / person).iterdir())[:3]:
-            os.symlink(os.readlink(src), small / person / src.name)
-    res = run("finetune", small, "-o", tmp_path / "a", *FAST, *KEEP)
+        (large / person).mkdir(parents=True)
+        photos = sorted((faces_dir / "kpop_idols15" / person).iterdir())
+        for src in photos[:3]:
+            os.symlink(src, small / person / src.name)
+        for src in photos[:SMALL_FOLDER + 1]:
+            os.symlink(src, large / person / src.name)
+    assert np.median([len(list((large / p).iterdir())) for p in PEOPLE]) > SMALL_FOLDER
+    res = run("finetune", small, "-o", tmp_path / "a", *FAST_ANY_FOLDS, *KEEP)
     assert res.exit_code == 0, res.output
     assert "cross-fitting over 2 folds" in res.output and "--folds 1" in res.output
     meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
     assert meta["config"]["folds"] == 2 and meta["cross_fit"]["n_validated"] == len(PEOPLE) * 3
-    res = run("finetune", people, "-o", tmp_path / "b", *FAST, *KEEP, "--epochs", "1")
+    res = run("finetune", large, "-o", tmp_path / "b", *FAST_ANY_FOLDS, *KEEP, "--epochs", "1")
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
     assert meta["config"]["folds"] == 1 and not meta["cross_fit"] and "cross-fitting" not in res.output
-
