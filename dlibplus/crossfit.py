@@ -25,12 +25,7 @@ from .finetune_data import ChipSet, FinetuneData
 from .finish import FinetuneResult, KeptFigures, conclude, head_for, judge, kept_figures, load_scaled
 from .selection import Assessment, interpolate, select
 from .train import Run, TrainState, build, encoder_of, fit, validate
-from .train_config import FinetuneConfig
-
-# --folds 0 (auto) cross-fits when the median person has at most this many photos: in the suite (BENCHMARKS.md)
-# cross-fitting named as many test photos as one split or more over the 2-, 4- and 10-photo rows; with ~12 per
-# person (kpop 50/50) it did not pay for its time
-SMALL_FOLDER = 10
+from .train_config import SMALL_FOLDER, FinetuneConfig
 
 
 def folds_for(config: FinetuneConfig, data: FinetuneData, *, resume: bool, distributed: bool) -> int:

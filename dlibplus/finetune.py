@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from . import model_folder
-from .crossfit import SMALL_FOLDER, finetune_crossfit, folds_for
+from .crossfit import finetune_crossfit, folds_for
 from .distributed import barrier, init_distributed, training_device
 from .errors import DataFolderError, DlibplusError
 from .finetune_data import ChipSet, FinetuneData
 from .finish import FinetuneResult, finish
 from .regime import RegimeChoice, choose_regime, sample_photos
 from .train import TrainState, build, fit, validate
-from .train_config import FinetuneConfig
+from .train_config import SMALL_FOLDER, FinetuneConfig
 
 
 def check_output(output: Path, *, resume: bool, overwrite: bool = False) -> None:

@@ -24,6 +24,10 @@ REGIMES = {
 # The default is "anchor": auto was measured not to meet "never worse than dlib" on every kpop row.
 REGIME_CHOICES = ("auto", *REGIMES)
 CONFUSED_SHARE = 0.2
+# --folds 0 (auto) cross-fits when the median person has at most this many photos: in the suite (BENCHMARKS.md)
+# cross-fitting named as many test photos as one split or more over the 2-, 4- and 10-photo rows; with ~12 per
+# person (kpop 50/50) it did not pay for its time
+SMALL_FOLDER = 10
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class FinetuneConfig:
     alone, the network frozen (LP-FT, Kumar et al. 2022), out of ``epochs``; the network's warm-up and
     cosine decay start after them. ``train_only``: see :data:`TRAIN_ONLY_CHOICES` (with ``freeze``, only
     the unfrozen stages' affine layers train). ``folds``: 0 (auto) cross-fits with 2 folds when the
-    median person has at most :data:`dlibplus.crossfit.SMALL_FOLDER` photos, else trains once; 1 trains
+    median person has at most :data:`SMALL_FOLDER` photos, else trains once; 1 trains
     once and validates on a split (``val_fraction``); K >= 2 cross-fits (:mod:`dlibplus.crossfit`): K runs,
     each validated on a K-th of every person's photos, choose and calibrate on all the photos, then one
     run on every photo makes the network handed back (K + 1 trainings). ``distill``: weight of a loss that

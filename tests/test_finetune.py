@@ -353,7 +353,7 @@ def test_cross_fit_refuses_what_it_cannot_do(people, tmp_path, extra):
 def test_auto_cross_fits_a_small_folder_only(people, tmp_path, faces_dir):
     """Without --folds, 3 photos per person cross-fit (recorded as 2 folds); a median above SMALL_FOLDER
     trains once."""
-    from dlibplus.crossfit import SMALL_FOLDER
+    from dlibplus.train_config import SMALL_FOLDER
 
     small, large = tmp_path / "small", tmp_path / "large"
     for person in PEOPLE:

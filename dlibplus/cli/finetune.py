@@ -10,6 +10,7 @@ from ..train_config import CONFUSED_SHARE as _CONFUSED
 from ..train_config import HEAD_NAMES as _TRAIN_HEADS
 from ..train_config import REGIME_CHOICES as _REGIMES
 from ..train_config import REGIMES as _REGIME_VALUES
+from ..train_config import SMALL_FOLDER as _SMALL_FOLDER
 from ..train_config import TRAIN_ONLY_CHOICES as _TRAIN_ONLY
 from ..train_config import FinetuneConfig as _FT
 from .options import check_output_folder, face_options, face_settings, user_errors
@@ -94,10 +95,10 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--val-folder", type=click.Path(file_okay=False, path_type=Path),
               help="Validate on this people folder instead of a split.")
 @click.option("--folds", type=click.IntRange(0), default=_FT.folds, show_default=True,
-              help="0 (auto): 2 when your people have 4 photos or fewer (median), else 1. 1: train once, validate "
-                   "on a split (--val-fraction). K >= 2: cross-fit for small folders: K runs, each validated on a "
-                   "K-th of every person's photos, choose and calibrate on all the photos, then one run learns "
-                   "from every photo (K + 1 trainings).")
+              help=f"0 (auto): 2 when your people have {_SMALL_FOLDER} photos or fewer (median), else 1. 1: train "
+                   "once, validate on a split (--val-fraction). K >= 2: cross-fit for small folders: K runs, each "
+                   "validated on a K-th of every person's photos, choose and calibrate on all the photos, then one "
+                   "run learns from every photo (K + 1 trainings).")
 @click.option("--patience", type=click.IntRange(0), default=_FT.patience, show_default=True,
               help="Stop after this many epochs without a better validation accuracy (0: never).")
 @click.option("--seed", type=int, default=_FT.seed, show_default=True,
