@@ -87,8 +87,7 @@ def _data(photos_per_person: list[int], val_folder: str | None = None):
 
 def test_auto_folds_cross_fit_small_folders_only():
     from dlibplus.crossfit import folds_for
-    from dlibplus.train_config import SMALL_FOLDER
-    from dlibplus.train_config import FinetuneConfig
+    from dlibplus.train_config import SMALL_FOLDER, FinetuneConfig
 
     auto = FinetuneConfig()
     assert auto.folds == 0

@@ -350,7 +350,7 @@ def test_cross_fit_refuses_what_it_cannot_do(people, tmp_path, extra):
     assert not (tmp_path / "out").exists()
 
 
-def test_auto_cross_fits_a_small_folder_only(people, tmp_path, faces_dir):
+def test_auto_cross_fits_a_small_folder_only(tmp_path, faces_dir):
     """Without --folds, 3 photos per person cross-fit (recorded as 2 folds); a median above SMALL_FOLDER
     trains once."""
     from dlibplus.train_config import SMALL_FOLDER
