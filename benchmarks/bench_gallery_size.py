@@ -1,0 +1,81 @@
+"""Does fine-tuning's gain over dlib depend on the size of the user's gallery?
+
+``finetune`` judges dlib against the fine-tuned candidates with a smaller gallery than the user later has:
+cross-fitting's validation gallery is the other fold (half of each person's photos), one split's the 75 %
+trained on; the user's train-knn gets every photo. This replays the user's path on the suite's test photos
+for networks ``bench_suite.py`` kept (its output folders ``<set>-<n_train>-<seed>``), with the full training
+gallery and with a seeded half of each person's training photos, dlib on the same galleries:
+
+    python benchmarks/bench_gallery_size.py '/tmp/exp/cf2-*/kpop_idols15-*' '/tmp/exp/cf2-*/orl_att-*'
+
+Folders whose network is dlib's own are skipped. Prints one line per folder and the means.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+from pathlib import Path
+
+import numpy as np
+
+import bench_suite
+from dlibplus.encoders import TorchEncoder
+from dlibplus.knn import FaceKNN
+
+COUNTS = (2, 4, 7, 10, None)  # the per-person counts a suite folder may have been run with
+
+
+def accuracy(emb: np.ndarray, names: np.ndarray, gallery: np.ndarray, test: np.ndarray) -> float:
+    """train-knn (default method) on ``gallery`` rows, predict ``test`` rows at 0.6; unknown = wrong."""
+    knn = FaceKNN().fit(emb[gallery], names[gallery])
+    return float(np.mean(knn.predict(emb[test]) == names[test]))
+
+
+def half_gallery(train: np.ndarray, names: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Half of each person's training rows (at least one), drawn with ``rng``."""
+    return np.concatenate([rng.permutation(rows)[:max(1, len(rows) // 2)]
+                           for rows in (train[names[train] == p] for p in np.unique(names[train]))])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", help="glob patterns of bench_suite output folders")
+    parser.add_argument("--draws", type=int, default=10, help="half galleries drawn per folder")
+    args = parser.parse_args()
+
+    dlib = TorchEncoder(device="cpu")
+    sets, dlib_emb, rows = {}, {}, []
+    for folder in sorted(Path(f) for pattern in args.folders for f in glob.glob(pattern)):
+        name, n_train, seed = folder.name.rsplit("-", 2)
+        if name not in bench_suite.SETS or not (folder / "model.dat").is_file():
+            continue
+        if name not in sets:
+            sets[name] = bench_suite.load_set(name, progress=False)
+            dlib_emb[name] = dlib.encode(sets[name].chips)
+        split = next((s for s in (bench_suite.split(sets[name], c, int(seed)) for c in COUNTS)
+                      if len(s.train) == int(n_train)), None)
+        if split is None:
+            continue
+        tuned = TorchEncoder.from_dat(folder / "model.dat", device="cpu").encode(sets[name].chips)
+        if np.abs(tuned - dlib_emb[name]).max() < 1e-4:
+            continue  # the run kept dlib
+        names = np.array(sets[name].classes)[sets[name].labels]
+
+        def gain(gallery: np.ndarray) -> float:
+            return (accuracy(tuned, names, gallery, split.test)
+                    - accuracy(dlib_emb[name], names, gallery, split.test))
+
+        full = gain(split.train)
+        rng = np.random.default_rng(0)
+        half = float(np.mean([gain(half_gallery(split.train, names, rng)) for _ in range(args.draws)]))
+        rows.append((full, half))
+        print(f"{folder.parent.name}/{folder.name}: gain over dlib, full gallery {full * 100:+.1f} points, "
+              f"half gallery {half * 100:+.1f} (mean of {args.draws} draws)", flush=True)
+    if rows:
+        r = np.array(rows)
+        print(f"{len(r)} networks: mean gain full {r[:, 0].mean() * 100:+.2f}, half {r[:, 1].mean() * 100:+.2f} "
+              f"points; larger with half the gallery in {int((r[:, 1] > r[:, 0]).sum())} of {len(r)}")
+
+
+if __name__ == "__main__":
+    main()
