@@ -58,7 +58,8 @@ def judge(run: Run, tuned_backbone: dict, train: ChipSet, val: ChipSet) -> list[
         model.load_state_dict(interpolate(run.base_state, tuned_backbone, alpha))
         encoder = encoder_of(model, run.device)
         judged.append(assess(encoder.encode(train.chips), train.labels, encoder.encode(val.chips), val.labels,
-                             alpha=alpha, calibrate=alpha > 0, target_far=config.target_far, seed=config.seed))
+                             alpha=alpha, calibrate=alpha > 0, target_far=config.target_far, seed=config.seed,
+                             grown=config.judge_gallery == "grown"))
     return judged
 
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .calibration import OperatingPoint, knn_correct, operating_point, probe_pairs
+from .calibration import OperatingPoint, knn_correct, knn_correct_grown, operating_point, probe_pairs
 
 ALPHAS = (0.25, 0.5, 0.75, 1.0)  # interpolation weights of the fine-tuned network; dlib (0) is always judged
 CONFIDENCE = 0.95  # one-sided: the share of bootstrap draws in which a candidate must gain over dlib
@@ -65,11 +65,16 @@ class Assessment:
 
 
 def assess(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val_y: np.ndarray, *, alpha: float,
-           calibrate: bool, target_far: float | None, seed: int) -> Assessment:
-    """Calibrate one candidate's embeddings and measure the user's path with held-out thresholds."""
+           calibrate: bool, target_far: float | None, seed: int, grown: bool = False) -> Assessment:
+    """Calibrate one candidate's embeddings and measure the user's path with held-out thresholds.
+    ``grown``: name the validation photos against the training photos plus other validation photos
+    (:func:`~dlibplus.calibration.knn_correct_grown`), else against the training photos alone."""
     pairs = probe_pairs(train_emb, train_y, val_emb, val_y)
     point, thresholds = operating_point(pairs, calibrate=calibrate, target_far=target_far, seed=seed)
-    correct, rejected = knn_correct(train_emb, train_y, val_emb, val_y, thresholds)
+    if grown:
+        correct, rejected = knn_correct_grown(train_emb, train_y, val_emb, val_y, thresholds, seed)
+    else:
+        correct, rejected = knn_correct(train_emb, train_y, val_emb, val_y, thresholds)
     return Assessment(alpha, point, correct, rejected, margins(train_emb, train_y, val_emb, val_y))
 
 

@@ -11,6 +11,9 @@ KEEP_CHOICES = ("auto", "finetuned")
 # which of the network's (unfrozen) parameters train: all, or only the per-channel affine scale and shift
 # that stand in for batch norm in dlib's network (7,104 of its 5.6 million parameters)
 TRAIN_ONLY_CHOICES = ("all", "affine")
+# the gallery the candidates are judged with: "trained" (the photos the run trained on) or "grown" (those plus
+# the other validation photos, nearer the gallery the user's train-knn gets: every photo; BENCHMARKS.md)
+JUDGE_GALLERIES = ("trained", "grown")
 # How far the network may move from dlib: the defaults of the five settings that decide it (a value
 # given explicitly wins). "anchor" pulls the weights towards dlib's (L2-SP), for people dlib already tells
 # apart; "distill" drops the pull and keeps dlib's descriptors of mixed faces instead, with a heavier,
@@ -89,6 +92,7 @@ class FinetuneConfig:
     target_far: float | None = None
     keep: str = "auto"
     regime: str = "anchor"
+    judge_gallery: str = "trained"
 
     def __post_init__(self):
         if self.regime not in REGIME_CHOICES:
@@ -109,6 +113,8 @@ class FinetuneConfig:
             raise ValueError(f"head_epochs must be >= 0 and below epochs ({self.epochs}), not {self.head_epochs}")
         if self.train_only not in TRAIN_ONLY_CHOICES:
             raise ValueError(f"train_only must be one of {list(TRAIN_ONLY_CHOICES)}, not {self.train_only!r}")
+        if self.judge_gallery not in JUDGE_GALLERIES:
+            raise ValueError(f"judge_gallery must be one of {list(JUDGE_GALLERIES)}, not {self.judge_gallery!r}")
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, not {self.keep!r}")
         if self.target_far is not None and not 0 < self.target_far < 1:

@@ -74,3 +74,34 @@ def test_kept_on_separation_alone_the_smallest_alpha_that_separates_better_is_ta
     chosen = select([near, far], dlib, val_y, seed=0)
     assert chosen.chosen is near and chosen.beats_dlib
     assert select([far], dlib, val_y, seed=0).chosen is far
+
+
+
+def test_grown_gallery_names_each_validation_photo_against_the_others_never_itself(kpop):
+    """judge_gallery "grown": a person with no training photo is named from another of their validation
+    photos in another group, but a photo alone under its name never is: it is not in its own gallery."""
+    from dlibplus.calibration import GROWN_GROUPS, knn_correct, knn_correct_grown, probe_folds
+
+    train, train_y, val, val_y = kpop
+    person = val_y[0]
+    first = np.flatnonzero(val_y == person)[0]
+    keep = train_y != person  # nobody in the training gallery carries their name
+    # their first photo again at the end (a duplicate, at distance 0), in another group than the first
+    probes, probe_y = np.concatenate([val, val[[first]]]), np.append(val_y, person)
+    seed = next(s for s in range(50) if len(set(probe_folds(len(probe_y), GROWN_GROUPS, s)[[first, -1]])) == 2)
+    thresholds = np.full(len(probe_y), 0.6)
+    plain, _ = knn_correct(train[keep], train_y[keep], probes, probe_y, thresholds)
+    grown, _ = knn_correct_grown(train[keep], train_y[keep], probes, probe_y, thresholds, seed)
+    assert not plain[probe_y == person].any()
+    assert grown[first] and grown[-1]  # each named from the other
+    alone = np.flatnonzero(val_y != person).tolist() + [first]
+    grown, _ = knn_correct_grown(train[keep], train_y[keep], val[alone], val_y[alone], thresholds[alone], seed)
+    assert not grown[-1]  # its only namesake would be itself
+
+
+def test_judge_gallery_setting_is_checked():
+    from dlibplus.train_config import FinetuneConfig
+
+    assert FinetuneConfig().judge_gallery == "trained"
+    with pytest.raises(ValueError, match="judge_gallery"):
+        FinetuneConfig(judge_gallery="everything")
