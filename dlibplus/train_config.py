@@ -56,7 +56,8 @@ class FinetuneConfig:
     alternative to the ``anchor``. ``distill_share``: the share of each batch's faces mixed for it (fewer:
     cheaper steps). ``regime``: see :data:`REGIMES`; ``anchor``, ``distill``, ``distill_share``, ``triplet``
     and ``triplet_margin`` left ``None`` take the regime's values, at once for a named regime, in
-    :func:`dlibplus.finetune.finetune` for ``auto`` (:meth:`with_regime`).
+    :func:`dlibplus.finetune.finetune` for ``auto`` (:meth:`with_regime`). ``judge_gallery``: see
+    :data:`JUDGE_GALLERIES`; "grown" is a measured experiment (BENCHMARKS.md), not a command-line option.
     """
 
     head: str = "arcface"
