@@ -28,7 +28,7 @@ REGIMES = {
 REGIME_CHOICES = ("auto", *REGIMES)
 CONFUSED_SHARE = 0.2
 # --folds 0 (auto) cross-fits when the median person has at most this many photos: in the suite (BENCHMARKS.md)
-# cross-fitting named as many test photos as one split or more over the 2-, 4- and 10-photo rows; with ~12 per
+# cross-fitting named more test photos than one split over the 2-, 4-, 7- and 10-photo rows; with ~12 per
 # person (kpop 50/50) it did not pay for its time
 SMALL_FOLDER = 10
 
