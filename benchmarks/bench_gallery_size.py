@@ -4,7 +4,8 @@
 cross-fitting's validation gallery is the other fold (half of each person's photos), one split's the 75 %
 trained on; the user's train-knn gets every photo. This replays the user's path on the suite's test photos
 for networks ``bench_suite.py`` kept (its output folders ``<set>-<n_train>-<seed>``), with the full training
-gallery and with a seeded half of each person's training photos, dlib on the same galleries:
+gallery and with a seeded share (``--share``, default half) of each person's training photos, dlib on the same
+galleries:
 
     python benchmarks/bench_gallery_size.py '/tmp/exp/cf2-*/kpop_idols15-*' '/tmp/exp/cf2-*/orl_att-*'
 
@@ -31,16 +32,19 @@ def accuracy(emb: np.ndarray, names: np.ndarray, gallery: np.ndarray, test: np.n
     return float(np.mean(knn.predict(emb[test]) == names[test]))
 
 
-def half_gallery(train: np.ndarray, names: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Half of each person's training rows (at least one), drawn with ``rng``."""
-    return np.concatenate([rng.permutation(rows)[:max(1, len(rows) // 2)]
+def part_gallery(train: np.ndarray, names: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``share`` of each person's training rows (rounded down, at least one), drawn with ``rng``."""
+    return np.concatenate([rng.permutation(rows)[:max(1, int(len(rows) * share))]
                            for rows in (train[names[train] == p] for p in np.unique(names[train]))])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="glob patterns of bench_suite output folders")
-    parser.add_argument("--draws", type=int, default=10, help="half galleries drawn per folder")
+    parser.add_argument("--draws", type=int, default=10, help="part galleries drawn per folder")
+    parser.add_argument("--share", type=float, default=0.5,
+                        help="share of each person's training photos in the part gallery (0.5: what cross-fitting "
+                             "judges with; 0.75: one split)")
     args = parser.parse_args()
 
     dlib = TorchEncoder(device="cpu")
@@ -67,14 +71,15 @@ def main() -> None:
 
         full = gain(split.train)
         rng = np.random.default_rng(0)
-        half = float(np.mean([gain(half_gallery(split.train, names, rng)) for _ in range(args.draws)]))
-        rows.append((full, half))
+        part = float(np.mean([gain(part_gallery(split.train, names, args.share, rng)) for _ in range(args.draws)]))
+        rows.append((full, part))
         print(f"{folder.parent.name}/{folder.name}: gain over dlib, full gallery {full * 100:+.1f} points, "
-              f"half gallery {half * 100:+.1f} (mean of {args.draws} draws)", flush=True)
+              f"{args.share:g} of it {part * 100:+.1f} (mean of {args.draws} draws)", flush=True)
     if rows:
         r = np.array(rows)
-        print(f"{len(r)} networks: mean gain full {r[:, 0].mean() * 100:+.2f}, half {r[:, 1].mean() * 100:+.2f} "
-              f"points; larger with half the gallery in {int((r[:, 1] > r[:, 0]).sum())} of {len(r)}")
+        print(f"{len(r)} networks: mean gain full {r[:, 0].mean() * 100:+.2f}, {args.share:g} of it "
+              f"{r[:, 1].mean() * 100:+.2f} points; larger with the part gallery in {int((r[:, 1] > r[:, 0]).sum())} "
+              f"of {len(r)}")
 
 
 if __name__ == "__main__":
