@@ -23,9 +23,6 @@ import bench_suite
 from dlibplus.encoders import TorchEncoder
 from dlibplus.knn import FaceKNN
 
-COUNTS = (2, 4, 7, 10, None)  # the per-person counts a suite folder may have been run with
-
-
 def accuracy(emb: np.ndarray, names: np.ndarray, gallery: np.ndarray, test: np.ndarray) -> float:
     """train-knn (default method) on ``gallery`` rows, predict ``test`` rows at 0.6; unknown = wrong."""
     knn = FaceKNN().fit(emb[gallery], names[gallery])
@@ -50,16 +47,12 @@ def main() -> None:
     dlib = TorchEncoder(device="cpu")
     sets, dlib_emb, rows = {}, {}, []
     for folder in sorted(Path(f) for pattern in args.folders for f in glob.glob(pattern)):
-        name, n_train, seed = folder.name.rsplit("-", 2)
-        if name not in bench_suite.SETS or not (folder / "model.dat").is_file():
+        found = bench_suite.folder_split(folder, sets) if (folder / "model.dat").is_file() else None
+        if found is None:
             continue
-        if name not in sets:
-            sets[name] = bench_suite.load_set(name, progress=False)
+        name, _, split = found
+        if name not in dlib_emb:
             dlib_emb[name] = dlib.encode(sets[name].chips)
-        split = next((s for s in (bench_suite.split(sets[name], c, int(seed)) for c in COUNTS)
-                      if len(s.train) == int(n_train)), None)
-        if split is None:
-            continue
         tuned = TorchEncoder.from_dat(folder / "model.dat", device="cpu").encode(sets[name].chips)
         if np.abs(tuned - dlib_emb[name]).max() < 1e-4:
             continue  # the run kept dlib

@@ -79,7 +79,7 @@ def folder_split(folder: Path, cache: dict[str, ChipSet]) -> tuple[str, int, Spl
     name, n_train, seed = m.group(1), int(m.group(2)), int(m.group(3))
     if name not in cache:
         cache[name] = load_set(name, progress=False)
-    found = (split(cache[name], per, seed) for per in (2, 4, 8, 10, None))  # 8: an earlier --max-per-person
+    found = (split(cache[name], per, seed) for per in (2, 4, 7, 8, 10, None))  # 8: an earlier --max-per-person
     sp = next((s for s in found if len(s.train) == n_train), None)
     return None if sp is None else (name, seed, sp)
 

@@ -13,19 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics
+from .calibration import TOLERANCE
 from .train_config import CONFUSED_SHARE
 
 __all__ = ["MAX_PHOTOS", "RegimeChoice", "choose_regime", "sample_photos"]
 
 MAX_PHOTOS = 1000  # photos whose pairs are measured (500,000 pairs at most), a seeded draw beyond
-TOLERANCE = 0.6  # dlib's (and face_recognition's) same-person distance
 
 
 @dataclass(frozen=True)
 class RegimeChoice:
     """:ivar regime: ``"anchor"`` or ``"distill"``.
     :ivar dlib_different_within_tolerance: share of the measured different-person pairs whose dlib
-        distance is at most :data:`TOLERANCE` (nan when every photo is of one person).
+        distance is at most :data:`dlibplus.calibration.TOLERANCE` (nan when every photo is of one person).
     :ivar n_photos: photos whose pairs were measured.
     """
 

@@ -76,7 +76,6 @@ def test_kept_on_separation_alone_the_smallest_alpha_that_separates_better_is_ta
     assert select([far], dlib, val_y, seed=0).chosen is far
 
 
-
 def test_grown_gallery_names_each_validation_photo_against_the_others_never_itself(kpop):
     """judge_gallery "grown": a person with no training photo is named from another of their validation
     photos in another group, but a photo alone under its name never is: it is not in its own gallery."""
