@@ -238,6 +238,12 @@ def summary_lines(result: FinetuneResult) -> list[str]:
         if not sel.beats_dlib:
             lines.append(f"WARNING: it does not beat dlib with confidence on your validation photos "
                          f"(gain {sel.gain:+.1%}, lower bound {sel.gain_low:+.1%}).")
+        else:
+            # the winner's curse: replayed over the benchmark suite's rows, the kept candidates' validated
+            # gain was many times what their test photos showed (BENCHMARKS.md, the selection replay)
+            lines.append(f"The gain above is read on the validation photos that chose this network, so photos it "
+                         f"never saw will show less of it, often none. To check: dlibplus evaluate NEW_PHOTOS/ "
+                         f"--encoder dlib --encoder {result.output}")
     else:
         lines.append(f"NOT better than dlib: {sel.reason}. {result.output} holds dlib's own network, so "
                      "--encoder with it behaves exactly as dlib; add photos or try another head.")

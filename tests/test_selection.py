@@ -104,3 +104,26 @@ def test_judge_gallery_setting_is_checked():
     assert FinetuneConfig().judge_gallery == "trained"
     with pytest.raises(ValueError, match="judge_gallery"):
         FinetuneConfig(judge_gallery="everything")
+
+
+def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(kpop, tmp_path):
+    """The kept network's validated gain is the best of several candidates on the same photos (the winner's
+    curse, BENCHMARKS.md): the end of the run says so and names the command that measures it on new photos;
+    when dlib is kept there is no gain to caution about."""
+    from dlibplus.finish import FinetuneResult, summary_lines
+
+    train, train_y, val, val_y = kpop
+    dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
+    means = {p: np.concatenate([train, val])[np.concatenate([train_y, val_y]) == p].mean(0) for p in np.unique(train_y)}
+    tighter = lambda x, y: x + (np.stack([means[p] for p in y]) - x) / 3  # noqa: E731
+    better = judge(tighter(train, train_y), train_y, tighter(val, val_y), val_y, 1.0)
+
+    def text(selection):
+        result = FinetuneResult(tmp_path / "mymodel", [], {}, {}, {}, selection, {}, 1, 1.0)
+        return "\n".join(summary_lines(result))
+
+    kept = text(select([better], dlib, val_y, seed=0))
+    assert "kept: fine-tuned" in kept and "validation photos that chose this network" in kept
+    assert f"dlibplus evaluate NEW_PHOTOS/ --encoder dlib --encoder {tmp_path / 'mymodel'}" in kept
+    refused = text(select([judge(train, train_y, val, val_y, 0.5)], dlib, val_y, seed=0))
+    assert "NOT better than dlib" in refused and "chose this network" not in refused
