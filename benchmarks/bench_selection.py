@@ -205,9 +205,10 @@ class Row:
 
 @dataclasses.dataclass
 class Judged:
-    """One fold's candidate judged on the trained gallery, with what the projection needs."""
+    """One fold's candidate judged on the trained gallery, on the grown one, and what the projection needs."""
 
     assessment: Assessment
+    grown: Assessment  # judged as FinetuneConfig(judge_gallery="grown") judges
     half: np.ndarray  # (p,) knn_correct_half
     weight: np.ndarray  # (p,) projection_weights
 
@@ -218,19 +219,19 @@ class Judged:
 
 
 def judge_folds(row: Row, seed: int) -> list[list[Judged]]:
-    """Every fold's candidates (dlib first) as ``finetune`` judges them on the trained gallery, with the half
-    galleries' naming that the projection needs."""
+    """Every fold's candidates (dlib first) as ``finetune`` judges them on the trained gallery and on the grown
+    one, with the half galleries' naming that the projection needs."""
     out = []
     for fold in row.folds:
         judged = []
         for alpha, j in zip(ALL_ALPHAS, fold):
-            a = assess(j["train_emb"], j["train_y"], j["val_emb"], j["val_y"], alpha=alpha, calibrate=alpha > 0,
-                       target_far=None, seed=seed)
+            a, grown = (assess(j["train_emb"], j["train_y"], j["val_emb"], j["val_y"], alpha=alpha,
+                               calibrate=alpha > 0, target_far=None, seed=seed, grown=g) for g in (False, True))
             _, thresholds = operating_point(probe_pairs(j["train_emb"], j["train_y"], j["val_emb"], j["val_y"]),
                                             calibrate=alpha > 0, target_far=None, seed=seed)
             people, counts = np.unique(np.concatenate([j["train_y"], j["val_y"]]), return_counts=True)
             user = counts[np.searchsorted(people, j["val_y"])]
-            judged.append(Judged(a, knn_correct_half(j["train_emb"], j["train_y"], j["val_emb"], j["val_y"],
+            judged.append(Judged(a, grown, knn_correct_half(j["train_emb"], j["train_y"], j["val_emb"], j["val_y"],
                                                      thresholds, seed),
                                  projection_weights(j["train_y"], j["val_y"], user)))
         out.append(judged)
@@ -276,6 +277,12 @@ def only_alpha(alpha: float):
     return choose
 
 
+def grown_rule(folds: list[list[Judged]], val_y: np.ndarray, seed: int) -> Assessment:
+    """The current rule on the grown gallery (``FinetuneConfig(judge_gallery="grown")``)."""
+    dlib, candidates = pooled([[j.grown for j in fold] for fold in folds])
+    return select(candidates, dlib, val_y, seed=seed).chosen
+
+
 def keep_dlib(folds: list[list[Judged]], val_y: np.ndarray, seed: int) -> Assessment:
     """dlib always: the baseline's own figures in the summary."""
     return pooled([[j.assessment for j in fold] for fold in folds])[0]
@@ -283,7 +290,7 @@ def keep_dlib(folds: list[list[Judged]], val_y: np.ndarray, seed: int) -> Assess
 
 RULES = {"dlib": keep_dlib, "current": rule(None), "projected": rule(1.0), "projected-half": rule(0.5),
          "current-sure": rule(None, margin_rule=False), "projected-sure": rule(1.0, margin_rule=False),
-         "bonferroni": bonferroni(rule(None)), "alpha-0.5": only_alpha(0.5)}
+         "bonferroni": bonferroni(rule(None)), "alpha-0.5": only_alpha(0.5), "grown": grown_rule}
 
 
 def replay(args) -> None:
@@ -335,14 +342,11 @@ def forecast(args) -> None:
     for row in rows:
         seed = row.meta["seed"]
         folds = judge_folds(row, seed)
-        grown = [[assess(j["train_emb"], j["train_y"], j["val_emb"], j["val_y"], alpha=alpha, calibrate=alpha > 0,
-                         target_far=None, seed=seed, grown=True) for alpha, j in zip(ALL_ALPHAS, fold)]
-                 for fold in row.folds]
         dlib_test = row.test_correct(0.0, 1.0).mean()
         cells = []
         for name in judgements:
             if name == "grown":
-                judged = grown
+                judged = [[j.grown for j in fold] for fold in folds]
             else:
                 damping = None if name == "trained" else float(name.split()[1])
                 judged = [[j.assessment if damping is None else j.projected(damping) for j in fold]
