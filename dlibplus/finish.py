@@ -238,7 +238,7 @@ def summary_lines(result: FinetuneResult) -> list[str]:
         if not sel.beats_dlib:
             lines.append(f"WARNING: it does not beat dlib with confidence on your validation photos "
                          f"(gain {sel.gain:+.1%}, lower bound {sel.gain_low:+.1%}).")
-        else:
+        elif not sel.forced:
             # the winner's curse: replayed over the benchmark suite's rows, the kept candidates' validated
             # gain was many times what their test photos showed (BENCHMARKS.md, the selection replay)
             lines.append(f"The gain above is read on the validation photos that chose this network, so photos it "

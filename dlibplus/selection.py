@@ -112,6 +112,7 @@ class Selection:
     gain: float  # accuracy of the best candidate minus dlib's
     gain_low: float  # lower end of the one-sided 95 % bootstrap interval of that gain
     reason: str
+    forced: bool = False  # kept as asked (``keep="finetuned"``), not chosen by the validation photos
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.summary(), "dlib": self.dlib.summary(),
@@ -161,7 +162,7 @@ def select(candidates: list[Assessment], dlib: Assessment, val_y: np.ndarray, *,
                f"margin {best.mean_margin:+.3f} vs {dlib.mean_margin:+.3f}, gain's lower bound {margin_low:+.3f})")
     if force:
         return Selection(best, dlib, candidates, sure or separated, gain, low,
-                         f"kept as asked (--keep finetuned): {summary}")
+                         f"kept as asked (--keep finetuned): {summary}", forced=True)
     if sure or separated:
         return Selection(best, dlib, candidates, True, gain, low, summary)
     why = ("no candidate named more validation photos rightly than dlib" if gain < 0 else

@@ -63,6 +63,7 @@ def test_outputs_and_dlib_loads_the_dat(trained, people):
     assert meta["frozen_stages"] == ["stem"] + [f"layer{i}" for i in range(1, 5)]
     assert set(meta["validation"]) == {"dlib", "finetuned", "finetuned_flip", "better_than_dlib"}
     assert "kept: fine-tuned" in log and "with +flip" in log and "named right" in log
+    assert "chose this network" not in log  # kept as asked, not chosen by the validation photos
     assert meta["selection"]["chosen"]["alpha"] == 1.0 and len(meta["selection"]["candidates"]) == 4
     assert meta["format_version"] == 2 and len(meta["data"]["files_sha256"]) == len(PEOPLE) * 8
     # the default regime, as an option: no measurement of dlib, the anchor regime's settings

@@ -109,7 +109,7 @@ def test_judge_gallery_setting_is_checked():
 def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(kpop, tmp_path):
     """The kept network's validated gain is the best of several candidates on the same photos (the winner's
     curse, BENCHMARKS.md): the end of the run says so and names the command that measures it on new photos;
-    when dlib is kept there is no gain to caution about."""
+    not when the network was kept as asked, nor when dlib is kept."""
     from dlibplus.finish import FinetuneResult, summary_lines
 
     train, train_y, val, val_y = kpop
@@ -125,5 +125,7 @@ def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(
     kept = text(select([better], dlib, val_y, seed=0))
     assert "kept: fine-tuned" in kept and "validation photos that chose this network" in kept
     assert f"dlibplus evaluate NEW_PHOTOS/ --encoder dlib --encoder {tmp_path / 'mymodel'}" in kept
+    forced = text(select([better], dlib, val_y, seed=0, force=True))  # --keep finetuned: nothing chose it
+    assert "kept as asked" in forced and "chose this network" not in forced
     refused = text(select([judge(train, train_y, val, val_y, 0.5)], dlib, val_y, seed=0))
     assert "NOT better than dlib" in refused and "chose this network" not in refused
