@@ -177,6 +177,7 @@ class Row:
         self.meta = json.loads(str(z["meta"]))
         self.final, self.labels, self.train, self.test = z["final"], z["labels"], z["train"], z["test"]
         alphas = z["judged_alpha"]
+        self._named: dict[tuple[float, float], np.ndarray] = {}  # test_correct by (alpha, scale)
         self.folds = [[{k: z[f"j{i}_{k}"] for k in ("train_emb", "train_y", "val_emb", "val_y")}
                        for i in range(start, start + len(ALL_ALPHAS))]
                       for start in range(0, len(alphas), len(ALL_ALPHAS))]
@@ -196,11 +197,14 @@ class Row:
         return np.nan if tar is None else tar, float(np.mean(dist[~same] <= 0.6))
 
     def test_correct(self, alpha: float, scale: float) -> np.ndarray:
-        """(t,) bool: each test photo named rightly by train-knn + predict at 0.6 with the network at ``alpha``."""
-        emb = self.final[ALL_ALPHAS.index(alpha)].astype(np.float64) * scale
-        names = self.labels.astype(str)
-        knn = FaceKNN().fit(emb[self.train], names[self.train])
-        return knn.predict(emb[self.test]) == names[self.test]
+        """(t,) bool: each test photo named rightly by train-knn + predict at 0.6 with the network at ``alpha``
+        (rules that choose the same candidate share one train-knn fit)."""
+        if (alpha, scale) not in self._named:
+            emb = self.final[ALL_ALPHAS.index(alpha)].astype(np.float64) * scale
+            names = self.labels.astype(str)
+            knn = FaceKNN().fit(emb[self.train], names[self.train])
+            self._named[alpha, scale] = knn.predict(emb[self.test]) == names[self.test]
+        return self._named[alpha, scale]
 
 
 @dataclasses.dataclass
@@ -244,12 +248,20 @@ def pooled(folds: list[list[Assessment]]) -> tuple[Assessment, list[Assessment]]
     return both[0], both[1:]
 
 
+def judged_as(folds: list[list[Judged]], *, damping: float | None = None, grown: bool = False
+              ) -> tuple[Assessment, list[Assessment]]:
+    """dlib and the candidates, pooled, as one judgement sees them: the trained gallery (``finetune``'s), the
+    grown one, or the projected naming with ``damping`` times the weights."""
+    if grown:
+        return pooled([[j.grown for j in fold] for fold in folds])
+    return pooled([[j.assessment if damping is None else j.projected(damping) for j in fold] for fold in folds])
+
+
 def rule(damping: float | None, margin_rule: bool = True):
     """Select on the trained gallery (``damping`` None) or the projected naming (``damping`` times the weights);
     without ``margin_rule`` a candidate is kept only on an accuracy gain with confidence."""
     def choose(folds: list[list[Judged]], val_y: np.ndarray, seed: int) -> Assessment:
-        judged = [[j.assessment if damping is None else j.projected(damping) for j in fold] for fold in folds]
-        dlib, candidates = pooled(judged)
+        dlib, candidates = judged_as(folds, damping=damping)
         sel = select(candidates, dlib, val_y, seed=seed)
         sure = sel.gain > 0 and sel.gain_low > 0
         return sel.chosen if margin_rule or sure else dlib
@@ -272,20 +284,20 @@ def bonferroni(choose):
 def only_alpha(alpha: float):
     """The current rule with one candidate, the fine-tuned weights at ``alpha`` (WiSE-FT's usual 0.5)."""
     def choose(folds: list[list[Judged]], val_y: np.ndarray, seed: int) -> Assessment:
-        dlib, candidates = pooled([[j.assessment for j in fold] for fold in folds])
+        dlib, candidates = judged_as(folds)
         return select([c for c in candidates if c.alpha == alpha], dlib, val_y, seed=seed).chosen
     return choose
 
 
 def grown_rule(folds: list[list[Judged]], val_y: np.ndarray, seed: int) -> Assessment:
     """The current rule on the grown gallery (``FinetuneConfig(judge_gallery="grown")``)."""
-    dlib, candidates = pooled([[j.grown for j in fold] for fold in folds])
+    dlib, candidates = judged_as(folds, grown=True)
     return select(candidates, dlib, val_y, seed=seed).chosen
 
 
 def keep_dlib(folds: list[list[Judged]], val_y: np.ndarray, seed: int) -> Assessment:
     """dlib always: the baseline's own figures in the summary."""
-    return pooled([[j.assessment for j in fold] for fold in folds])[0]
+    return judged_as(folds)[0]
 
 
 RULES = {"dlib": keep_dlib, "current": rule(None), "projected": rule(1.0), "projected-half": rule(0.5),
@@ -303,7 +315,7 @@ def replay(args) -> None:
         cells = []
         folds = judge_folds(row, seed)
         val_y = np.concatenate([fold[0]["val_y"] for fold in row.folds])
-        dlib_val, trained = pooled([[j.assessment for j in fold] for fold in folds])
+        dlib_val, trained = judged_as(folds)
         validated = {c.alpha: c.accuracy - dlib_val.accuracy for c in trained}  # on the trained gallery
         for rule in args.rules:
             chosen = RULES[rule](folds, val_y, seed)
@@ -314,8 +326,8 @@ def replay(args) -> None:
                                  *row.test_pairs(chosen.alpha, chosen.point.scale), validated.get(chosen.alpha)))
             cells.append(f"{rule}: α{chosen.alpha:g} {gain * 100:+.1f} [{np.quantile(draws, 0.025) * 100:+.1f}, "
                          f"{np.quantile(draws, 0.975) * 100:+.1f}]")
-        scales = {a.alpha: a.point.scale for a in pooled([[j.assessment for j in fold] for fold in folds])[1]}
-        each = " ".join(f"{a:g}:{(row.test_correct(a, scales[a]).mean() - dlib.mean()) * 100:+.1f}" for a in ALPHAS)
+        each = " ".join(f"{c.alpha:g}:{(row.test_correct(c.alpha, c.point.scale).mean() - dlib.mean()) * 100:+.1f}"
+                        for c in trained)
         print(f"{row.name:<24} dlib {dlib.mean():.3f} (each α: {each}) | "
               + " | ".join(cells), flush=True)
     for rule, t in totals.items():
@@ -345,13 +357,8 @@ def forecast(args) -> None:
         dlib_test = row.test_correct(0.0, 1.0).mean()
         cells = []
         for name in judgements:
-            if name == "grown":
-                judged = [[j.grown for j in fold] for fold in folds]
-            else:
-                damping = None if name == "trained" else float(name.split()[1])
-                judged = [[j.assessment if damping is None else j.projected(damping) for j in fold]
-                          for fold in folds]
-            dlib, candidates = pooled(judged)
+            damping = float(name.split()[1]) if name.startswith("projected") else None
+            dlib, candidates = judged_as(folds, damping=damping, grown=name == "grown")
             for c in candidates:
                 test = row.test_correct(c.alpha, c.point.scale).mean() - dlib_test
                 predicted = c.accuracy - dlib.accuracy
@@ -364,6 +371,7 @@ def forecast(args) -> None:
         e = np.array(e) * 100
         print(f"{name:<16} count {count:<6} {len(e):>3} (row, alpha): bias {e.mean():+.2f} points, "
               f"mean abs. error {np.abs(e).mean():.2f}")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,6 +24,14 @@ def judge(train, train_y, val, val_y, alpha, calibrate=True):
     return assess(train, train_y, val, val_y, alpha=alpha, calibrate=calibrate, target_far=None, seed=0)
 
 
+def pulled_to_means(train, train_y, val, val_y, fraction):
+    """The photos moved ``fraction`` of the way to their person's mean: what a useful fine-tuning does."""
+    people = np.concatenate([train_y, val_y])
+    means = {p: np.concatenate([train, val])[people == p].mean(0) for p in np.unique(train_y)}
+    pulled = lambda x, labels: x + (np.stack([means[p] for p in labels]) - x) * fraction  # noqa: E731
+    return pulled(train, train_y), pulled(val, val_y)
+
+
 def test_a_rescaled_dlib_is_not_a_gain_and_a_noisier_one_is_refused(kpop):
     train, train_y, val, val_y = kpop
     dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
@@ -39,10 +47,8 @@ def test_a_rescaled_dlib_is_not_a_gain_and_a_noisier_one_is_refused(kpop):
 def test_a_candidate_that_names_more_photos_and_separates_better_is_kept(kpop):
     train, train_y, val, val_y = kpop
     dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
-    # pull every photo a third of the way to its person's mean: what a useful fine-tuning does
-    means = {p: np.concatenate([train, val])[np.concatenate([train_y, val_y]) == p].mean(0) for p in np.unique(train_y)}
-    tighter = lambda x, y: x + (np.stack([means[p] for p in y]) - x) / 3  # noqa: E731
-    better = judge(tighter(train, train_y), train_y, tighter(val, val_y), val_y, 1.0)
+    tight_train, tight_val = pulled_to_means(train, train_y, val, val_y, 1 / 3)
+    better = judge(tight_train, train_y, tight_val, val_y, 1.0)
     assert better.mean_margin > dlib.mean_margin and better.accuracy >= dlib.accuracy
     chosen = select([better], dlib, val_y, seed=0)
     assert chosen.chosen is better and chosen.beats_dlib
@@ -64,11 +70,11 @@ def test_kept_on_separation_alone_the_smallest_alpha_that_separates_better_is_ta
     the one closer to dlib is kept (the margin only grows with alpha, and so does what unseen people lose)."""
     train, train_y, val, val_y = kpop
     dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
-    means = {p: np.concatenate([train, val])[np.concatenate([train_y, val_y]) == p].mean(0) for p in np.unique(train_y)}
-    pulled = lambda x, y, f: x + (np.stack([means[p] for p in y]) - x) * f  # noqa: E731
+    near_train, near_val = pulled_to_means(train, train_y, val, val_y, 0.04)
+    far_train, far_val = pulled_to_means(train, train_y, val, val_y, 0.08)
     # uncalibrated (0.6 as is), so that no "unknown" moves the accuracy
-    near = judge(pulled(train, train_y, 0.04), train_y, pulled(val, val_y, 0.04), val_y, 0.5, calibrate=False)
-    far = judge(pulled(train, train_y, 0.08), train_y, pulled(val, val_y, 0.08), val_y, 1.0, calibrate=False)
+    near = judge(near_train, train_y, near_val, val_y, 0.5, calibrate=False)
+    far = judge(far_train, train_y, far_val, val_y, 1.0, calibrate=False)
     assert near.accuracy == far.accuracy == dlib.accuracy  # the premise: accuracy cannot decide
     assert far.mean_margin > near.mean_margin > dlib.mean_margin
     chosen = select([near, far], dlib, val_y, seed=0)
@@ -114,9 +120,8 @@ def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(
 
     train, train_y, val, val_y = kpop
     dlib = judge(train, train_y, val, val_y, 0.0, calibrate=False)
-    means = {p: np.concatenate([train, val])[np.concatenate([train_y, val_y]) == p].mean(0) for p in np.unique(train_y)}
-    tighter = lambda x, y: x + (np.stack([means[p] for p in y]) - x) / 3  # noqa: E731
-    better = judge(tighter(train, train_y), train_y, tighter(val, val_y), val_y, 1.0)
+    tight_train, tight_val = pulled_to_means(train, train_y, val, val_y, 1 / 3)
+    better = judge(tight_train, train_y, tight_val, val_y, 1.0)
 
     def text(selection):
         result = FinetuneResult(tmp_path / "mymodel", [], {}, {}, {}, selection, {}, 1, 1.0)
