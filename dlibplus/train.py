@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -133,6 +134,7 @@ class Run:
     use_amp: bool
     amp_dtype: torch.dtype
     teacher: nn.Module | None = None  # dlib's network, frozen, for ``config.distill``
+    averaged: list[torch.Tensor] = field(default_factory=list)  # ``config.ema``'s average of ``network``
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -216,8 +218,9 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    averaged = [p.detach().clone() for p in network] if config.ema > 0 else []
     return Run(config, device, dist_info, backbone, head, trainee, model, optimizer, scheduler, scaler, sampler,
-               network, anchors, frozen, base_state, use_amp, amp_dtype, teacher)
+               network, anchors, frozen, base_state, use_amp, amp_dtype, teacher, averaged)
 
 
 # --- the epochs -----------------------------------------------------------------------------------------
@@ -310,6 +313,9 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar, epochs: int | Non
             pull = min(1.0, run.scheduler.get_last_lr()[0] * config.anchor)
             with torch.no_grad():
                 torch._foreach_lerp_([p for p, _ in run.anchors], [p0 for _, p0 in run.anchors], pull)
+        if run.averaged and network_trains:
+            with torch.no_grad():
+                torch._foreach_lerp_(run.averaged, [p.detach() for p in run.network], 1.0 - config.ema)
         run.scheduler.step()
         run.head.step()
         seen += len(idx)
@@ -350,7 +356,8 @@ class TrainState:
                  "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
                  "best_backbone": self.best_backbone, "epoch": self.epoch, "best_epoch": self.best_epoch,
                  "since_best": self.since_best, "history": json.dumps(self.history),
-                 "best_metrics": json.dumps(self.best_metrics), "config": _config_json(run.config)}
+                 "best_metrics": json.dumps(self.best_metrics), "config": _config_json(run.config),
+                 "averaged": run.averaged}
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
 
@@ -372,12 +379,31 @@ class TrainState:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
         run.scaler.load_state_dict(ckpt["scaler"])
+        if run.averaged:
+            torch._foreach_copy_(run.averaged, ckpt["averaged"])
         return cls(ckpt["epoch"], ckpt["best_epoch"], ckpt["since_best"], json.loads(ckpt["history"]),
                    json.loads(ckpt["best_metrics"]), ckpt["best_backbone"])
 
 
 def _config_json(config: FinetuneConfig) -> dict:
     return json.loads(json.dumps(config.to_dict()))
+
+
+@contextmanager
+def averaged_weights(run: Run):
+    """The network holds ``config.ema``'s moving average of its weights inside the block (nothing changes
+    without ``ema``); the trained weights come back after it."""
+    if not run.averaged:
+        yield
+        return
+    with torch.no_grad():
+        trained = [p.detach().clone() for p in run.network]
+        torch._foreach_copy_([p.data for p in run.network], run.averaged)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in run.network], trained)
 
 
 def validate(run: Run, train: ChipSet, val: ChipSet) -> dict[str, Any]:
@@ -407,19 +433,20 @@ def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkp
     epoch = state.epoch + 1
     try:
         for epoch in range(state.epoch + 1, last):
-            row = {"epoch": epoch + 1, **train_one_epoch(run, train, epoch, bar, last),
-                   **(validate(run, train, val) if val is not None else {})}
-            state.history.append(row)
-            state.epoch = epoch
-            if not run.network_trains(epoch):  # LP-FT's head-only epochs: the network is still dlib's
-                pass
-            elif val is None or state.best_score is None or _score(row) > state.best_score:
-                state.best_epoch, state.since_best = epoch, 0
-                state.best_backbone = copy.deepcopy(run.backbone.state_dict())
-                state.best_metrics = {k: v for k, v in row.items() if k not in ("epoch", "loss", "train_acc",
-                                                                                  "lr", "seconds")}
-            else:
-                state.since_best += 1
+            row = {"epoch": epoch + 1, **train_one_epoch(run, train, epoch, bar, last)}
+            with averaged_weights(run):  # with --ema, the average is what is validated and kept
+                row.update(validate(run, train, val) if val is not None else {})
+                state.history.append(row)
+                state.epoch = epoch
+                if not run.network_trains(epoch):  # LP-FT's head-only epochs: the network is still dlib's
+                    pass
+                elif val is None or state.best_score is None or _score(row) > state.best_score:
+                    state.best_epoch, state.since_best = epoch, 0
+                    state.best_backbone = copy.deepcopy(run.backbone.state_dict())
+                    state.best_metrics = {k: v for k, v in row.items() if k not in ("epoch", "loss", "train_acc",
+                                                                                      "lr", "seconds")}
+                else:
+                    state.since_best += 1
             if run.dist.main and checkpoint is not None:
                 state.save(checkpoint, run)
             if config.patience and state.since_best >= config.patience:

@@ -94,6 +94,7 @@ class FinetuneConfig:
     keep: str = "auto"
     regime: str = "anchor"
     judge_gallery: str = "trained"
+    ema: float = 0.0  # decay per step of a moving average of the network's weights (0: off; BENCHMARKS.md)
 
     def __post_init__(self):
         if self.regime not in REGIME_CHOICES:
@@ -122,6 +123,8 @@ class FinetuneConfig:
             raise ValueError(f"target_far must be in (0, 1), not {self.target_far}")
         if self.distill_share is not None and not 0 < self.distill_share <= 1:
             raise ValueError(f"distill_share must be in (0, 1], not {self.distill_share}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), not {self.ema}")
         if self.folds < 0:
             raise ValueError(f"folds must be >= 0 (0: auto), not {self.folds}")
         if not 0 < self.val_fraction < 1:

@@ -298,3 +298,36 @@ def test_distillation_loss_is_dlibs_distance_and_keeps_the_network_near_dlib(chi
         dlib = run.teacher(faces)
         drift = {w: float(((r.backbone(faces) - dlib) ** 2).sum(1).mean()) for w, r in runs.items()}
     assert drift[20.0] < drift[0.0]
+
+
+def test_ema_averages_the_network_and_is_what_validation_keeps(chips, tmp_path):
+    """config.ema: after each step the average moves 1 - ema of the way to the trained weights (one step:
+    exactly the lerp between dlib's and the trained weights); validation and the kept backbone see the
+    average, the optimiser keeps training the real weights, and a checkpoint carries the average."""
+    from dlibplus.train import averaged_weights, fit, validate
+
+    config = FinetuneConfig(epochs=2, ema=0.75, freeze=5, augment=False, people_per_batch=3, images_per_person=6,
+                            warmup_epochs=0, lr=1e-3, anchor=0, device="cpu", regime="anchor")
+    run = build(chips, config, torch.device("cpu"), _dist())
+    assert len(run.sampler) == 1  # 3 people x 6 photos: one step an epoch
+    start = [p.detach().clone() for p in run.network]
+    train_one_epoch(run, chips, 0, _Bar())
+    trained = [p.detach().clone() for p in run.network]
+    assert all(torch.equal(a, torch.lerp(p0, p1, 0.25)) for a, p0, p1 in zip(run.averaged, start, trained))
+    assert any(not torch.equal(a, p) for a, p in zip(run.averaged, trained))
+    with averaged_weights(run):
+        assert all(torch.equal(p, a) for p, a in zip(run.network, run.averaged))
+    assert all(torch.equal(p, t) for p, t in zip(run.network, trained))  # the real weights come back
+
+    fresh = build(chips, config, torch.device("cpu"), _dist())
+    state = fit(fresh, chips, chips, TrainState(), tmp_path / "ckpt.pt", progress=False, say=lambda m: None)
+    with averaged_weights(fresh):
+        assert validate(fresh, chips, chips).items() <= state.history[-1].items()  # validated: the average
+    resumed = build(chips, config, torch.device("cpu"), _dist())
+    TrainState.load(tmp_path / "ckpt.pt", resumed)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.averaged, fresh.averaged))
+    last = fit(fresh, chips, None, TrainState(epoch=0), None, progress=False, say=lambda m: None)  # keeps its last
+    kept = [last.best_backbone[name] for name, p in fresh.backbone.named_parameters() if p.requires_grad]
+    assert all(torch.equal(k, a) for k, a in zip(kept, fresh.averaged))
+    with pytest.raises(ValueError, match="ema"):
+        FinetuneConfig(ema=1.0)
