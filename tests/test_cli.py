@@ -64,6 +64,22 @@ def test_train_knn_skips_and_reports_bad_input(people_dir, tmp_path):
     assert rep["people"]["Abdullah_Gul"]["used"] == 4  # the RGBA png counts
     assert "Nobody has no usable image" in res.output
     assert (model / "knn.json").is_file()
+    assert "tip: your median person has 3 photos" in res.output and "--jitters 10" in res.output  # 3, 2 and 4
+
+
+def test_train_knn_with_jitters_records_them_and_gives_no_tip(people_dir, tmp_path):
+    """--jitters N is stored with the model (predict applies it) and silences the jitter tip; the model's faces are
+    the mean of N jittered copies (dlib's own jitter), so they differ from the plain ones."""
+    from dlibplus.knn import FaceKNN
+
+    res = run("train-knn", people_dir, "-o", tmp_path / "j", "--jitters", 2, "-j", 1)
+    assert res.exit_code == 0, res.output
+    assert "tip:" not in res.output
+    assert run("train-knn", people_dir, "-o", tmp_path / "p", "-j", 1).exit_code == 0
+    jittered, plain = FaceKNN.load(tmp_path / "j"), FaceKNN.load(tmp_path / "p")
+    assert jittered.recipe.num_jitters == 2 and plain.recipe.num_jitters == 1
+    assert jittered.encodings_.shape == plain.encodings_.shape
+    assert 0 < np.abs(jittered.encodings_ - plain.encodings_).max() < 0.2
 
 
 def test_predict_csv_json_unknown_and_annotate(people_dir, tmp_path, faces_dir):
