@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_suite import SETS, general_lfw, load_set, split, user_path
+from bench_suite import SETS, add_split_options, general_lfw, load_set, suite_splits, user_path
 from dlibplus import metrics
 from dlibplus.encoders import TorchEncoder, with_jitter
 from dlibplus.selection import bootstrap_gain
@@ -35,10 +35,7 @@ LFW = ("lfw_10fold", "lfw_different_at_0.6", "lfw_same_rejected_at_0.6")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    ap.add_argument("--counts", nargs="+", default=["2", "4", "all"], help="training photos per person")
-    ap.add_argument("--max-per-person", type=int, default=10, help="'all' means at most this many")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_split_options(ap)
     ap.add_argument("--jitters", type=int, default=10)
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
@@ -56,22 +53,17 @@ def main() -> None:
             lfw_cache[exclude] = {"plain": lfw_stats(plain, lfw), "jitter": lfw_stats(jittered, lfw)}
         lfw_acc = lfw_cache[exclude]
         print(f"{name}: encoded in {time.time() - t0:.0f} s", flush=True)
-        for count in args.counts:
-            per_person = args.max_per_person if count == "all" else int(count)
-            for seed in args.seeds:
-                sp = split(data, per_person, seed)
-                if np.bincount(data.labels[sp.train]).min() < 2:
-                    continue
-                got = {k: user_path(e[sp.train], names[sp.train], e[sp.test], names[sp.test]) for k, e in emb.items()}
-                gallery = user_path(emb["jitter"][sp.train], names[sp.train], emb["plain"][sp.test], names[sp.test])
-                draws = bootstrap_gain(got["jitter"].pop("correct"), got["plain"].pop("correct"), names[sp.test],
-                                       seed=seed)
-                row = {"set": name, "count": count, "seed": seed, "n_train": len(sp.train),
-                       "gain_ci": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))],
-                       **{k: {c: got[k][c] for c in COLUMNS} | lfw_acc[k] for k in emb},
-                       "gallery": {c: gallery[c] for c in ("knn_accuracy", "1nn_accuracy")}}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        for count, seed, sp in suite_splits(name, data, args):
+            got = {k: user_path(e[sp.train], names[sp.train], e[sp.test], names[sp.test]) for k, e in emb.items()}
+            gallery = user_path(emb["jitter"][sp.train], names[sp.train], emb["plain"][sp.test], names[sp.test])
+            draws = bootstrap_gain(got["jitter"].pop("correct"), got["plain"].pop("correct"), names[sp.test],
+                                   seed=seed)
+            row = {"set": name, "count": count, "seed": seed, "n_train": len(sp.train),
+                   "gain_ci": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))],
+                   **{k: {c: got[k][c] for c in COLUMNS} | lfw_acc[k] for k in emb},
+                   "gallery": {c: gallery[c] for c in ("knn_accuracy", "1nn_accuracy")}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     print_table(rows, args.jitters)

@@ -174,12 +174,30 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
             "knn_gain_ci": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))], **rows}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_split_options(ap: argparse.ArgumentParser) -> None:
+    """The options that pick the suite's splits: ``--sets``, ``--counts``, ``--max-per-person``, ``--seeds``."""
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--counts", nargs="+", default=["2", "4", "all"], help="training photos per person")
     ap.add_argument("--max-per-person", type=int, default=10, help="'all' means at most this many")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+
+
+def suite_splits(name: str, data: ChipSet, args: argparse.Namespace):
+    """``(count, seed, split)`` of each split ``args`` asks for on the set ``name``; a split in which someone has
+    fewer than 2 training photos is skipped, and said."""
+    for count in args.counts:
+        per_person = args.max_per_person if count == "all" else int(count)
+        for seed in args.seeds:
+            sp = split(data, per_person, seed)
+            if np.bincount(data.labels[sp.train]).min() < 2:
+                print(f"skip {name} at {count}: a person has fewer than 2 training photos", file=sys.stderr)
+                continue
+            yield count, seed, sp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_split_options(ap)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "dlibplus-suite")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FinetuneConfig fields")
     args = ap.parse_args()
@@ -194,18 +212,12 @@ def main() -> None:
     for name in args.sets:
         data = load_set(name, progress=True)
         lfw = general_lfw(set(data.classes) if SETS[name][0] == "lfw_dev" else set())
-        for count in args.counts:
-            per_person = args.max_per_person if count == "all" else int(count)
-            for seed in args.seeds:
-                sp = split(data, per_person, seed)
-                if np.bincount(data.labels[sp.train]).min() < 2:
-                    print(f"skip {name} at {count}: a person has fewer than 2 training photos", file=sys.stderr)
-                    continue
-                row = run_one(name, sp, seed, FinetuneConfig(seed=seed, device="cpu", **extra), dlib, lfw, args.out)
-                row["count"] = count
-                results.append(row)
-                print(json.dumps(row), flush=True)
-                (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        for count, seed, sp in suite_splits(name, data, args):
+            row = run_one(name, sp, seed, FinetuneConfig(seed=seed, device="cpu", **extra), dlib, lfw, args.out)
+            row["count"] = count
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print_table(results)
 
 
