@@ -8,8 +8,9 @@ import click
 from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, face_settings, ray_option,
                       user_errors)
 
-# at or below this many photos for the median person, train-knn on dlib's network without jitter suggests --jitters 10: on the
-# labelled sets it named 2.2 points more faces at 2 photos a person, 1.1 at 4 and 0.4 at up to 10 (BENCHMARKS.md)
+# at or below this many photos for the median person, train-knn on dlib's network without jitter suggests
+# --jitters 10: on the labelled sets it named 2.2 points more faces at 2 photos a person, 1.1 at 4 and 0.4 at up
+# to 10 (BENCHMARKS.md)
 JITTER_TIP_PHOTOS = 4
 
 
@@ -37,7 +38,7 @@ JITTER_TIP_PHOTOS = 4
               help="Distance beyond which a face is 'unknown' (stored in the model).")
 @click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
               help="Jittered copies averaged per face, here and in predict (1 = none; N is N times slower; 10 named "
-                   "more faces on every labelled set with few photos a person, see README).")
+                   "more faces on the labelled sets with few photos a person, see README).")
 @click.option("--encoder", default="dlib", show_default=True, help=ENCODER_HELP)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Write what was used and skipped, per person, as JSON.")
