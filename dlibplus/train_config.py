@@ -58,6 +58,9 @@ class FinetuneConfig:
     and ``triplet_margin`` left ``None`` take the regime's values, at once for a named regime, in
     :func:`dlibplus.finetune.finetune` for ``auto`` (:meth:`with_regime`). ``judge_gallery``: see
     :data:`JUDGE_GALLERIES`; "grown" is a measured experiment (BENCHMARKS.md), not a command-line option.
+    ``ema``: after every step a moving average of the trained network weights moves ``1 - ema`` of the way to
+    them (0: off); validation, the kept epoch and everything after it use the average (Polyak averaging; an
+    experiment measured on kpop only, BENCHMARKS.md, not a command-line option).
     """
 
     head: str = "arcface"
