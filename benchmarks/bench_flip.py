@@ -38,10 +38,10 @@ def main() -> None:
     results = {}
     for name, enc in encoders.items():
         if args.jitters > 1:  # what train-knn --jitters N does: the folder's own calibration, jittered
-            flipped = with_jitter(enc, args.jitters)
+            augmented = with_jitter(enc, args.jitters)
         else:
-            flipped = load_encoder(f"{models[name]}+flip", device="cpu") if name in models else FlipEncoder(enc)
-        for flip, e in (("no", enc), ("yes", flipped)):
+            augmented = load_encoder(f"{models[name]}+flip", device="cpu") if name in models else FlipEncoder(enc)
+        for flip, e in (("no", enc), ("yes", augmented)):
             k, l = closed_set(e, kpop, train_idx, test_idx), lfw_verification(e, lfw, args.lfw_people)
             results[f"{name} flip={flip}"] = {"kpop": k, "lfw": l}
             print(f"| {name} | {flip} | {k['knn_accuracy']:.3f} | {k['1nn_accuracy']:.3f} | {k['tar@0.001']:.3f} | "
