@@ -15,10 +15,14 @@ person's photos are the test photos, the training photos are drawn from the othe
   accuracy over people never trained on;
 - the test pairs' equal-error rate (EER) of each network, and whether at 0.6 both the share of same-person
   pairs rejected and of different-person pairs let through are within that EER + 1 point;
-- the difference in train-knn accuracy with a 95 % bootstrap interval over people, and the wall time.
+- the difference in train-knn accuracy with a 95 % bootstrap interval over people, and the wall time;
+- with ``--jitters N``, also both networks with dlib's jitter on every photo (``train-knn --jitters N``; the
+  fine-tuned output with its own calibration): what a user would try instead of fine-tuning, and on top of it
+  (no lfw figure for the jittered networks: it would cost 10 lfw encodings per split).
 
     python benchmarks/bench_suite.py --out /tmp/suite                    # every set, counts 2 4 all, seed 0
     python benchmarks/bench_suite.py --sets kpop_idols15 --seeds 0 1 2   # one set, three seeds
+    python benchmarks/bench_suite.py --counts 2 4 --jitters 10          # also each network jittered
 
 Writes ``results.json`` and prints a markdown table. On 2 CPU cores one seed over every set takes about
 half an hour (most of it fine-tuning).
@@ -38,7 +42,7 @@ import numpy as np
 
 from benchlib import faces_root
 from dlibplus import metrics
-from dlibplus.encoders import TorchEncoder
+from dlibplus.encoders import TorchEncoder, with_jitter
 from dlibplus.faces import FaceSettings
 from dlibplus.finetune_data import ChipSet, FinetuneData, drop_small_classes, load_chipset
 from dlibplus.knn import FaceKNN
@@ -149,7 +153,10 @@ def general_lfw(exclude: set[str]) -> ChipSet:
     return drop_small_classes(lfw.subset(rows), 2)[0]
 
 
-def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, workdir: Path) -> dict:
+def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, workdir: Path,
+            jitters: int = 1, dlib_jittered: np.ndarray | None = None) -> dict:
+    """One split: dlib against the default finetune, and with ``jitters`` > 1 both jittered too
+    (``dlib_jittered``: dlib's jittered descriptors of ``sp.data``'s chips, computed once per set)."""
     data = sp.data
     names = np.array(data.classes)[data.labels]
     train_set = data.subset(sp.train)
@@ -163,18 +170,30 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
     result = finetune(fdata, out, config, progress=False, overwrite=True, echo=lambda m: None)
     wall = time.time() - t0
     tuned = TorchEncoder.from_dat(out / "model.dat", device="cpu")
-    rows = {}
+    rows, correct = {}, {}
     for label, enc in (("dlib", dlib), ("finetuned", tuned)):
         emb = enc.encode(data.chips)
         rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
         rows[label]["lfw_10fold"] = lfw_general(enc, lfw)
-    draws = bootstrap_gain(rows["finetuned"].pop("correct"), rows["dlib"].pop("correct"), names[sp.test], seed=seed)
+        correct[label] = rows[label].pop("correct")
+    if jitters > 1:
+        tuned_jittered = with_jitter(tuned, jitters).encode(data.chips)
+        for label, emb in (("dlib_jitter", dlib_jittered), ("finetuned_jitter", tuned_jittered)):
+            rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
+            correct[label] = rows[label].pop("correct")
+    gains = {}
+    for new, old in (("finetuned", "dlib"), ("dlib_jitter", "dlib"), ("finetuned_jitter", "dlib_jitter"),
+                     ("finetuned", "dlib_jitter")):
+        if new in correct and old in correct:
+            draws = bootstrap_gain(correct[new], correct[old], names[sp.test], seed=seed)
+            gains[f"{new} - {old}"] = [rows[new]["knn_accuracy"] - rows[old]["knn_accuracy"],
+                                       float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))]
     regime = json.loads((out / "metadata.json").read_text()).get("regime", {})
     return {"set": name, "seed": seed, "n_people": len(data.classes), "n_train": len(sp.train),
             "n_test": len(sp.test), "regime": regime, "kept": result.selection.chosen.name,
             "beats_dlib": result.selection.beats_dlib,
-            "wall_seconds": wall, "knn_gain": rows["finetuned"]["knn_accuracy"] - rows["dlib"]["knn_accuracy"],
-            "knn_gain_ci": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))], **rows}
+            "wall_seconds": wall, "knn_gain": gains["finetuned - dlib"][0], "knn_gain_ci": gains["finetuned - dlib"][1:],
+            "gains": gains, **rows}
 
 
 def add_split_options(ap: argparse.ArgumentParser) -> None:
@@ -203,6 +222,7 @@ def main() -> None:
     add_split_options(ap)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "dlibplus-suite")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FinetuneConfig fields")
+    ap.add_argument("--jitters", type=int, default=1, help="also measure both networks with dlib's jitter (N copies)")
     args = ap.parse_args()
     extra = {}
     for kv in args.set:
@@ -215,13 +235,17 @@ def main() -> None:
     for name in args.sets:
         data = load_set(name, progress=True)
         lfw = general_lfw(set(data.classes) if SETS[name][0] == "lfw_dev" else set())
+        dlib_jittered = with_jitter(dlib, args.jitters).encode(data.chips) if args.jitters > 1 else None
         for count, seed, sp in suite_splits(name, data, args):
-            row = run_one(name, sp, seed, FinetuneConfig(seed=seed, device="cpu", **extra), dlib, lfw, args.out)
+            row = run_one(name, sp, seed, FinetuneConfig(seed=seed, device="cpu", **extra), dlib, lfw, args.out,
+                          args.jitters, dlib_jittered)
             row["count"] = count
             results.append(row)
             print(json.dumps(row), flush=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print_table(results)
+    if args.jitters > 1:
+        print_jitter_table(results)
 
 
 def _f(v, digits: int = 3) -> str:
@@ -252,6 +276,21 @@ def print_table(results: list[dict]) -> None:
               f"{1 - f['same_at_0.6']:.3f} | {d['eer']:.3f} → {f['eer']:.3f} | {_yes(d)} → {_yes(f)} | "
               f"{d['lfw_10fold']:.4f} → "
               f"{f['lfw_10fold']:.4f} | {r['wall_seconds']:.0f} |")
+
+
+def print_jitter_table(results: list[dict]) -> None:
+    """train-knn + predict accuracy of dlib and the fine-tuned output, plain and jittered, with the gains that
+    say whether fine-tuning still adds anything once the user jitters."""
+    print("\n| set | photos/person | seed | kept | dlib → jittered | fine-tuned → jittered | "
+          "ft − dlib (95 % CI) | ft jittered − dlib jittered (95 % CI) | ft − dlib jittered (95 % CI) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        g = r["gains"]
+        cell = " | ".join(f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in
+                          (g["finetuned - dlib"], g["finetuned_jitter - dlib_jitter"], g["finetuned - dlib_jitter"]))
+        print(f"| {r['set']} | {r['count']} ({r['n_train']}) | {r['seed']} | {r['kept']} | "
+              f"{r['dlib']['knn_accuracy']:.3f} → {r['dlib_jitter']['knn_accuracy']:.3f} | "
+              f"{r['finetuned']['knn_accuracy']:.3f} → {r['finetuned_jitter']['knn_accuracy']:.3f} | {cell} |")
 
 
 if __name__ == "__main__":
