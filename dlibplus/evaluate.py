@@ -38,7 +38,7 @@ from .errors import DataFolderError
 from .knn import FaceKNN
 from .evaluation_results import Comparison, EncoderEvaluation, EvaluationResult, TrainingOverlap
 from .pairs_file import PairList, read_pairs_resolved
-from .encoders import resolve_encoder
+from .encoders import resolve_encoder, with_jitter
 from .people import load_people
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,25 @@ def unique_names(specs: Sequence[str]) -> list[str]:
     return names
 
 
+def jittered_name(name: str, num_jitters: int) -> str:
+    """Display name of an encoder measured with dlib's jitter: ``'dlib jitter10'``."""
+    return f"{name} jitter{num_jitters}"
+
+
+def evaluated_encoders(specs: Sequence[str], jitters: int = 1) -> tuple[list[str], list[int], list[str]]:
+    """``(specs, num_jitters, names)`` of what evaluate measures: each spec plain and, with ``jitters`` > 1,
+    also with dlib's jitter of ``jitters`` copies right after it (``train-knn --jitters`` on that encoder)."""
+    if jitters < 1:
+        raise ValueError(f"jitters must be >= 1, not {jitters}")
+    out_specs, out_jitters, out_names = [], [], []
+    for spec, name in zip(specs, unique_names(specs)):
+        for j in ((1, jitters) if jitters > 1 else (1,)):
+            out_specs.append(spec)
+            out_jitters.append(j)
+            out_names.append(name if j == 1 else jittered_name(name, j))
+    return out_specs, out_jitters, out_names
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Loading: the same usable images for every encoder
 
@@ -94,10 +113,13 @@ class _Encoded:
         return _Encoded(self.paths[idx], self.labels[idx], {k: v[idx] for k, v in self.encodings.items()})
 
 
-def _load_common(folder: Path, specs: Sequence[str], names: Sequence[str], settings: FaceSettings,
-                 jobs: int | None, progress: bool) -> tuple[_Encoded, list[str], dict[str, Any]]:
-    """Encode ``folder`` with every encoder; keep the images usable by all, in scan order."""
-    sets = [load_people(folder, settings=settings, encoder=spec, jobs=jobs, progress=progress) for spec in specs]
+def _load_common(folder: Path, specs: Sequence[str], jitters: Sequence[int], names: Sequence[str],
+                 settings: FaceSettings, jobs: int | None, progress: bool
+                 ) -> tuple[_Encoded, list[str], dict[str, Any]]:
+    """Encode ``folder`` with every encoder (``jitters``: its number of jittered copies, 1 for none); keep the
+    images usable by all, in scan order."""
+    sets = [load_people(folder, settings=settings, encoder=spec, num_jitters=j, jobs=jobs, progress=progress)
+            for spec, j in zip(specs, jitters)]
     path_sets = [set(s.paths.tolist()) for s in sets]
     common = set.intersection(*path_sets)
     dropped = sorted(set.union(*path_sets) - common)
@@ -140,8 +162,8 @@ class _Split:
     notes: list[str]
 
 
-def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[str], names: Sequence[str],
-           settings: FaceSettings, test_fraction: float, holdout_people: int, seed: int, jobs: int | None,
+def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[str], jitters: Sequence[int],
+           names: Sequence[str], settings: FaceSettings, test_fraction: float, holdout_people: int, seed: int, jobs: int | None,
            progress: bool) -> _Split:
     """Encode, split into gallery and probes (or take ``test_folder``'s), hold people out of the gallery."""
     notes: list[str] = []
@@ -149,14 +171,15 @@ def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[
         raise DataFolderError(f"--test-folder {test_folder} is the people folder itself: every probe would also be "
                               "in the gallery; give a separate folder of test photos, or leave --test-folder out "
                               "to split the folder")
-    main_set, dropped, main_report = _load_common(folder, specs, names, settings, jobs, progress)
+    main_set, dropped, main_report = _load_common(folder, specs, jitters, names, settings, jobs, progress)
     image_reports = {"folder": main_report}
     if test_folder is None:
         g_idx, p_idx = split_per_person(main_set.labels, test_fraction, seed)
         gallery, probes = main_set.subset(g_idx), main_set.subset(p_idx)
     else:
         gallery = main_set
-        probes, dropped_t, test_report = _load_common(Path(test_folder), specs, names, settings, jobs, progress)
+        probes, dropped_t, test_report = _load_common(Path(test_folder), specs, jitters, names, settings, jobs,
+                                                      progress)
         dropped += dropped_t
         image_reports["test_folder"] = test_report
     if dropped:
@@ -179,8 +202,8 @@ def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[
 # Per encoder
 
 
-def _evaluate_encoder(name: str, spec: str, gallery: _Encoded, probes: _Encoded, known: np.ndarray,
-                      n_neighbors: int | str, seed: int, threshold: float) -> EncoderEvaluation:
+def _evaluate_encoder(name: str, spec: str, num_jitters: int, gallery: _Encoded, probes: _Encoded,
+                      known: np.ndarray, n_neighbors: int | str, seed: int, threshold: float) -> EncoderEvaluation:
     """Every number of one encoder on the split: ``known`` (p,) bool marks the probes of gallery people."""
     g_enc, g_lab = gallery.encodings[name], gallery.labels
     p_enc, p_lab = probes.encodings[name], probes.labels
@@ -192,7 +215,7 @@ def _evaluate_encoder(name: str, spec: str, gallery: _Encoded, probes: _Encoded,
     nn1_pred, nn1_dist = nearest[known], nearest_dist[known]
     classes = knn.classes_
     ev = EncoderEvaluation(
-        name=name, spec=spec, threshold=threshold, k=int(knn.k_), loo_accuracy=dict(knn.loo_scores_),
+        name=name, spec=spec, num_jitters=num_jitters, threshold=threshold, k=int(knn.k_), loo_accuracy=dict(knn.loo_scores_),
         knn_accuracy=metrics.identification_accuracy(true, knn_pred),
         nn1_accuracy=metrics.identification_accuracy(true, nn1_pred),
         identification=metrics.identification_report(true, knn_pred, classes),
@@ -240,8 +263,8 @@ def _duplicate_notes(base: EncoderEvaluation) -> list[str]:
 # Pairs file
 
 
-def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], names: Sequence[str],
-                    settings: FaceSettings, jobs: int | None, progress: bool
+def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], jitters: Sequence[int],
+                    names: Sequence[str], settings: FaceSettings, jobs: int | None, progress: bool
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, Any], list[str]]:
     """Distances of the usable pairs for each encoder: ``(name -> (m,), same (m,), fold ids or None, summary,
     notes)``. An image with several faces gives its largest face; a pair with an image without a usable face
@@ -251,8 +274,8 @@ def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], nam
     reasons: dict[str, str] = {}
     several: set[str] = set()
     per_encoder: dict[str, np.ndarray] = {}
-    for spec, name in zip(specs, names):
-        enc, _ = resolve_encoder(spec)
+    for spec, j, name in zip(specs, jitters, names):
+        enc = with_jitter(resolve_encoder(spec)[0], j)
         results = process_images(unique, settings, encoder=enc, jobs=jobs, progress=progress, desc="pairs")
         rows = np.zeros((len(unique), 128))
         for i, r in enumerate(results):
@@ -288,13 +311,13 @@ def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], nam
     return distances, same, folds, summary, notes
 
 
-def _score_pairs_file(pairs: PairList, pairs_file: Path, specs: Sequence[str], names: Sequence[str],
-                      settings: FaceSettings, jobs: int | None, progress: bool, evaluations: list[EncoderEvaluation],
+def _score_pairs_file(pairs: PairList, pairs_file: Path, specs: Sequence[str], jitters: Sequence[int],
+                      names: Sequence[str], settings: FaceSettings, jobs: int | None, progress: bool, evaluations: list[EncoderEvaluation],
                       seed: int) -> tuple[dict[str, Any], list[str]]:
     """Set each evaluation's ``pairs`` report (the 10-fold protocol over the pairs file's ``pairs``); returns
     the file's summary and notes."""
-    distances, same, folds, summary, notes = _pair_distances(pairs, pairs_file, specs, names, settings, jobs,
-                                                             progress)
+    distances, same, folds, summary, notes = _pair_distances(pairs, pairs_file, specs, jitters, names, settings,
+                                                             jobs, progress)
     for ev in evaluations:
         if same.all() or not same.any():
             ev.pairs = None
@@ -413,7 +436,8 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
                     settings: FaceSettings | None = None, test_fraction: float = 0.5,
                     test_folder: os.PathLike | str | None = None, holdout_people: int = 0,
                     pairs_file: os.PathLike | str | None = None, seed: int = 0, n_neighbors: int | str = "auto",
-                    jobs: int | None = None, progress: bool = True, n_boot: int = 1000) -> EvaluationResult:
+                    jobs: int | None = None, progress: bool = True, n_boot: int = 1000,
+                    jitters: int = 1) -> EvaluationResult:
     """Evaluate one or more encoders on a people folder ``FOLDER/<person>/<image>``.
 
     :param encoders: ``'dlib'``, ``'torch'``, ``.dat`` files or ``dlibplus finetune`` folders; the first is
@@ -427,6 +451,8 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
         folder, or ``folder``); its images are encoded too and scored with the 10-fold protocol.
     :param n_neighbors: the KNN's k (``'auto'``, ``'sqrt'`` or an int), as ``train-knn``.
     :param n_boot: bootstrap replicates of the comparison confidence intervals (95 %).
+    :param jitters: above 1, each encoder is also measured with dlib's jitter (each face the mean of
+        ``jitters`` jittered copies, as ``train-knn --jitters`` gives), as ``"NAME jitterN"`` right after it.
     :raises DataFolderError: a folder is unusable, there are no probes, or too many people are held out.
     """
     specs = [os.fspath(e) for e in encoders]
@@ -435,25 +461,26 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, not {n_boot}")
     settings = settings or FaceSettings()
-    names = unique_names(specs)
+    specs, num_jitters, names = evaluated_encoders(specs, jitters)
     folder = Path(folder)
     pairs = read_pairs_resolved(pairs_file, folder) if pairs_file is not None else None  # a bad file fails first
-    split = _split(folder, test_folder, specs, names, settings, test_fraction, holdout_people, seed, jobs, progress)
+    split = _split(folder, test_folder, specs, num_jitters, names, settings, test_fraction, holdout_people, seed,
+                   jobs, progress)
     gallery, probes, known = split.gallery, split.probes, split.known
     notes = list(split.notes)
 
     log.info("%s: gallery %d images, probes %d known + %d unknown", folder, len(gallery.labels), int(known.sum()),
              int((~known).sum()))
-    evaluations = [_evaluate_encoder(n, s, gallery, probes, known, n_neighbors, seed, THRESHOLD)
-                   for n, s in zip(names, specs)]
+    evaluations = [_evaluate_encoder(n, s, j, gallery, probes, known, n_neighbors, seed, THRESHOLD)
+                   for n, s, j in zip(names, specs, num_jitters)]
     notes += _measurability_notes(evaluations[0]) + _duplicate_notes(evaluations[0])
     comparisons, cmp_notes = _compare(evaluations, probes, known, n_boot, seed)
     notes += cmp_notes
 
     pairs_summary = None
     if pairs_file is not None:
-        pairs_summary, pair_notes = _score_pairs_file(pairs, Path(pairs_file), specs, names, settings, jobs,
-                                                      progress, evaluations, seed)
+        pairs_summary, pair_notes = _score_pairs_file(pairs, Path(pairs_file), specs, num_jitters, names, settings,
+                                                      jobs, progress, evaluations, seed)
         notes += pair_notes
     evaluated = [*gallery.paths.tolist(), *probes.paths.tolist()]
     if pairs is not None:

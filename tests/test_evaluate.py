@@ -375,3 +375,27 @@ def test_bad_pairs_file_fails_before_any_encoding(tmp_path):
         res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "no_such_folder"), "--report",
                                         str(tmp_path / "r"), "--pairs", str(pairs)], catch_exceptions=False)
         assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output, res.output
+
+
+def test_jitters_adds_each_encoder_jittered_as_train_knn_would_encode(kpop8, tmp_path):
+    """``jitters=3``: every encoder is measured plain and right after it jittered, on the same split, each
+    jittered one compared with the baseline; its numbers are train-knn's on ``load_people(num_jitters=3)``."""
+    result = evaluate_folder(kpop8, ["torch"], settings=WHOLE, jobs=2, progress=False, n_boot=N_BOOT, jitters=3)
+    assert result.names == ["torch", "torch jitter3"]
+    assert [e.num_jitters for e in result.encoders] == [1, 3]
+    jittered = load_people(kpop8, settings=WHOLE, encoder="torch", num_jitters=3, jobs=2, progress=False)
+    X, y = jittered.encodings, jittered.labels
+    gallery, probes = split_per_person(y, 0.5, 0)
+    assert list(result.probe_paths) == list(jittered.paths[probes])
+    _, _, predicted = FaceKNN().fit(X[gallery], y[gallery]).predict_with_distance(X[probes])
+    ev = result.encoders[1]
+    assert ev.knn_pred.tolist() == predicted.tolist()
+    plain = load_people(kpop8, settings=WHOLE, encoder="torch", jobs=2, progress=False).encodings
+    assert np.abs(X - plain).max() > 1e-3  # the jitter moved the descriptors
+    assert {(c.encoder, c.baseline) for c in result.comparisons} == {("torch jitter3", "torch")}
+    files = write_report(result, tmp_path / "report")
+    js = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert js["results"]["torch jitter3"]["num_jitters"] == 3 and js["results"]["torch"]["num_jitters"] == 1
+    assert "jitter 3" in files["report"].read_text()
+    with pytest.raises(ValueError, match="jitters"):
+        evaluate_folder(kpop8, ["torch"], settings=WHOLE, progress=False, jitters=0)

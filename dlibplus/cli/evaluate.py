@@ -27,26 +27,30 @@ from .options import ENCODER_HELP, BadInput, check_output_folder, face_options, 
               help="Seed of the split, the held-out people and the bootstrap.")
 @click.option("--n-boot", type=click.IntRange(1), default=1000, show_default=True,
               help="Bootstrap draws for the confidence intervals of the differences from the baseline.")
+@click.option("--jitters", type=click.IntRange(1), default=1, show_default=True,
+              help="Above 1, also measure each encoder with dlib's jitter (each face the mean of N jittered copies, "
+                   "what train-knn --jitters N gives; 10x slower to encode), shown as 'NAME jitterN': with few "
+                   "photos per person it may name more faces than fine-tuning (README).")
 @face_options
 @user_errors
 def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_people, pairs_file, seed, n_boot,
-             detector, upsample, landmarks, face_box, max_side, jobs):
+             jitters, detector, upsample, landmarks, face_box, max_side, jobs):
     """Compare encoders on FOLDER/<person>/<image>: identification, open set, verification, per person.
 
     Every encoder is measured on the same images and split; each is compared with the first (dlib by
     default), with bootstrap-over-people confidence intervals. Writes report.md, metrics.json and PNG
     charts into --report.
     """
-    from ..evaluate import evaluate_folder, unique_names
+    from ..evaluate import evaluate_folder, evaluated_encoders
     from ..report import check_report_folder, console_table, write_report
 
     _check_report_outside(report, [folder] + ([test_folder] if test_folder else []))
     check_output_folder(report, "--report")
-    check_report_folder(report, unique_names(encoders))
+    check_report_folder(report, evaluated_encoders(encoders, jitters)[2])
     settings = face_settings(detector, upsample, landmarks, face_box, max_side)
     result = evaluate_folder(folder, encoders, settings=settings,
                              test_fraction=test_fraction, test_folder=test_folder, holdout_people=holdout_people,
-                             pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot)
+                             pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot, jitters=jitters)
     click.echo(console_table(result))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
