@@ -87,6 +87,12 @@ class FinetunedMetadata:
         return None
 
     @property
+    def holds_dlib(self) -> bool:
+        """Whether the run kept dlib's own network (format 2: nothing beat it), so the folder encodes as dlib."""
+        chosen = self.selection.get("chosen")
+        return isinstance(chosen, dict) and chosen.get("alpha") == 0
+
+    @property
     def file_hashes(self) -> list[str]:
         """sha256 of every photo the run used, training and validation (format 2): evaluate's overlap check."""
         return list(self.data.get("files_sha256", []))

@@ -375,3 +375,31 @@ def test_auto_cross_fits_a_small_folder_only(tmp_path, faces_dir):
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
     assert meta["config"]["folds"] == 1 and not meta["cross_fit"] and "cross-fitting" not in res.output
+
+
+def test_train_knn_suggests_jitter_for_a_folder_that_kept_dlib_only(trained, people, tmp_path):
+    """A folder whose run kept dlib's own network encodes as dlib, so train-knn's jitter tip (measured on dlib's
+    network) applies to it with few photos per person; a folder that kept fine-tuned weights gets no tip."""
+    import shutil
+
+    from dlibplus import model_folder
+
+    out, _ = trained
+    few = tmp_path / "few"  # 3 photos a person: the tip's range
+    for person in PEOPLE:
+        (few / person).mkdir(parents=True)
+        for src in sorted((people / person).iterdir())[:3]:
+            os.symlink(os.readlink(src), few / person / src.name)
+    kept_dlib = tmp_path / "kept-dlib"
+    shutil.copytree(out, kept_dlib)
+    meta = model_folder.read_metadata(kept_dlib)
+    assert not meta.holds_dlib  # --keep finetuned
+    # what a run that nothing beat dlib in records (finish.py: the chosen candidate at alpha 0)
+    meta.selection = {**meta.selection, "chosen": {**meta.selection["chosen"], "name": "dlib", "alpha": 0.0}}
+    model_folder.write_metadata(kept_dlib, meta)
+    assert model_folder.read_metadata(kept_dlib).holds_dlib
+
+    res = run("train-knn", few, "--encoder", kept_dlib, "-o", tmp_path / "a", "--face-box", "whole", "-j", 1)
+    assert res.exit_code == 0 and "tip: your median person has 3 photos" in res.output and "--jitters 10" in res.output
+    res = run("train-knn", few, "--encoder", out, "-o", tmp_path / "b", "--face-box", "whole", "-j", 1)
+    assert res.exit_code == 0 and "tip:" not in res.output

@@ -134,3 +134,4 @@ def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(
     assert "kept as asked" in forced and "chose this network" not in forced
     refused = text(select([judge(train, train_y, val, val_y, 0.5)], dlib, val_y, seed=0))
     assert "NOT better than dlib" in refused and "chose this network" not in refused
+    assert "train-knn --jitters 10" in refused  # what named more than fine-tuning with 2-4 photos a person

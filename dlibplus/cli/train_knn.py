@@ -124,18 +124,36 @@ def _add(model, people, output: Path) -> None:
 
 
 def _jitter_tip(model, jitters: int) -> str | None:
-    """A line suggesting ``--jitters 10`` when the model holds dlib's own network without jitter and its median
-    person has at most :data:`JITTER_TIP_PHOTOS` photos; ``None`` otherwise (on fine-tuned networks jitter was not
-    measured to name more, BENCHMARKS.md)."""
+    """A line suggesting ``--jitters 10`` when the model holds dlib's own network (``dlib``, ``torch``, or a
+    ``finetune`` folder that kept dlib) without jitter and its median person has at most
+    :data:`JITTER_TIP_PHOTOS` photos; ``None`` otherwise (on fine-tuned networks jitter was not measured to name
+    more, BENCHMARKS.md)."""
     import numpy as np
 
     median = float(np.median(np.unique(np.asarray(model.labels_), return_counts=True)[1]))
-    if jitters > 1 or median > JITTER_TIP_PHOTOS or model.recipe.encoder not in ("dlib", "torch"):
+    if jitters > 1 or median > JITTER_TIP_PHOTOS or not _is_dlibs_network(model.recipe.encoder):
         return None
     return (f"tip: your median person has {median:g} photos; with so few, --jitters 10 (each face the mean of 10 "
             "jittered copies) named 2.2 points more faces at 2 photos a person and 1.1 at 4 on the labelled sets "
             "(README); it encodes 10x slower here and in predict, 1.7x dlib's plain time with --encoder torch "
             "(dlib's network in PyTorch, the same encodings)")
+
+
+def _is_dlibs_network(encoder: str) -> bool:
+    """``dlib``, ``torch``, or a ``finetune`` folder whose run kept dlib's own network (no ``+flip``)."""
+    from .. import model_folder
+    from ..encoders import split_flip
+    from ..errors import ModelFileError
+
+    if encoder in ("dlib", "torch"):
+        return True
+    base, flip = split_flip(encoder)
+    if flip or not model_folder.is_model_folder(base):
+        return False
+    try:
+        return model_folder.read_metadata(base).holds_dlib
+    except ModelFileError:
+        return False
 
 
 def _method_line(model) -> str:
