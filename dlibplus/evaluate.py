@@ -17,6 +17,9 @@ Every encoder is measured on the same images, with the same split, by the same f
   identification accuracy and in TAR at FAR 1e-3 (or the smallest measurable FAR) with a bootstrap-over-
   people confidence interval.
 
+With ``jitters`` > 1 each encoder is measured a second time on the same split with dlib's jitter (as
+``train-knn --jitters`` encodes), so a user sees on their own photos whether jitter or fine-tuning names more.
+
 :func:`evaluate_folder` computes and returns an :class:`EvaluationResult` (``to_dict()`` is the content of
 ``metrics.json``); :mod:`dlibplus.report` renders it (report.md, the console table, the charts).
 """
@@ -485,7 +488,8 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
     evaluated = [*gallery.paths.tolist(), *probes.paths.tolist()]
     if pairs is not None:
         evaluated += [str(p) for p in pairs.path1 + pairs.path2 if Path(p).is_file()]
-    overlaps, overlap_notes = training_overlaps(specs, names, evaluated)
+    plain = [i for i, j in enumerate(num_jitters) if j == 1]  # a jittered twin was trained on the same photos
+    overlaps, overlap_notes = training_overlaps([specs[i] for i in plain], [names[i] for i in plain], evaluated)
     notes += overlap_notes
 
     return EvaluationResult(
