@@ -407,6 +407,11 @@ class JitterEncoder:
         return f"JitterEncoder({self.base!r}, num_jitters={self.num_jitters})"
 
 
+# At or below this many photos for the median person, dlib's jitter (10 copies) named more faces than plain
+# encodings on the labelled sets, and as many as fine-tuning (BENCHMARKS.md): train-knn and finetune say so.
+FEW_PHOTOS_FOR_JITTER = 4
+
+
 def with_jitter(encoder: "Encoder", num_jitters: int) -> "Encoder":
     """``encoder`` itself for ``num_jitters`` 0 or 1 (no jitter, as in face_recognition), else a
     :class:`JitterEncoder` around it."""

@@ -67,6 +67,13 @@ class FinetuneData:
         lines += [f"warning: {name} has fewer than 2 usable photos and is left out" for name in self.dropped]
         return lines
 
+    def median_photos(self) -> float:
+        """The median number of photos per person over training and validation (each photo once)."""
+        person = {}  # path -> person; cross-fitting's data validates on the very photos it trains on
+        for part in (self.train, self.val):
+            person.update((path, part.classes[label]) for path, label in zip(part.paths, part.labels))
+        return float(np.median(np.unique(list(person.values()), return_counts=True)[1]))
+
     def file_hashes(self) -> list[str]:
         """sha256 of every photo the run used (train and validation), sorted: evaluate's overlap check."""
         from .fileio import file_sha256

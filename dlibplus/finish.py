@@ -21,6 +21,7 @@ from torch import nn
 from . import model_folder
 from ._version import __version__
 from .calibration import head_open_set_threshold, operating_point, probe_pairs, validation_metrics
+from .encoders import FEW_PHOTOS_FOR_JITTER
 from .fileio import atomic_path, file_sha256
 from .finetune_data import ChipSet, FinetuneData
 from .selection import ALPHAS, Assessment, Selection, assess, interpolate, select
@@ -41,6 +42,7 @@ class FinetuneResult:
     best_epoch: int
     wall_seconds: float
     cross_fit: dict = field(default_factory=dict)  # folds, their best epochs, the last run's epochs (folds >= 2)
+    median_photos: float = 0.0  # the median person's photos (training and validation)
 
     @property
     def better(self) -> bool:
@@ -134,7 +136,8 @@ def conclude(run: Run, state: TrainState, data: FinetuneData, output: Path, sele
     """Write the folder of ``run.backbone`` (already chosen and calibrated) and return the run's result."""
     calibration = {**selection.chosen.point.to_dict(), "scale": selection.chosen.point.scale}
     result = FinetuneResult(output, state.history, dlib_val, figures.val, figures.flip_val, selection,
-                            calibration, state.best_epoch + 1, time.time() - t_start, extra.get("cross_fit", {}))
+                            calibration, state.best_epoch + 1, time.time() - t_start, extra.get("cross_fit", {}),
+                            data.median_photos())
     if run.dist.main:
         meta = _metadata(run, state, data, result, figures.calibration_flip, figures.open_set, extra)
         write_outputs(output, run.backbone, head, head_mean, data.train.classes, meta)
@@ -244,6 +247,11 @@ def summary_lines(result: FinetuneResult) -> list[str]:
             lines.append(f"The gain above is read on the validation photos that chose this network, so photos it "
                          f"never saw will show less of it, often none. To check: dlibplus evaluate NEW_PHOTOS/ "
                          f"--encoder dlib --encoder {result.output}")
+        if 0 < result.median_photos <= FEW_PHOTOS_FOR_JITTER:
+            lines.append(f"With {result.median_photos:g} photos for the median person, dlib's own network with "
+                         "jitter (train-knn --encoder torch --jitters 10) named as many faces as fine-tuning on the "
+                         "labelled sets (README). Compare both on new photos: dlibplus evaluate NEW_PHOTOS/ "
+                         f"--encoder torch --encoder {result.output} --jitters 10")
     else:
         lines.append(f"NOT better than dlib: {sel.reason}. {result.output} holds dlib's own network, so "
                      "--encoder with it behaves exactly as dlib; add photos, try another head, or try dlib's "

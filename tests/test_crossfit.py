@@ -115,3 +115,17 @@ def test_check_folds_refuses_cross_fitting_where_it_cannot_run():
         check_folds(2, resume=False, val_folder="val/")
     with pytest.raises(ValueError, match="--resume"):
         check_folds(3, resume=True, val_folder=None)
+
+
+def test_median_photos_counts_each_photo_once_when_validation_is_the_training_set():
+    """Cross-fitting's last run validates on the very photos it trains on: a photo in both counts once."""
+    from dlibplus.finetune_data import ChipSet, FinetuneData
+
+    chips = np.zeros((7, 150, 150, 3), np.uint8)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])  # 3, 2 and 2 photos
+    every = ChipSet(chips, labels, ["a", "b", "c"], [f"p{i}.jpg" for i in range(7)])
+    assert FinetuneData(every, every, people=None).median_photos() == 2
+    train, val = every.subset(np.array([0, 1, 3, 5])), every.subset(np.array([2, 4, 6]))
+    assert FinetuneData(train, val, people=None).median_photos() == 2
+    more = ChipSet(chips[:4], np.array([1, 1, 2, 2]), ["a", "b", "c"], [f"q{i}.jpg" for i in range(4)])
+    assert FinetuneData(every, more, people=None).median_photos() == 4  # b and c: 2 + 2 new photos each

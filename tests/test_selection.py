@@ -123,12 +123,17 @@ def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(
     tight_train, tight_val = pulled_to_means(train, train_y, val, val_y, 1 / 3)
     better = judge(tight_train, train_y, tight_val, val_y, 1.0)
 
-    def text(selection):
-        result = FinetuneResult(tmp_path / "mymodel", [], {}, {}, {}, selection, {}, 1, 1.0)
+    def text(selection, median_photos=8.0):
+        result = FinetuneResult(tmp_path / "mymodel", [], {}, {}, {}, selection, {}, 1, 1.0,
+                                median_photos=median_photos)
         return "\n".join(summary_lines(result))
 
     kept = text(select([better], dlib, val_y, seed=0))
     assert "kept: fine-tuned" in kept and "validation photos that chose this network" in kept
+    assert "--jitters 10" not in kept  # 8 photos a person: beyond where jitter was measured to match fine-tuning
+    few = text(select([better], dlib, val_y, seed=0), median_photos=3.0)
+    assert "With 3 photos for the median person" in few
+    assert f"--encoder torch --encoder {tmp_path / 'mymodel'} --jitters 10" in few
     assert f"dlibplus evaluate NEW_PHOTOS/ --encoder dlib --encoder {tmp_path / 'mymodel'}" in kept
     forced = text(select([better], dlib, val_y, seed=0, force=True))  # --keep finetuned: nothing chose it
     assert "kept as asked" in forced and "chose this network" not in forced

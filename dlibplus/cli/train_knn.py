@@ -8,12 +8,6 @@ import click
 from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, face_settings, ray_option,
                       user_errors)
 
-# at or below this many photos for the median person, train-knn on dlib's network without jitter suggests
-# --jitters 10: on the labelled sets it named 2.2 points more faces at 2 photos a person, 1.1 at 4 and 0.4 at up
-# to 10 (BENCHMARKS.md)
-JITTER_TIP_PHOTOS = 4
-
-
 @click.command("train-knn")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
@@ -126,12 +120,14 @@ def _add(model, people, output: Path) -> None:
 def _jitter_tip(model, jitters: int) -> str | None:
     """A line suggesting ``--jitters 10`` when the model holds dlib's own network (``dlib``, ``torch``, or a
     ``finetune`` folder that kept dlib) without jitter and its median person has at most
-    :data:`JITTER_TIP_PHOTOS` photos; ``None`` otherwise (on fine-tuned networks jitter was not measured to name
+    :data:`~dlibplus.encoders.FEW_PHOTOS_FOR_JITTER` photos; ``None`` otherwise (on fine-tuned networks jitter was not measured to name
     more, BENCHMARKS.md)."""
     import numpy as np
 
+    from ..encoders import FEW_PHOTOS_FOR_JITTER
+
     median = float(np.median(np.unique(np.asarray(model.labels_), return_counts=True)[1]))
-    if jitters > 1 or median > JITTER_TIP_PHOTOS or not _is_dlibs_network(model.recipe.encoder):
+    if jitters > 1 or median > FEW_PHOTOS_FOR_JITTER or not _is_dlibs_network(model.recipe.encoder):
         return None
     return (f"tip: your median person has {median:g} photos; with so few, --jitters 10 (each face the mean of 10 "
             "jittered copies) named 2.2 points more faces at 2 photos a person and 1.1 at 4 on the labelled sets "
