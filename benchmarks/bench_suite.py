@@ -154,9 +154,9 @@ def general_lfw(exclude: set[str]) -> ChipSet:
 
 
 def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, workdir: Path,
-            jitters: int = 1, dlib_jittered: np.ndarray | None = None) -> dict:
+            jitters: int = 1, dlib_jittered: "JitteredOnce | None" = None) -> dict:
     """One split: dlib against the default finetune, and with ``jitters`` > 1 both jittered too
-    (``dlib_jittered``: dlib's jittered descriptors of ``sp.data``'s chips, computed once per set)."""
+    (``dlib_jittered``: dlib's jittered descriptors of ``sp.data``'s chips, each computed once per set)."""
     data = sp.data
     names = np.array(data.classes)[data.labels]
     train_set = data.subset(sp.train)
@@ -176,9 +176,11 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
         rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
         rows[label]["lfw_10fold"] = lfw_general(enc, lfw)
         correct[label] = rows[label].pop("correct")
-    if jitters > 1:
-        tuned_jittered = with_jitter(tuned, jitters).encode(data.chips)
-        for label, emb in (("dlib_jitter", dlib_jittered), ("finetuned_jitter", tuned_jittered)):
+    if jitters > 1:  # only the split's photos: a set such as lfw_dev4 holds many more
+        used = np.union1d(sp.train, sp.test)
+        tuned_jittered = np.zeros((len(data.chips), 128))
+        tuned_jittered[used] = with_jitter(tuned, jitters).encode(data.chips[used])
+        for label, emb in (("dlib_jitter", dlib_jittered.get(used)), ("finetuned_jitter", tuned_jittered)):
             rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
             correct[label] = rows[label].pop("correct")
     gains = {}
@@ -194,6 +196,22 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
             "beats_dlib": result.selection.beats_dlib,
             "wall_seconds": wall, "knn_gain": gains["finetuned - dlib"][0], "knn_gain_ci": gains["finetuned - dlib"][1:],
             "gains": gains, **rows}
+
+
+class JitteredOnce:
+    """An encoder's descriptors of a set's chips, each computed the first time a split asks for it."""
+
+    def __init__(self, encoder, chips: np.ndarray):
+        self.encoder, self.chips = encoder, chips
+        self.emb, self.done = np.zeros((len(chips), 128)), np.zeros(len(chips), bool)
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """(n_chips, 128): the descriptors, computed at least for ``rows`` (the others may be zeros)."""
+        todo = rows[~self.done[rows]]
+        if len(todo):
+            self.emb[todo] = self.encoder.encode(self.chips[todo])
+            self.done[todo] = True
+        return self.emb
 
 
 def add_split_options(ap: argparse.ArgumentParser) -> None:
@@ -235,7 +253,7 @@ def main() -> None:
     for name in args.sets:
         data = load_set(name, progress=True)
         lfw = general_lfw(set(data.classes) if SETS[name][0] == "lfw_dev" else set())
-        dlib_jittered = with_jitter(dlib, args.jitters).encode(data.chips) if args.jitters > 1 else None
+        dlib_jittered = JitteredOnce(with_jitter(dlib, args.jitters), data.chips) if args.jitters > 1 else None
         for count, seed, sp in suite_splits(name, data, args):
             row = run_one(name, sp, seed, FinetuneConfig(seed=seed, device="cpu", **extra), dlib, lfw, args.out,
                           args.jitters, dlib_jittered)
