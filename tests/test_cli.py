@@ -251,7 +251,7 @@ def test_train_knn_with_flip_records_it_and_predict_uses_it(people_dir, tmp_path
 
     model = tmp_path / "flip.npz"
     res = run("train-knn", people_dir, "-o", model, "--encoder", "dlib+flip", "-j", 1)
-    assert res.exit_code == 0 and "tip:" not in res.output  # jitter is suggested for dlib's plain network only
+    assert res.exit_code == 0 and "tip:" not in res.output  # jitter is not suggested on top of a flip
     knn = FaceKNN.load(model)
     assert knn.recipe.encoder == "dlib+flip"
     probe = sorted((faces_dir / "lfw_dev/Adrien_Brody").iterdir())[3]

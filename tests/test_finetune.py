@@ -377,9 +377,10 @@ def test_auto_cross_fits_a_small_folder_only(tmp_path, faces_dir):
     assert meta["config"]["folds"] == 1 and not meta["cross_fit"] and "cross-fitting" not in res.output
 
 
-def test_train_knn_suggests_jitter_for_a_folder_that_kept_dlib_only(trained, people, tmp_path):
-    """A folder whose run kept dlib's own network encodes as dlib, so train-knn's jitter tip (measured on dlib's
-    network) applies to it with few photos per person; a folder that kept fine-tuned weights gets no tip."""
+def test_train_knn_jitter_tip_gives_the_figures_of_the_network_a_folder_holds(trained, people, tmp_path):
+    """With few photos per person train-knn suggests jitter with the figures measured on the network the model
+    holds: dlib's for a folder whose run kept dlib's own network (it encodes as dlib), the fine-tuned ones'
+    otherwise; none with a test-time flip (already an average of two views)."""
     import shutil
 
     from dlibplus import model_folder
@@ -400,6 +401,9 @@ def test_train_knn_suggests_jitter_for_a_folder_that_kept_dlib_only(trained, peo
     assert model_folder.read_metadata(kept_dlib).holds_dlib
 
     res = run("train-knn", few, "--encoder", kept_dlib, "-o", tmp_path / "a", "--face-box", "whole", "-j", 1)
-    assert res.exit_code == 0 and "tip: your median person has 3 photos" in res.output and "--jitters 10" in res.output
+    assert res.exit_code == 0 and "tip: your median person has 3 photos" in res.output
+    assert "--jitters 10" in res.output and "1.7x dlib's plain time" in res.output
     res = run("train-knn", few, "--encoder", out, "-o", tmp_path / "b", "--face-box", "whole", "-j", 1)
+    assert res.exit_code == 0 and "--jitters 10" in res.output and "with fine-tuned networks" in res.output
+    res = run("train-knn", few, "--encoder", f"{out}+flip", "-o", tmp_path / "c", "--face-box", "whole", "-j", 1)
     assert res.exit_code == 0 and "tip:" not in res.output

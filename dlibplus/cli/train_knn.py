@@ -118,38 +118,44 @@ def _add(model, people, output: Path) -> None:
 
 
 def _jitter_tip(model, jitters: int) -> str | None:
-    """A line suggesting ``--jitters 10`` when the model holds dlib's own network (``dlib``, ``torch``, or a
-    ``finetune`` folder that kept dlib) without jitter and its median person has at most
-    :data:`~dlibplus.encoders.FEW_PHOTOS_FOR_JITTER` photos; ``None`` otherwise (on fine-tuned networks jitter was not measured to name
-    more, BENCHMARKS.md)."""
+    """A line suggesting ``--jitters 10`` when the model's network was measured to name more with it (dlib's own,
+    or a ``finetune`` folder's; not ``+flip``, not a bare ``.dat``), no jitter was asked for, and its median
+    person has at most :data:`~dlibplus.encoders.FEW_PHOTOS_FOR_JITTER` photos; ``None`` otherwise."""
     import numpy as np
 
     from ..encoders import FEW_PHOTOS_FOR_JITTER
 
     median = float(np.median(np.unique(np.asarray(model.labels_), return_counts=True)[1]))
-    if jitters > 1 or median > FEW_PHOTOS_FOR_JITTER or not _is_dlibs_network(model.recipe.encoder):
+    network = _network_kind(model.recipe.encoder)
+    if jitters > 1 or median > FEW_PHOTOS_FOR_JITTER or network is None:
         return None
+    if network == "dlib":  # BENCHMARKS.md: dlib's jitter, 105 suite splits
+        gain = ("named 2.2 points more faces at 2 photos a person and 1.1 at 4 on the labelled sets (README); it "
+                "encodes 10x slower here and in predict, 1.7x dlib's plain time with --encoder torch (dlib's network "
+                "in PyTorch, the same encodings)")
+    else:  # BENCHMARKS.md: jitter against fine-tuning, 16 suite splits at 2 and 4 photos a person
+        gain = ("named 1.1 points more faces with fine-tuned networks at 2-4 photos a person on the labelled sets "
+                "(README); it encodes about 7x slower here and in predict")
     return (f"tip: your median person has {median:g} photos; with so few, --jitters 10 (each face the mean of 10 "
-            "jittered copies) named 2.2 points more faces at 2 photos a person and 1.1 at 4 on the labelled sets "
-            "(README); it encodes 10x slower here and in predict, 1.7x dlib's plain time with --encoder torch "
-            "(dlib's network in PyTorch, the same encodings)")
+            f"jittered copies) {gain}")
 
 
-def _is_dlibs_network(encoder: str) -> bool:
-    """``dlib``, ``torch``, or a ``finetune`` folder whose run kept dlib's own network (no ``+flip``)."""
+def _network_kind(encoder: str) -> str | None:
+    """``"dlib"`` for dlib's own network (``dlib``, ``torch``, or a ``finetune`` folder that kept it),
+    ``"fine-tuned"`` for another ``finetune`` folder, ``None`` for anything else (``+flip``, a ``.dat`` file)."""
     from .. import model_folder
     from ..encoders import split_flip
     from ..errors import ModelFileError
 
     if encoder in ("dlib", "torch"):
-        return True
+        return "dlib"
     base, flip = split_flip(encoder)
     if flip or not model_folder.is_model_folder(base):
-        return False
+        return None
     try:
-        return model_folder.read_metadata(base).holds_dlib
+        return "dlib" if model_folder.read_metadata(base).holds_dlib else "fine-tuned"
     except ModelFileError:
-        return False
+        return None
 
 
 def _method_line(model) -> str:
