@@ -408,7 +408,8 @@ class JitterEncoder:
 
 
 # At or below this many photos for the median person, dlib's jitter (10 copies) named more faces than plain
-# encodings on the labelled sets, and as many as fine-tuning (BENCHMARKS.md): train-knn and finetune say so.
+# encodings on the labelled sets, and more than the default finetune on average (BENCHMARKS.md): train-knn and
+# finetune say so.
 FEW_PHOTOS_FOR_JITTER = 4
 
 
