@@ -16,8 +16,8 @@ person's photos are the test photos, the training photos are drawn from the othe
 - the test pairs' equal-error rate (EER) of each network, and whether at 0.6 both the share of same-person
   pairs rejected and of different-person pairs let through are within that EER + 1 point;
 - the difference in train-knn accuracy with a 95 % bootstrap interval over people, and the wall time;
-- with ``--jitters N``, also both networks with dlib's jitter on every photo (``train-knn --jitters N``; the
-  fine-tuned output with its own calibration): what a user would try instead of fine-tuning, and on top of it
+- with ``--jitters N``, also both networks with dlib's jitter on every photo (``train-knn --jitters N``, scaled
+  as it scales them, on a sample of the training photos): what a user would try instead of fine-tuning, and on top of it
   (no lfw figure for the jittered networks: it would cost 10 lfw encodings per split).
 
     python benchmarks/bench_suite.py --out /tmp/suite                    # every set, counts 2 4 all, seed 0
@@ -45,6 +45,7 @@ from dlibplus import metrics
 from dlibplus.encoders import TorchEncoder, with_jitter
 from dlibplus.faces import FaceSettings
 from dlibplus.finetune_data import ChipSet, FinetuneData, drop_small_classes, load_chipset
+from dlibplus.jitter_scale import estimate_scale, sample_rows
 from dlibplus.knn import FaceKNN
 from dlibplus.selection import bootstrap_gain
 from dlibplus.finetune import finetune
@@ -170,9 +171,9 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
     result = finetune(fdata, out, config, progress=False, overwrite=True, echo=lambda m: None)
     wall = time.time() - t0
     tuned = TorchEncoder.from_dat(out / "model.dat", device="cpu")
-    rows, correct = {}, {}
+    rows, correct, plain = {}, {}, {}
     for label, enc in (("dlib", dlib), ("finetuned", tuned)):
-        emb = enc.encode(data.chips)
+        emb = plain[label] = enc.encode(data.chips)
         rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
         rows[label]["lfw_10fold"] = lfw_general(enc, lfw)
         correct[label] = rows[label].pop("correct")
@@ -180,8 +181,13 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
         used = np.union1d(sp.train, sp.test)
         tuned_jittered = np.zeros((len(data.chips), 128))
         tuned_jittered[used] = with_jitter(tuned, jitters).encode(data.chips[used])
-        for label, emb in (("dlib_jitter", dlib_jittered.get(used)), ("finetuned_jitter", tuned_jittered)):
+        sample = sp.train[sample_rows(names[sp.train])]  # train-knn's scale, on the training photos
+        for label, base, emb in (("dlib_jitter", "dlib", dlib_jittered.get(used)),
+                                 ("finetuned_jitter", "finetuned", tuned_jittered)):
+            scale = estimate_scale(plain[base][sample], emb[sample], names[sample])
+            emb = emb * scale
             rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
+            rows[label]["jitter_scale"] = scale
             correct[label] = rows[label].pop("correct")
     gains = {}
     for new, old in (("finetuned", "dlib"), ("dlib_jitter", "dlib"), ("finetuned_jitter", "dlib_jitter"),

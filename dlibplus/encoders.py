@@ -375,12 +375,17 @@ class JitterEncoder:
     state of a freshly loaded dlib model): a chip's descriptor depends on the chip alone, which is what
     a cache keyed by content needs, and it equals dlib's own ``compute_face_descriptor(chip,
     num_jitters)`` on a freshly loaded model.
+
+    ``scale`` multiplies the mean (train-knn's :mod:`~dlibplus.jitter_scale`, so that 0.6 keeps its meaning);
+    1.0, the default, is dlib's jitter itself.
     """
 
-    def __init__(self, base: "Encoder", num_jitters: int):
+    def __init__(self, base: "Encoder", num_jitters: int, scale: float = 1.0):
         if num_jitters < 2:
             raise ValueError(f"num_jitters must be >= 2 (1 means no jitter), not {num_jitters}")
-        self.base, self.num_jitters = base, int(num_jitters)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, not {scale}")
+        self.base, self.num_jitters, self.scale = base, int(num_jitters), float(scale)
 
     @property
     def in_workers(self) -> bool:
@@ -396,15 +401,17 @@ class JitterEncoder:
             copies = np.stack(jitter_chips(chip, self.num_jitters, DlibRand()))
             # dlib averages the copies' descriptors in float32
             out[i] = np.asarray(self.base.encode(copies), np.float32).mean(axis=0, dtype=np.float32)
-        return out
+        return out * self.scale if self.scale != 1.0 else out
 
     @property
     def identity(self) -> dict[str, Any]:
         base = self.base.identity
-        return {**base, "settings": {**base["settings"], "num_jitters": self.num_jitters}}
+        scale = {"jitter_scale": self.scale} if self.scale != 1.0 else {}
+        return {**base, "settings": {**base["settings"], "num_jitters": self.num_jitters, **scale}}
 
     def __repr__(self) -> str:
-        return f"JitterEncoder({self.base!r}, num_jitters={self.num_jitters})"
+        scale = f", scale={self.scale}" if self.scale != 1.0 else ""
+        return f"JitterEncoder({self.base!r}, num_jitters={self.num_jitters}{scale})"
 
 
 # At or below this many photos for the median person, dlib's jitter (10 copies) named more faces than plain
@@ -413,12 +420,12 @@ class JitterEncoder:
 FEW_PHOTOS_FOR_JITTER = 4
 
 
-def with_jitter(encoder: "Encoder", num_jitters: int) -> "Encoder":
+def with_jitter(encoder: "Encoder", num_jitters: int, scale: float = 1.0) -> "Encoder":
     """``encoder`` itself for ``num_jitters`` 0 or 1 (no jitter, as in face_recognition), else a
-    :class:`JitterEncoder` around it."""
+    :class:`JitterEncoder` around it (``scale``: its factor)."""
     if num_jitters < 0:
         raise ValueError(f"num_jitters must be >= 0, not {num_jitters}")
-    return encoder if num_jitters <= 1 else JitterEncoder(encoder, num_jitters)
+    return encoder if num_jitters <= 1 else JitterEncoder(encoder, num_jitters, scale)
 
 
 def mirror(chips: np.ndarray) -> np.ndarray:

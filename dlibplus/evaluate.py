@@ -201,6 +201,25 @@ def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[
     return _Split(gallery, probes, known, holdout, dropped, image_reports, notes)
 
 
+def _scale_jittered(gallery: _Encoded, probes: _Encoded, names: Sequence[str], jitters: Sequence[int]) -> list[float]:
+    """Each encoder's jitter scale (1.0 for a plain one), estimated on the gallery as train-knn would on it
+    (:func:`~dlibplus.people.scale_jitter`), and applied to its gallery and probe encodings in place."""
+    from .jitter_scale import estimate_scale, sample_rows
+
+    scales = []
+    rows = sample_rows(gallery.labels)
+    for i, (name, j) in enumerate(zip(names, jitters)):
+        scale = 1.0
+        if j > 1:
+            plain = names[i - 1]  # evaluated_encoders puts each jittered twin right after its plain encoder
+            scale = estimate_scale(gallery.encodings[plain][rows], gallery.encodings[name][rows],
+                                   gallery.labels[rows])
+            for part in (gallery, probes):
+                part.encodings[name] = part.encodings[name] * scale
+        scales.append(scale)
+    return scales
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Per encoder
 
@@ -267,18 +286,18 @@ def _duplicate_notes(base: EncoderEvaluation) -> list[str]:
 
 
 def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], jitters: Sequence[int],
-                    names: Sequence[str], settings: FaceSettings, jobs: int | None, progress: bool
-                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, Any], list[str]]:
-    """Distances of the usable pairs for each encoder: ``(name -> (m,), same (m,), fold ids or None, summary,
-    notes)``. An image with several faces gives its largest face; a pair with an image without a usable face
+                    jitter_scales: Sequence[float], names: Sequence[str], settings: FaceSettings, jobs: int | None,
+                    progress: bool) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, Any], list[str]]:
+    """Distances of the usable pairs for each encoder (a jittered one with its gallery's scale): ``(name -> (m,),
+    same (m,), fold ids or None, summary, notes)``. An image with several faces gives its largest face; a pair with an image without a usable face
     (for any encoder) is left out."""
     unique = sorted(set(map(str, pairs.path1 + pairs.path2)))
     usable = np.ones(len(unique), bool)
     reasons: dict[str, str] = {}
     several: set[str] = set()
     per_encoder: dict[str, np.ndarray] = {}
-    for spec, j, name in zip(specs, jitters, names):
-        enc = with_jitter(resolve_encoder(spec)[0], j)
+    for spec, j, scale, name in zip(specs, jitters, jitter_scales, names):
+        enc = with_jitter(resolve_encoder(spec)[0], j, scale)
         results = process_images(unique, settings, encoder=enc, jobs=jobs, progress=progress, desc="pairs")
         rows = np.zeros((len(unique), 128))
         for i, r in enumerate(results):
@@ -315,12 +334,12 @@ def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], jit
 
 
 def _score_pairs_file(pairs: PairList, pairs_file: Path, specs: Sequence[str], jitters: Sequence[int],
-                      names: Sequence[str], settings: FaceSettings, jobs: int | None, progress: bool, evaluations: list[EncoderEvaluation],
-                      seed: int) -> tuple[dict[str, Any], list[str]]:
+                      jitter_scales: Sequence[float], names: Sequence[str], settings: FaceSettings, jobs: int | None,
+                      progress: bool, evaluations: list[EncoderEvaluation], seed: int) -> tuple[dict[str, Any], list[str]]:
     """Set each evaluation's ``pairs`` report (the 10-fold protocol over the pairs file's ``pairs``); returns
     the file's summary and notes."""
-    distances, same, folds, summary, notes = _pair_distances(pairs, pairs_file, specs, jitters, names, settings,
-                                                             jobs, progress)
+    distances, same, folds, summary, notes = _pair_distances(pairs, pairs_file, specs, jitters, jitter_scales, names,
+                                                             settings, jobs, progress)
     for ev in evaluations:
         if same.all() or not same.any():
             ev.pairs = None
@@ -471,19 +490,22 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
                    jobs, progress)
     gallery, probes, known = split.gallery, split.probes, split.known
     notes = list(split.notes)
+    jitter_scales = _scale_jittered(gallery, probes, names, num_jitters)
 
     log.info("%s: gallery %d images, probes %d known + %d unknown", folder, len(gallery.labels), int(known.sum()),
              int((~known).sum()))
     evaluations = [_evaluate_encoder(n, s, j, gallery, probes, known, n_neighbors, seed, THRESHOLD)
                    for n, s, j in zip(names, specs, num_jitters)]
+    for ev, scale in zip(evaluations, jitter_scales):
+        ev.jitter_scale = scale
     notes += _measurability_notes(evaluations[0]) + _duplicate_notes(evaluations[0])
     comparisons, cmp_notes = _compare(evaluations, probes, known, n_boot, seed)
     notes += cmp_notes
 
     pairs_summary = None
     if pairs_file is not None:
-        pairs_summary, pair_notes = _score_pairs_file(pairs, Path(pairs_file), specs, num_jitters, names, settings,
-                                                      jobs, progress, evaluations, seed)
+        pairs_summary, pair_notes = _score_pairs_file(pairs, Path(pairs_file), specs, num_jitters, jitter_scales,
+                                                      names, settings, jobs, progress, evaluations, seed)
         notes += pair_notes
     evaluated = [*gallery.paths.tolist(), *probes.paths.tolist()]
     if pairs is not None:

@@ -71,6 +71,7 @@ class EncoderEvaluation:
     distances: np.ndarray | None = field(default=None, repr=False)
     same: np.ndarray | None = field(default=None, repr=False)
     num_jitters: int = 1  # dlib's jitter: each face the mean of this many jittered copies (1: none)
+    jitter_scale: float = 1.0  # what the jittered encodings were multiplied by, as train-knn does (dlibplus.jitter_scale)
 
     def tar_at(self, far: float) -> float | None:
         """TAR over the probe pairs at target ``far``; ``None`` when not measured or not measurable."""
@@ -84,7 +85,8 @@ class EncoderEvaluation:
     def to_dict(self) -> dict:
         nz = np.nonzero(self.confusion)
         return {
-            "name": self.name, "encoder": self.spec, "num_jitters": self.num_jitters, "threshold": self.threshold,
+            "name": self.name, "encoder": self.spec, "num_jitters": self.num_jitters,
+            "jitter_scale": self.jitter_scale, "threshold": self.threshold,
             "identification": {
                 "knn_accuracy": self.knn_accuracy, "knn_k": self.k,
                 "knn_loo_accuracy": {str(k): v for k, v in self.loo_accuracy.items()},

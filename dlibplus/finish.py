@@ -249,8 +249,8 @@ def summary_lines(result: FinetuneResult) -> list[str]:
                          f"--encoder dlib --encoder {result.output}")
         if 0 < result.median_photos <= FEW_PHOTOS_FOR_JITTER:
             lines.append(f"With {result.median_photos:g} photos for the median person, dlib's own network with "
-                         "jitter (train-knn --encoder torch --jitters 10) named 1.5 points more faces than "
-                         "fine-tuning on average over the labelled sets, and jitter on this network 1.1 more "
+                         "jitter (train-knn --encoder torch --jitters 10) named 1.2 points more faces than "
+                         "fine-tuning on average over the labelled sets, and jitter on this network 0.5 more "
                          "(README). Compare them on new photos: dlibplus evaluate NEW_PHOTOS/ "
                          f"--encoder torch --encoder {result.output} --jitters 10")
     else:

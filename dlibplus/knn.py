@@ -470,10 +470,11 @@ def train(train_dir: os.PathLike | str, model_save_path: os.PathLike | str | Non
     Images with no face or several faces are skipped (listed when ``verbose``). ``n_neighbors=None``
     means ``"auto"``. Returns the fitted :class:`FaceKNN`; saves it when ``model_save_path`` is given.
     """
-    from .people import load_people
+    from .people import load_people, scale_jitter
 
     ts = load_people(train_dir, settings=settings, encoder=encoder, jobs=jobs, num_jitters=num_jitters,
                      use_cache=use_cache, progress=progress)
+    ts = scale_jitter(ts, jobs=jobs, use_cache=use_cache, progress=progress)  # as train-knn does
     if verbose:
         for line in ts.report_lines():
             print(line)

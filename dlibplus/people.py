@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class PeopleSet:
     :ivar skipped: person → list of ``(path, reason)``.
     :ivar sources: (n,) ``S32`` sha256 digests of the used photos (zeros for one that could not be hashed).
     :ivar n_already_known: photos left out because ``skip_sources`` held them.
+    :ivar jitter_scale: the factor the (jittered) encodings were multiplied by (:func:`scale_jitter`).
     """
 
     folder: Path
@@ -55,6 +56,7 @@ class PeopleSet:
     total_per_person: dict[str, int] = field(default_factory=dict)
     sources: np.ndarray | None = None
     n_already_known: int = 0
+    jitter_scale: float = 1.0
 
     @property
     def people(self) -> list[str]:
@@ -102,7 +104,7 @@ class PeopleSet:
     @property
     def recipe(self) -> Recipe:
         """How these encodings were made: what a model built from them must be used with."""
-        return Recipe(self.encoder_spec, self.settings, self.num_jitters)
+        return Recipe(self.encoder_spec, self.settings, self.num_jitters, self.jitter_scale)
 
     def info(self) -> dict[str, Any]:
         """Facts about the set a model records beside its recipe (JSON-able)."""
@@ -183,6 +185,29 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
                      num_jitters, encodings=stacked if want == "encodings" else None,
                      chips=stacked if want == "chips" else None, skipped=dict(skipped),
                      total_per_person=dict(total), sources=np.array(sources, dtype="S32"), n_already_known=n_known)
+
+
+def scale_jitter(people: PeopleSet, scale: float | None = None, *, jobs: int | None = None,
+                 use_cache: bool = True, progress: bool = True) -> PeopleSet:
+    """``people`` (jittered encodings) with its encodings multiplied by ``scale``, or by the scale
+    :func:`~dlibplus.jitter_scale.estimate_scale` finds on a sample of its photos encoded again without jitter
+    (``scale=None``: at most :data:`~dlibplus.jitter_scale.SAMPLE_PHOTOS`, spread over the people). A set
+    without jitter, or with no encodings, comes back unchanged.
+    """
+    from .jitter_scale import estimate_scale, sample_rows
+
+    if people.num_jitters <= 1 or people.encodings is None or not len(people.labels):
+        return people
+    if scale is None:
+        rows = sample_rows(people.labels)
+        results = process_images(people.paths[rows].tolist(), people.settings,
+                                 encoder=resolve_encoder(people.encoder_spec)[0], jobs=jobs, use_cache=use_cache,
+                                 progress=progress, desc="encoding a sample without jitter")
+        one_face = np.array([r.error is None and r.n_faces == 1 for r in results])
+        plain = np.array([r.encodings[0] for r, ok in zip(results, one_face) if ok]).reshape(-1, 128)
+        rows = rows[one_face]
+        scale = estimate_scale(plain, people.encodings[rows], people.labels[rows])
+    return replace(people, encodings=people.encodings * scale, jitter_scale=float(scale))
 
 
 def _digest(path: Path) -> bytes | None:

@@ -62,11 +62,11 @@ def predict_images(paths: Sequence[os.PathLike | str], classifier: Classifier, *
     :param threshold: distance beyond which a face is ``UNKNOWN``; default the classifier's.
     """
     from .data import iter_images
-    from .encoders import resolve_encoder
+    from .encoders import resolve_encoder, with_jitter
 
     recipe = recipe or classifier.recipe
-    encoder = resolve_encoder(recipe.encoder)[0]
-    results = iter_images(paths, recipe.face_settings, encoder=encoder, num_jitters=recipe.num_jitters,
+    encoder = with_jitter(resolve_encoder(recipe.encoder)[0], recipe.num_jitters, recipe.jitter_scale)
+    results = iter_images(paths, recipe.face_settings, encoder=encoder,
                           jobs=jobs, use_cache=use_cache, progress=progress, desc="predicting")
     for r in results:
         if r.error is not None or not r.n_faces:

@@ -6,7 +6,7 @@ encodings were; it records its :class:`Recipe` and prediction follows it. Torch-
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,24 @@ class Recipe:
         optionally ``+flip``; paths as given, see :meth:`resolve_encoder_path`).
     :param face_settings: detection and alignment settings.
     :param num_jitters: dlib's jitter, 1 for none.
+    :param jitter_scale: the factor jittered encodings are multiplied by (:mod:`dlibplus.jitter_scale`: so
+        that 0.6 keeps its meaning); 1.0 without jitter and in models written before it existed.
     """
 
     encoder: str = "dlib"
     face_settings: FaceSettings = field(default_factory=FaceSettings)
     num_jitters: int = 1
+    jitter_scale: float = 1.0
 
     def __post_init__(self):
         if self.num_jitters < 1:
             raise ValueError(f"num_jitters must be >= 1, not {self.num_jitters}")
+        if not self.jitter_scale > 0:
+            raise ValueError(f"jitter_scale must be > 0, not {self.jitter_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "face_settings": self.face_settings.to_dict(),
-                "num_jitters": self.num_jitters}
+                "num_jitters": self.num_jitters, "jitter_scale": self.jitter_scale}
 
     @classmethod
     def from_dict(cls, meta: dict[str, Any], source: os.PathLike | str) -> "Recipe":
@@ -54,15 +59,16 @@ class Recipe:
         try:
             return cls(encoder=str(meta.get("encoder", "dlib")),
                        face_settings=FaceSettings(**meta.get("face_settings", {})),
-                       num_jitters=int(meta.get("num_jitters", 1)))
+                       num_jitters=int(meta.get("num_jitters", 1)),
+                       jitter_scale=float(meta.get("jitter_scale", 1.0)))
         except (TypeError, ValueError) as exc:
             raise ModelFileError(source, f"its recorded face settings or encoder are not usable ({exc})") from None
 
     def with_encoder(self, encoder: str) -> "Recipe":
-        return Recipe(encoder, self.face_settings, self.num_jitters)
+        return replace(self, encoder=encoder)
 
     def with_face_settings(self, face_settings: FaceSettings) -> "Recipe":
-        return Recipe(self.encoder, face_settings, self.num_jitters)
+        return replace(self, face_settings=face_settings)
 
     def relative_to(self, folder: os.PathLike | str) -> "Recipe":
         """The recipe with a path encoder written relative to ``folder`` (where the model file is), so a

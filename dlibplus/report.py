@@ -189,8 +189,8 @@ def markdown(result: EvaluationResult, charts: Mapping[str, Path] | None = None)
                                                     f" (seed {result.seed})"),
            f"- {_summary_line(result).split(': ', 1)[1]}",
            f"- face settings: {', '.join(f'{k}={v}' for k, v in result.settings.to_dict().items())}",
-           "- encoders: " + ", ".join(f"**{e.name}** (`{e.spec}`" + (f", jitter {e.num_jitters}" if e.num_jitters > 1
-                                                                    else "") + ")" for e in result.encoders)
+           "- encoders: " + ", ".join(f"**{e.name}** (`{e.spec}`" + (f", jitter {e.num_jitters} scaled by {e.jitter_scale:.3f}"
+                                                                    if e.num_jitters > 1 else "") + ")" for e in result.encoders)
            + f"; baseline **{result.baseline.name}**; threshold {result.threshold:g}"]
     if result.holdout_people:
         md.append(f"- held out of the gallery (strangers): {', '.join(result.holdout_people)}")

@@ -166,6 +166,8 @@ def resolve_usage(classifier, encoder=None, settings: FaceSettings | None = None
                   recipe: "Recipe | None" = None):
     """``(encoder object, face settings)`` to predict with: ``recipe`` (default the classifier's own), with
     ``encoder`` (a spec or an encoder object), ``settings`` and ``num_jitters`` overriding it where given."""
+    from dataclasses import replace
+
     from .encoders import resolve_encoder, with_jitter
     from .recipe import Recipe
 
@@ -174,10 +176,11 @@ def resolve_usage(classifier, encoder=None, settings: FaceSettings | None = None
         recipe = recipe.with_encoder(str(encoder))
     if settings is not None:
         recipe = recipe.with_face_settings(settings)
-    jitters = num_jitters if num_jitters is not None else recipe.num_jitters
+    if num_jitters is not None and num_jitters != recipe.num_jitters:  # the recipe's scale was for its own jitter
+        recipe = replace(recipe, num_jitters=max(num_jitters, 1), jitter_scale=1.0)
     base = encoder if encoder is not None and not isinstance(encoder, (str, os.PathLike)) \
         else resolve_encoder(recipe.encoder)[0]
-    return with_jitter(base, jitters), recipe.face_settings
+    return with_jitter(base, recipe.num_jitters, recipe.jitter_scale), recipe.face_settings
 
 
 def draw_faces(bgr: np.ndarray, faces: list[VideoFace]) -> np.ndarray:

@@ -67,19 +67,39 @@ def test_train_knn_skips_and_reports_bad_input(people_dir, tmp_path):
     assert "tip: your median person has 3 photos" in res.output and "--jitters 10" in res.output  # 3, 2 and 4
 
 
-def test_train_knn_with_jitters_records_them_and_gives_no_tip(people_dir, tmp_path):
-    """--jitters N is stored with the model (predict applies it) and silences the jitter tip; the model's faces are
-    the mean of N jittered copies (dlib's own jitter), so they differ from the plain ones."""
+def test_train_knn_with_jitters_records_them_and_gives_no_tip(people_dir, tmp_path, faces_dir):
+    """--jitters N is stored with the model with its scale and silences the jitter tip; the model's faces are the
+    mean of N jittered copies (dlib's own jitter) times the scale, and predict (and --add) encode the same way: a
+    training photo is at distance 0 from itself."""
+    from dlibplus.encoders import DlibEncoder, with_jitter
+    from dlibplus.faces import FaceSettings
     from dlibplus.knn import FaceKNN
 
     res = run("train-knn", people_dir, "-o", tmp_path / "j", "--jitters", 2, "-j", 1)
     assert res.exit_code == 0, res.output
-    assert "tip:" not in res.output
+    assert "tip:" not in res.output and "jitter 2: encodings scaled by" in res.output
     assert run("train-knn", people_dir, "-o", tmp_path / "p", "-j", 1).exit_code == 0
     jittered, plain = FaceKNN.load(tmp_path / "j"), FaceKNN.load(tmp_path / "p")
     assert jittered.recipe.num_jitters == 2 and plain.recipe.num_jitters == 1
+    scale = jittered.recipe.jitter_scale
+    assert 1.0 < scale < 1.2 and plain.recipe.jitter_scale == 1.0  # averaging pulls faces together
     assert jittered.encodings_.shape == plain.encodings_.shape
     assert 0 < np.abs(jittered.encodings_ - plain.encodings_).max() < 0.2
+    photos = sorted((people_dir / "Adrien_Brody").glob("*_000*.jpg"))
+    found = data.process_images(photos, FaceSettings(), want="chips", jobs=1, progress=False)
+    photo, chip = next((p, r.chips) for p, r in zip(photos, found) if r.n_faces == 1)  # one is skipped: 2 faces
+    expected = with_jitter(DlibEncoder(), 2).encode(chip)[0] * scale
+    row = np.flatnonzero(jittered.classes_[jittered.labels_] == "Adrien_Brody")
+    assert np.abs(jittered.encodings_[row] - expected).sum(axis=1).min() < 1e-4
+    out = run("predict", tmp_path / "j", photo, "-j", 1, "--json")
+    assert json.loads(out.stdout)[0]["distance"] < 1e-4, out.stdout  # unscaled it would be ~0.01 away
+    newcomer = tmp_path / "more" / "Abel_Pacheco"
+    newcomer.mkdir(parents=True)
+    extra = sorted((faces_dir / "lfw_dev" / "Abel_Pacheco").iterdir())[0]
+    os.symlink(extra, newcomer / extra.name)
+    assert run("train-knn", tmp_path / "more", "-o", tmp_path / "j", "--add", "-j", 1).exit_code == 0
+    out = run("predict", tmp_path / "j", newcomer / extra.name, "-j", 1, "--json")
+    assert json.loads(out.stdout)[0]["name"] == "Abel_Pacheco" and json.loads(out.stdout)[0]["distance"] < 1e-4
 
 
 def test_predict_csv_json_unknown_and_annotate(people_dir, tmp_path, faces_dir):

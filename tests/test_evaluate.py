@@ -23,6 +23,7 @@ from dlibplus import metrics  # noqa: E402
 from dlibplus.data import FaceSettings, split_per_person  # noqa: E402
 from dlibplus.errors import DataFolderError  # noqa: E402
 from dlibplus.evaluate import encoder_name, evaluate_folder  # noqa: E402
+from dlibplus.jitter_scale import estimate_scale, sample_rows  # noqa: E402
 from dlibplus.knn import FaceKNN  # noqa: E402
 from dlibplus.pairs_file import read_pairs  # noqa: E402
 from dlibplus.people import load_people  # noqa: E402
@@ -392,10 +393,19 @@ def test_jitters_adds_each_encoder_jittered_as_train_knn_would_encode(kpop8, tmp
     assert ev.knn_pred.tolist() == predicted.tolist()
     plain = load_people(kpop8, settings=WHOLE, encoder="torch", jobs=2, progress=False).encodings
     assert np.abs(X - plain).max() > 1e-3  # the jitter moved the descriptors
+    # scaled as train-knn would scale them with the gallery as its folder; the plain encoder is not scaled
+    rows = gallery[sample_rows(y[gallery])]
+    assert ev.jitter_scale == pytest.approx(estimate_scale(plain[rows], X[rows], y[rows])) and ev.jitter_scale > 1
+    assert result.encoders[0].jitter_scale == 1.0
+    known = np.isin(y[probes], y[gallery])
+    to_person = [ev.jitter_scale * np.linalg.norm(X[gallery][y[gallery] == p] - x, axis=1).min()
+                 for x, p in zip(X[probes][known], predicted[known])]
+    assert ev.knn_distance == pytest.approx(to_person, abs=1e-5)  # distances are the scaled ones
     assert {(c.encoder, c.baseline) for c in result.comparisons} == {("torch jitter3", "torch")}
     files = write_report(result, tmp_path / "report")
     js = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert js["results"]["torch jitter3"]["num_jitters"] == 3 and js["results"]["torch"]["num_jitters"] == 1
-    assert "jitter 3" in files["report"].read_text()
+    assert js["results"]["torch jitter3"]["jitter_scale"] == pytest.approx(ev.jitter_scale)
+    assert f"jitter 3 scaled by {ev.jitter_scale:.3f}" in files["report"].read_text()
     with pytest.raises(ValueError, match="jitters"):
         evaluate_folder(kpop8, ["torch"], settings=WHOLE, progress=False, jitters=0)

@@ -111,6 +111,7 @@ def test_single_file_models_of_older_dlibplus_still_load(kpop, tmp_path):
     loaded = FaceKNN.load(old)
     assert loaded.k_ == 3 and loaded.n_neighbors == 3 and loaded.info_ == {"n_images": 120}
     assert (loaded.method, loaded.method_) == ("knn", "knn")  # what it was trained as
+    assert loaded.recipe.jitter_scale == 1.0  # written before the jitter scale existed: encodings as they were
     fresh = FaceKNN(3, method="knn").fit(X[:120], labels[:120])
     assert np.array_equal(loaded.predict(X[120:]), fresh.predict(X[120:]))
 
