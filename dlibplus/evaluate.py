@@ -474,7 +474,8 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
     :param n_neighbors: the KNN's k (``'auto'``, ``'sqrt'`` or an int), as ``train-knn``.
     :param n_boot: bootstrap replicates of the comparison confidence intervals (95 %).
     :param jitters: above 1, each encoder is also measured with dlib's jitter (each face the mean of
-        ``jitters`` jittered copies, as ``train-knn --jitters`` gives), as ``"NAME jitterN"`` right after it.
+        ``jitters`` jittered copies, scaled as ``train-knn --jitters`` would scale them with the gallery as its
+        folder), as ``"NAME jitterN"`` right after it.
     :raises DataFolderError: a folder is unusable, there are no probes, or too many people are held out.
     """
     specs = [os.fspath(e) for e in encoders]
