@@ -289,8 +289,8 @@ def _pair_distances(pairs: PairList, pairs_file: Path, specs: Sequence[str], jit
                     jitter_scales: Sequence[float], names: Sequence[str], settings: FaceSettings, jobs: int | None,
                     progress: bool) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, Any], list[str]]:
     """Distances of the usable pairs for each encoder (a jittered one with its gallery's scale): ``(name -> (m,),
-    same (m,), fold ids or None, summary, notes)``. An image with several faces gives its largest face; a pair with an image without a usable face
-    (for any encoder) is left out."""
+    same (m,), fold ids or None, summary, notes)``. An image with several faces gives its largest face; a pair
+    with an image without a usable face (for any encoder) is left out."""
     unique = sorted(set(map(str, pairs.path1 + pairs.path2)))
     usable = np.ones(len(unique), bool)
     reasons: dict[str, str] = {}
