@@ -2,7 +2,7 @@
 
 For each ``<set>-<n_train>-<seed>`` folder (a `finetune` output of one suite split), on that split's photos and
 in the same run: dlib and the folder's network, each plain, jittered (``--jitters``, 10 copies) and jittered then
-scaled by :func:`dlibplus.jitter_scale.estimate_scale` on a sample of the split's training photos (what
+scaled by :func:`dlibplus.jitter_scale.scale_for` on the split's training photos (what
 ``train-knn --jitters 10`` does since the scale exists). Each through train-knn + predict at 0.6 (bench_suite's
 ``user_path``): accuracy, different-person test pairs within 0.6, same-person pairs rejected, and the scale.
 
@@ -20,7 +20,7 @@ import numpy as np
 
 import bench_suite as bs
 from dlibplus.encoders import TorchEncoder, with_jitter
-from dlibplus.jitter_scale import estimate_scale, sample_rows
+from dlibplus.jitter_scale import scale_for
 
 KEYS = ("knn_accuracy", "unknown_rate", "same_at_0.6", "different_at_0.6", "eer", "within_eer_1pt", "tar@0.001")
 VARIANTS = ("plain", "jitter", "jitter_scaled")
@@ -38,7 +38,6 @@ def replay(folder: Path, dlib, cache: dict, jittered_dlib: dict, jitters: int) -
         jittered_dlib[name] = bs.JitteredOnce(with_jitter(dlib, jitters), data.chips)
     chosen = json.loads((folder / "metadata.json").read_text())["selection"]["chosen"]
     tuned = TorchEncoder.from_dat(folder / "model.dat", device="cpu")
-    sample = sp.train[sample_rows(names[sp.train])]
     row = {"set": name, "n_train": len(sp.train), "seed": seed, "kept": chosen.get("name", chosen.get("alpha"))}
     for label, encoder in (("dlib", dlib), ("ft", tuned)):
         plain = np.zeros((len(data.chips), 128))
@@ -48,7 +47,7 @@ def replay(folder: Path, dlib, cache: dict, jittered_dlib: dict, jitters: int) -
         else:
             jittered = np.zeros((len(data.chips), 128))
             jittered[used] = with_jitter(encoder, jitters).encode(data.chips[used])
-        scale = estimate_scale(plain[sample], jittered[sample], names[sample])
+        scale = scale_for(plain[sp.train], jittered[sp.train], names[sp.train])
         for variant, emb in zip(VARIANTS, (plain, jittered, jittered * scale)):
             measured = bs.user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
             row[f"{label}_{variant}"] = {k: measured[k] for k in KEYS}

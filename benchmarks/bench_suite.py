@@ -45,7 +45,7 @@ from dlibplus import metrics
 from dlibplus.encoders import TorchEncoder, with_jitter
 from dlibplus.faces import FaceSettings
 from dlibplus.finetune_data import ChipSet, FinetuneData, drop_small_classes, load_chipset
-from dlibplus.jitter_scale import estimate_scale, sample_rows
+from dlibplus.jitter_scale import scale_for
 from dlibplus.knn import FaceKNN
 from dlibplus.selection import bootstrap_gain
 from dlibplus.finetune import finetune
@@ -181,10 +181,10 @@ def run_one(name: str, sp: Split, seed: int, config: FinetuneConfig, dlib, lfw, 
         used = np.union1d(sp.train, sp.test)
         tuned_jittered = np.zeros((len(data.chips), 128))
         tuned_jittered[used] = with_jitter(tuned, jitters).encode(data.chips[used])
-        sample = sp.train[sample_rows(names[sp.train])]  # train-knn's scale, on the training photos
         for label, base, emb in (("dlib_jitter", "dlib", dlib_jittered.get(used)),
                                  ("finetuned_jitter", "finetuned", tuned_jittered)):
-            scale = estimate_scale(plain[base][sample], emb[sample], names[sample])
+            # train-knn's scale with the training photos as its folder
+            scale = scale_for(plain[base][sp.train], emb[sp.train], names[sp.train])
             emb = emb * scale
             rows[label] = user_path(emb[sp.train], names[sp.train], emb[sp.test], names[sp.test])
             rows[label]["jitter_scale"] = scale

@@ -401,7 +401,7 @@ class JitterEncoder:
             copies = np.stack(jitter_chips(chip, self.num_jitters, DlibRand()))
             # dlib averages the copies' descriptors in float32
             out[i] = np.asarray(self.base.encode(copies), np.float32).mean(axis=0, dtype=np.float32)
-        return out * self.scale if self.scale != 1.0 else out
+        return out * self.scale
 
     @property
     def identity(self) -> dict[str, Any]:

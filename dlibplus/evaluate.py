@@ -204,16 +204,14 @@ def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[
 def _scale_jittered(gallery: _Encoded, probes: _Encoded, names: Sequence[str], jitters: Sequence[int]) -> list[float]:
     """Each encoder's jitter scale (1.0 for a plain one), estimated on the gallery as train-knn would on it
     (:func:`~dlibplus.people.scale_jitter`), and applied to its gallery and probe encodings in place."""
-    from .jitter_scale import estimate_scale, sample_rows
+    from .jitter_scale import scale_for
 
     scales = []
-    rows = sample_rows(gallery.labels)
     for i, (name, j) in enumerate(zip(names, jitters)):
         scale = 1.0
         if j > 1:
             plain = names[i - 1]  # evaluated_encoders puts each jittered twin right after its plain encoder
-            scale = estimate_scale(gallery.encodings[plain][rows], gallery.encodings[name][rows],
-                                   gallery.labels[rows])
+            scale = scale_for(gallery.encodings[plain], gallery.encodings[name], gallery.labels)
             for part in (gallery, probes):
                 part.encodings[name] = part.encodings[name] * scale
         scales.append(scale)

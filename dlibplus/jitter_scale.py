@@ -53,3 +53,14 @@ def estimate_scale(plain: np.ndarray, jittered: np.ndarray, labels: np.ndarray) 
     d_jittered, _ = pair_distances(jittered, labels)
     below = float(np.median(d_jittered[~same]))
     return float(np.median(d_plain[~same]) / below) if below > 0 else 1.0
+
+
+def scale_for(plain: np.ndarray, jittered: np.ndarray, labels: np.ndarray) -> float:
+    """The scale train-knn would store for a folder of these photos, when both encodings of every photo are at
+    hand: :func:`estimate_scale` on the rows :func:`sample_rows` picks.
+
+    :param plain: (n, 128) float without jitter. :param jittered: (n, 128) float, the same faces jittered.
+    :param labels: (n,) person of each row.
+    """
+    rows = sample_rows(labels)
+    return estimate_scale(np.asarray(plain)[rows], np.asarray(jittered)[rows], np.asarray(labels)[rows])
