@@ -1,5 +1,6 @@
 """Test-time flip (``--encoder dlib+flip``): does averaging each face with its mirror image help?
-With ``--jitters N``: does dlib's jitter (``train-knn --jitters N``: each face the mean of N jittered copies)?
+With ``--jitters N``: does dlib's jitter (``train-knn --jitters N``: each face the mean of N jittered copies,
+scaled as train-knn scales it on the training half)?
 
 Same protocol as bench_finetune.py: kpop_idols15 seeded 50/50 split (KNN accuracy, TAR at FAR over
 the test-half pairs) and 300 lfw_dev people (balanced 10-fold accuracy). Each encoder is measured
@@ -15,9 +16,18 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from bench_finetune import closed_set, lfw_verification, load_sets
 
 from dlibplus.encoders import FlipEncoder, TorchEncoder, load_encoder, with_jitter
+from dlibplus.jitter_scale import scale_for
+
+
+def train_knn_scale(encoder, data, train_idx, jitters: int) -> float:
+    """The jitter scale ``train-knn --jitters N`` would store for the kpop train half
+    (:func:`dlibplus.jitter_scale.scale_for`)."""
+    chips, names = data.chips[train_idx], np.array(data.classes)[data.labels[train_idx]]
+    return scale_for(encoder.encode(chips), with_jitter(encoder, jitters).encode(chips), names)
 
 
 def main() -> None:
@@ -37,8 +47,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = {}
     for name, enc in encoders.items():
-        if args.jitters > 1:  # what train-knn --jitters N does: the folder's own calibration, jittered
-            augmented = with_jitter(enc, args.jitters)
+        if args.jitters > 1:  # what train-knn --jitters N does: the folder's own calibration, jittered, scaled
+            scale = train_knn_scale(enc, kpop, train_idx, args.jitters)
+            augmented = with_jitter(enc, args.jitters, scale)
+            print(f"{name}: jitter scale {scale:.4f}", flush=True)
         else:
             augmented = load_encoder(f"{models[name]}+flip", device="cpu") if name in models else FlipEncoder(enc)
         for flip, e in (("no", enc), ("yes", augmented)):

@@ -23,7 +23,7 @@ import torch
 from .calibration import TOLERANCE, OperatingPoint
 from .finetune_data import ChipSet, FinetuneData
 from .finish import FinetuneResult, KeptFigures, conclude, head_for, judge, kept_figures, load_scaled
-from .selection import Assessment, interpolate, select
+from .selection import Assessment, Selection, interpolate, select
 from .train import Run, TrainState, build, encoder_of, fit, validate
 from .train_config import SMALL_FOLDER, FinetuneConfig
 
@@ -128,14 +128,34 @@ def train_fold(photos: ChipSet, fold: np.ndarray, k: int, config: FinetuneConfig
     return FoldRun(run, state, train, val, dlib_val, judge(run, state.best_backbone, train, val))
 
 
-def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, device: torch.device, dist_info, *,
-                      t_start: float, progress: bool = True, say: Callable[[str], None] = print,
-                      extra: dict | None = None) -> FinetuneResult:
-    """:func:`dlibplus.finetune.finetune` with ``config.folds`` >= 2: the photos of ``data.train`` and
-    ``data.val`` are pooled and dealt into folds."""
-    photos = ChipSet(np.concatenate([data.train.chips, data.val.chips]),
-                     np.concatenate([data.train.labels, data.val.labels]), data.train.classes,
-                     data.train.paths + data.val.paths)
+@dataclass
+class CrossFit:
+    """What the folds measured: the choice between dlib, the interpolations and the fine-tuned weights, made
+    on every photo once, and each fold's best weights.
+
+    :ivar photos: every photo, the folds' training and validation photos together.
+    :ivar fold_states: each fold's best backbone state dict (uncalibrated, not interpolated).
+    :ivar best_epochs: each fold's best epoch, 1-based.
+    """
+
+    photos: ChipSet
+    selection: Selection
+    figures: KeptFigures
+    dlib_val: dict
+    fold_states: list[dict]
+    best_epochs: list[int]
+    n_validated: int
+
+    @property
+    def epochs(self) -> int:
+        """The epochs a run on every photo trains for: the median of the folds' best."""
+        return max(1, int(round(float(np.median(self.best_epochs)))))
+
+
+def cross_validate(photos: ChipSet, config: FinetuneConfig, device: torch.device, dist_info, *, progress: bool,
+                   say: Callable[[str], None]) -> CrossFit:
+    """Deal ``photos`` into ``config.folds`` folds, fine-tune on each fold's complement, judge and pool
+    (:func:`pool`), select (:func:`dlibplus.selection.select`) and measure the kept candidate on each fold."""
     fold = fold_of(photos.labels, config.folds, config.seed)
     present = [k for k in range(config.folds) if (fold == k).any()]
     folds = []
@@ -154,24 +174,59 @@ def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, 
         load_scaled(f.run.backbone, interpolate(f.run.base_state, f.state.best_backbone, alpha), scale)
         figures.append(kept_figures(f.run, alpha, scale, f.train, f.val)[0])
     weights = [len(f.val) for f in folds]
-    dlib_val = pooled_metrics([f.dlib_val for f in folds], weights)
-    best_epochs = [f.state.best_epoch + 1 for f in folds]
-    epochs = max(1, int(round(float(np.median(best_epochs)))))
-    del folds  # their weights, optimisers and heads are done with
+    return CrossFit(photos, selection, pooled_figures(figures, weights, alpha),
+                    pooled_metrics([f.dlib_val for f in folds], weights), [f.state.best_backbone for f in folds],
+                    [f.state.best_epoch + 1 for f in folds], int(len(val_y)))
 
-    run = build(photos, config, device, dist_info)
+
+def retrained(cf: CrossFit, config: FinetuneConfig, device: torch.device, dist_info, *, progress: bool,
+              say: Callable[[str], None]) -> tuple[Run, TrainState]:
+    """The network handed back made by one more run on every photo, for :attr:`CrossFit.epochs` epochs (none
+    when the folds keep dlib)."""
+    run = build(cf.photos, config, device, dist_info)
     state = TrainState(best_backbone=copy.deepcopy(run.backbone.state_dict()))
-    if alpha > 0:
-        say(f"fine-tuning on every photo ({len(photos)}) for {epochs} epochs (the folds' median best)")
-        state = fit(run, photos, None, state, None, progress=progress, say=say, until=epochs)
+    if cf.selection.chosen.alpha > 0:
+        say(f"fine-tuning on every photo ({len(cf.photos)}) for {cf.epochs} epochs (the folds' median best)")
+        state = fit(run, cf.photos, None, state, None, progress=progress, say=say, until=cf.epochs)
     else:
         say("the folds keep dlib: no run on every photo is needed")
-    scale = selection.chosen.point.scale
+    return run, state
+
+
+def souped(cf: CrossFit, config: FinetuneConfig, device: torch.device, dist_info) -> tuple[Run, TrainState]:
+    """The network handed back made as the mean of the folds' best weights (a uniform model soup, Wortsman et
+    al. 2022: fine-tuned from the same weights and held near them by the anchor, their mean is a network that
+    learnt from every photo), with no further training."""
+    run = build(cf.photos, config, device, dist_info)
+    return run, TrainState(best_backbone=soup(cf.fold_states), best_epoch=-1)
+
+
+def soup(states: list[dict]) -> dict:
+    """The mean of state dicts of one architecture (floating tensors; the others from the first)."""
+    return {key: (torch.stack([s[key] for s in states]).mean(dim=0) if first.is_floating_point() else first.clone())
+            for key, first in states[0].items()}
+
+
+def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, device: torch.device, dist_info, *,
+                      t_start: float, progress: bool = True, say: Callable[[str], None] = print,
+                      extra: dict | None = None) -> FinetuneResult:
+    """:func:`dlibplus.finetune.finetune` with ``config.folds`` >= 2: the photos of ``data.train`` and
+    ``data.val`` are pooled and dealt into folds; ``config.crossfit_network`` makes the network handed back."""
+    photos = ChipSet(np.concatenate([data.train.chips, data.val.chips]),
+                     np.concatenate([data.train.labels, data.val.labels]), data.train.classes,
+                     data.train.paths + data.val.paths)
+    cf = cross_validate(photos, config, device, dist_info, progress=progress, say=say)
+    alpha, scale = cf.selection.chosen.alpha, cf.selection.chosen.point.scale
+    if config.crossfit_network == "soup":
+        run, state = souped(cf, config, device, dist_info)
+    else:
+        run, state = retrained(cf, config, device, dist_info, progress=progress, say=say)
     load_scaled(run.backbone, interpolate(run.base_state, state.best_backbone, alpha), scale)
     head, head_mean = head_for(run, alpha, scale, encoder_of(run.backbone, run.device).encode(photos.chips),
-                               photos.labels)
-    cross_fit = {"folds": len(present), "best_epochs": best_epochs, "epochs": epochs if alpha > 0 else 0,
-                 "n_validated": int(len(val_y))}
+                               photos.labels, head_trained=config.crossfit_network == "retrain")
+    trained = alpha > 0 and config.crossfit_network == "retrain"
+    cross_fit = {"folds": len(cf.best_epochs), "best_epochs": cf.best_epochs, "epochs": cf.epochs if trained else 0,
+                 "n_validated": cf.n_validated, "network": config.crossfit_network}
     every = FinetuneData(photos, photos, data.people, data.dropped, data.val_strangers, data.folder)
-    return conclude(run, state, every, output, selection, pooled_figures(figures, weights, alpha), head, head_mean,
-                    dlib_val=dlib_val, t_start=t_start, extra={**(extra or {}), "cross_fit": cross_fit})
+    return conclude(run, state, every, output, cf.selection, cf.figures, head, head_mean, dlib_val=cf.dlib_val,
+                    t_start=t_start, extra={**(extra or {}), "cross_fit": cross_fit})

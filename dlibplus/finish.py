@@ -144,17 +144,18 @@ def conclude(run: Run, state: TrainState, data: FinetuneData, output: Path, sele
     return result
 
 
-def head_for(run: Run, alpha: float, scale: float, train_emb: np.ndarray, train_y: np.ndarray
-              ) -> tuple[nn.Module, np.ndarray]:
+def head_for(run: Run, alpha: float, scale: float, train_emb: np.ndarray, train_y: np.ndarray, *,
+             head_trained: bool = True) -> tuple[nn.Module, np.ndarray]:
     """The head and the mean it subtracts, in the written network's units.
 
     For the fine-tuned weights, the trained head (it saw embeddings minus dlib's mean; cosines do not
-    change when both are scaled by the calibration). For dlib or an interpolation, whose embeddings the
-    trained head never saw, a head of the same kind imprinted with each person's mean embedding.
+    change when both are scaled by the calibration). For dlib, an interpolation, or weights ``run`` did not
+    train (``head_trained`` false: cross-fitting's soup), whose embeddings that head never saw, a head of the
+    same kind imprinted with each person's mean embedding.
     """
     from .heads import create_head
 
-    if alpha == 1.0:
+    if alpha == 1.0 and head_trained:
         return run.head, run.trainee.embedding_mean.cpu().numpy().astype(np.float64) * scale
     mean = train_emb.mean(axis=0)
     head = create_head(run.config.head, len(np.unique(train_y)), **run.config.head_options)
@@ -213,15 +214,19 @@ def write_outputs(output: Path, backbone, head, head_mean: np.ndarray, classes: 
 
 def summary_lines(result: FinetuneResult) -> list[str]:
     """The end-of-run table: per-epoch history, the candidates on the user's path, the decision."""
-    lines = [f"{'epoch':>5} {'loss':>8} {'train acc':>9} {'val 1-NN':>8} {'val AUC':>8} {'s':>6}"]
+    lines = [f"{'epoch':>5} {'loss':>8} {'train acc':>9} {'val 1-NN':>8} {'val AUC':>8} {'s':>6}"] if result.history else []
     for h in result.history:  # cross-fitting's run on every photo has no validation: its columns read nan
         lines.append(f"{h['epoch']:>5} {h['loss']:>8.4f} {h['train_acc']:>9.3f} "
                      f"{h.get('identification_1nn', float('nan')):>8.3f} {h.get('auc', float('nan')):>8.4f} "
                      f"{h['seconds']:>6.1f}")
     if result.cross_fit:
         cf = result.cross_fit
-        tail = (f"the network above trained on every photo for {cf['epochs']} epochs" if cf["epochs"]
-                else "the folds kept dlib, so no run on every photo was needed")
+        if result.selection.chosen.alpha == 0:
+            tail = "the folds kept dlib, so no network was made from every photo"
+        elif cf.get("network") == "soup":
+            tail = "the network handed back is the mean of the folds' best weights (no run on every photo)"
+        else:
+            tail = f"the network above trained on every photo for {cf['epochs']} epochs"
         lines.append(f"cross-fitted over {cf['folds']} folds (best epochs {cf['best_epochs']}): every photo was "
                      f"validated once; {tail}")
     sel = result.selection
@@ -236,7 +241,9 @@ def summary_lines(result: FinetuneResult) -> list[str]:
     if flip is not None and plain is not None:
         lines.append(f"validation 1-NN of the kept network: {plain:.3f}, with +flip {flip:.3f}")
     if sel.chosen.alpha > 0:
-        lines.append(f"kept: {sel.chosen.name} (best epoch {result.best_epoch}) — {sel.reason}. "
+        made = ("the folds' mean" if result.cross_fit.get("network") == "soup"
+                else f"best epoch {result.best_epoch}")
+        lines.append(f"kept: {sel.chosen.name} ({made}) — {sel.reason}. "
                      f"Use it with --encoder {result.output}")
         if not sel.beats_dlib:
             lines.append(f"WARNING: it does not beat dlib with confidence on your validation photos "

@@ -31,6 +31,9 @@ CONFUSED_SHARE = 0.2
 # cross-fitting named more test photos than one split over the 2-, 4-, 7- and 10-photo rows; with ~12 per
 # person (kpop 50/50) it did not pay for its time
 SMALL_FOLDER = 10
+# how cross-fitting makes the network it hands back: "retrain" one more run on every photo for the folds' median
+# best epochs; "soup" the mean of the folds' best weights (no further training; see dlibplus.crossfit)
+CROSSFIT_NETWORKS = ("retrain", "soup")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class FinetuneConfig:
     ``ema``: after every step a moving average of the trained network weights moves ``1 - ema`` of the way to
     them (0: off); validation, the kept epoch and everything after it use the average (Polyak averaging; an
     experiment measured on kpop only, BENCHMARKS.md, not a command-line option).
+    ``crossfit_network``: see :data:`CROSSFIT_NETWORKS` (``folds`` >= 2 only).
     """
 
     head: str = "arcface"
@@ -98,6 +102,7 @@ class FinetuneConfig:
     regime: str = "anchor"
     judge_gallery: str = "trained"
     ema: float = 0.0  # decay per step of a moving average of the network's weights (0: off; BENCHMARKS.md)
+    crossfit_network: str = "retrain"
 
     def __post_init__(self):
         if self.regime not in REGIME_CHOICES:
@@ -126,6 +131,9 @@ class FinetuneConfig:
             raise ValueError(f"target_far must be in (0, 1), not {self.target_far}")
         if self.distill_share is not None and not 0 < self.distill_share <= 1:
             raise ValueError(f"distill_share must be in (0, 1], not {self.distill_share}")
+        if self.crossfit_network not in CROSSFIT_NETWORKS:
+            raise ValueError(f"crossfit_network must be one of {list(CROSSFIT_NETWORKS)}, "
+                             f"not {self.crossfit_network!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), not {self.ema}")
         if self.folds < 0:

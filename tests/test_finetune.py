@@ -343,6 +343,56 @@ def test_cross_fit_validates_every_photo_and_trains_on_all(people, tmp_path):
     assert np.abs(ours - load_encoder("torch").encode(chips)).max() > 1e-3
 
 
+def test_cross_fit_soup_hands_back_the_mean_of_the_folds(people, tmp_path):
+    """crossfit_network="soup": no run on every photo; the folder holds the mean of the two folds' best weights,
+    interpolated and scaled as the folds chose (recomputed here from the folds themselves), and dlib reads it."""
+    import dlib
+
+    from dlibplus import dlibnet
+    from dlibplus.crossfit import cross_validate, soup
+    from dlibplus.distributed import Dist
+    from dlibplus.encoders import load_encoder
+    from dlibplus.faces import FaceSettings
+    from dlibplus.finetune import finetune
+    from dlibplus.finetune_data import ChipSet, prepare_finetune_data
+    from dlibplus.finish import summary_lines
+    from dlibplus.models import FACE_RECOGNITION_MODEL, model_path
+    from dlibplus.selection import interpolate
+    from dlibplus.train_config import FinetuneConfig
+
+    data = prepare_finetune_data(people, FaceSettings(face_box="whole"), jobs=1, progress=False)
+    config = FinetuneConfig(epochs=2, freeze=5, people_per_batch=5, images_per_person=4, folds=2, keep="finetuned",
+                            device="cpu", crossfit_network="soup")
+    out = tmp_path / "soup"
+    result = finetune(data, out, config, progress=False, echo=lambda m: None)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["cross_fit"]["network"] == "soup" and meta["cross_fit"]["epochs"] == 0 and meta["history"] == []
+    assert meta["config"]["crossfit_network"] == "soup" and result.selection.chosen.alpha == 1.0
+    assert "mean of the folds' best weights" in "\n".join(summary_lines(result))
+
+    torch.manual_seed(config.seed)  # as finetune() seeds the run
+    np.random.seed(config.seed)
+    photos = ChipSet(np.concatenate([data.train.chips, data.val.chips]),
+                     np.concatenate([data.train.labels, data.val.labels]), data.train.classes,
+                     data.train.paths + data.val.paths)
+    cf = cross_validate(photos, config, torch.device("cpu"), Dist(), progress=False, say=lambda m: None)
+    base = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).state_dict()
+    expected = interpolate(base, soup(cf.fold_states), 1.0)
+    ours = torch.load(out / "model.pt", weights_only=True)
+    scale = meta["calibration"]["scale"]
+    assert scale == pytest.approx(cf.selection.chosen.point.scale)
+    for key, value in expected.items():
+        want = value * scale if key == "fc.weight" else value
+        assert torch.allclose(ours[key].float(), want.float(), rtol=1e-6, atol=1e-8), key
+    key = "layer5.0.conv1.weight"  # the folds trained apart, so their mean is neither of them
+    assert not torch.allclose(cf.fold_states[0][key], cf.fold_states[1][key])
+    assert not torch.allclose(ours[key], cf.fold_states[0][key]) and not torch.allclose(ours[key], base[key])
+    chips = photos.chips[:8]
+    dat = dlib.face_recognition_model_v1(str(out / "model.dat"))
+    theirs = np.array([dat.compute_face_descriptor(c) for c in chips])
+    assert np.abs(load_encoder(out).encode(chips) - theirs).max() <= 1e-5
+
+
 @pytest.mark.parametrize("extra", [["--folds", "-1"], ["--folds", "2", "--resume"],
                                    ["--folds", "2", "--val-folder", "."]])
 def test_cross_fit_refuses_what_it_cannot_do(people, tmp_path, extra):
