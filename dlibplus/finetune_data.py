@@ -83,11 +83,13 @@ class FinetuneData:
 
 
 def load_chipset(folder: os.PathLike | str, settings: FaceSettings, *, jobs: int | None = None,
-                 progress: bool = True) -> tuple[ChipSet, Any]:
-    """Aligned chips of a people folder (cached on disk), and the :class:`~dlibplus.people.PeopleSet` report."""
+                 progress: bool = True, multiple_faces: str = "skip") -> tuple[ChipSet, Any]:
+    """Aligned chips of a people folder (cached on disk), and the :class:`~dlibplus.people.PeopleSet` report.
+    ``multiple_faces``: see :func:`dlibplus.people.pick_face`."""
     from .people import load_people
 
-    people = load_people(folder, settings=settings, want="chips", jobs=jobs, progress=progress)
+    people = load_people(folder, settings=settings, want="chips", jobs=jobs, progress=progress,
+                         multiple_faces=multiple_faces)
     classes = sorted(set(people.labels.tolist()))
     labels = np.searchsorted(classes, people.labels).astype(np.int64)
     return ChipSet(people.chips, labels, classes, people.paths.tolist()), people
@@ -125,13 +127,16 @@ def drop_small_classes(data: ChipSet, minimum: int = 2) -> tuple[ChipSet, list[s
 
 def prepare_finetune_data(folder: os.PathLike | str, settings: FaceSettings | None = None, *,
                           val_folder: os.PathLike | str | None = None, val_fraction: float = 0.25, seed: int = 0,
-                          jobs: int | None = None, progress: bool = True, dist_info=None) -> FinetuneData:
+                          jobs: int | None = None, progress: bool = True, dist_info=None,
+                          multiple_faces: str = "skip") -> FinetuneData:
     """Align a people folder and split it for :func:`dlibplus.finetune.finetune`.
 
     :param val_folder: a people folder to validate on instead of a split (its people must be in ``folder``).
     :param val_fraction: share of each person's photos held out for validation (seeded by ``seed``).
     :param dist_info: a :class:`~dlibplus.distributed.Dist` under ``torchrun``: rank 0 aligns and caches
         first, the other ranks then read the cache.
+    :param multiple_faces: a photo with several faces: ``"skip"`` it, or its clearly ``"largest"`` face
+        (:func:`dlibplus.people.pick_face`; both folders).
     :raises DataFolderError: a folder is missing or empty, or fewer than 2 people can be split.
     """
     import contextlib
@@ -150,8 +155,9 @@ def prepare_finetune_data(folder: os.PathLike | str, settings: FaceSettings | No
 
         guard = main_process_first(dist_info)
     with guard:
-        data, people = load_chipset(folder, settings, jobs=jobs, progress=progress)
-        val_data = load_chipset(val_folder, settings, jobs=jobs, progress=progress)[0] if val_folder else None
+        data, people = load_chipset(folder, settings, jobs=jobs, progress=progress, multiple_faces=multiple_faces)
+        val_data = (load_chipset(val_folder, settings, jobs=jobs, progress=progress, multiple_faces=multiple_faces)[0]
+                    if val_folder else None)
     if val_data is not None:
         train, dropped = drop_small_classes(data, 1)
         val, strangers = restrict_to_classes(val_data, train.classes)

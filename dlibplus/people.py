@@ -1,8 +1,9 @@
 """A people folder turned into labelled encodings (or chips), with a record of what was skipped and why.
 
 Shared by ``train-knn``, ``finetune`` and ``evaluate`` so that all three scan, skip and report alike:
-an image is used when exactly one face is found in it; unreadable images, images without a face and
-images with several faces are skipped and listed per person.
+an image is used when exactly one face is found in it (or, with ``multiple_faces="largest"``, when one face is
+clearly the largest, :func:`pick_face`); unreadable images, images without a face and images with several faces
+are skipped and listed per person.
 """
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ from .errors import DataFolderError
 
 
 _PLURALS = {"person": "people"}
+# what a training photo with several faces gives: "skip" it (face_recognition's KNN example), or its "largest" face
+MULTIPLE_FACES = ("skip", "largest")
+# "largest" takes a face only when its box has at least this times the area of the next one. Measured on lfw_dev's
+# 164 photos with several faces (BENCHMARKS.md): at 1.5 or more the largest face was the labelled person in 126 of
+# 129 (by the nearest person mean; the 3 others nearest someone else, and no other face of those photos was the
+# person); below it, the person was another face of the photo in 3 of 32
+CLEARLY_LARGER = 1.5
 
 
 def counted(n: int, noun: str) -> str:
@@ -57,6 +65,8 @@ class PeopleSet:
     sources: np.ndarray | None = None
     n_already_known: int = 0
     jitter_scale: float = 1.0
+    multiple_faces: str = "skip"
+    largest_of_several: list[str] = field(default_factory=list)  # paths whose largest face was used
 
     @property
     def people(self) -> list[str]:
@@ -81,7 +91,8 @@ class PeopleSet:
                                "skipped": [{"path": s, "reason": r} for s, r in self.skipped.get(p, [])]}
                            for p in self.people},
                 "people_without_usable_images": self.people_without_images,
-                "empty_person_folders": self.empty_person_folders}
+                "empty_person_folders": self.empty_person_folders,
+                "largest_of_several_faces": list(self.largest_of_several)}
 
     def report_lines(self) -> list[str]:
         """A human summary: one line per person with skipped images, then each skipped file; the people left
@@ -97,6 +108,9 @@ class PeopleSet:
         for p in self.people_without_images:
             why = f"has no image file in {self.folder / p}" if p in empty else "has no usable image"
             lines.append(f"warning: {p} {why} and is left out")
+        if self.largest_of_several:
+            lines.append(f"{counted(len(self.largest_of_several), 'image')} with several faces gave their largest "
+                         "face (--multiple-faces largest)")
         lines.append(f"{counted(len(self.labels), 'face')} of {counted(len(set(self.labels.tolist())), 'person')} "
                      f"from {counted(sum(self.total_per_person.values()), 'image')}")
         return lines
@@ -112,22 +126,36 @@ class PeopleSet:
                 "n_images": int(len(self.labels)), "n_people": int(len(set(self.labels.tolist())))}
 
 
-def _skip_reason(r: ImageFaces) -> str | None:
+def pick_face(r: ImageFaces, multiple_faces: str = "skip") -> tuple[int | None, str | None]:
+    """Which face of ``r`` a people folder's photo gives: ``(index, None)``, or ``(None, why it is skipped)``.
+
+    ``multiple_faces``: with several faces, ``"skip"`` the photo, or take the ``"largest"`` when its box has at
+    least :data:`CLEARLY_LARGER` times the area of the next (the person a photo is filed under is nearly always
+    its main face; two faces of about one size could be either).
+    """
     if r.error is not None:
-        return r.error
+        return None, r.error
     if r.n_faces == 0:
-        return "no face found"
-    if r.n_faces > 1:
-        return f"{r.n_faces} faces found (need exactly one)"
-    return None
+        return None, "no face found"
+    if r.n_faces == 1:
+        return 0, None
+    if multiple_faces == "largest":
+        b = r.boxes.astype(np.int64)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 1] - b[:, 3])
+        first, second = np.argsort(-area, kind="stable")[:2]
+        if area[first] >= CLEARLY_LARGER * area[second]:
+            return int(first), None
+        return None, f"{r.n_faces} faces found, none clearly the largest"
+    return None, f"{r.n_faces} faces found (need exactly one; --multiple-faces largest takes the largest)"
 
 
 def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = None, encoder: str | None = "dlib",
                 want: str = "encodings", num_jitters: int = 1, jobs: int | None = None,
                 use_cache: bool = True, cache_dir: os.PathLike | str | None = None,
                 progress: bool = True, ray_address: str | None = None,
-                skip_sources: set[bytes] | None = None) -> PeopleSet:
-    """Scan, detect, align and encode a people folder; keep images with exactly one face.
+                skip_sources: set[bytes] | None = None, multiple_faces: str = "skip") -> PeopleSet:
+    """Scan, detect, align and encode a people folder; keep images with exactly one face (or, with
+    ``multiple_faces="largest"``, a clearly largest one: :func:`pick_face`).
 
     :param encoder: ``'dlib'``, ``'torch'``, a ``.dat`` or a fine-tuned model folder (ignored for chips).
     :param want: ``"encodings"`` or ``"chips"``.
@@ -137,6 +165,8 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
         those already in the model); ``n_already_known`` counts them, and the set may then be empty.
     :raises DataFolderError: the folder is missing or empty, or no image has a usable face.
     """
+    if multiple_faces not in MULTIPLE_FACES:
+        raise ValueError(f"multiple_faces must be one of {list(MULTIPLE_FACES)}, not {multiple_faces!r}")
     settings = settings or FaceSettings()
     pairs = scan_people(folder)
     digests = [_digest(p) for _, p in pairs]
@@ -162,17 +192,19 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
                                  desc="encoding" if want == "encodings" else "aligning",
                                  shas=[d.hex() if d is not None else None for d in digests])
     skipped: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    labels, paths, boxes, rows, sources = [], [], [], [], []
+    labels, paths, boxes, rows, sources, largest = [], [], [], [], [], []
     for (person, path), digest, r in zip(pairs, digests, results):
-        reason = _skip_reason(r)
-        if reason:
+        face, reason = pick_face(r, multiple_faces)
+        if face is None:
             skipped[person].append((str(path), reason))
             continue
+        if r.n_faces > 1:
+            largest.append(str(path))
         labels.append(person)
         paths.append(str(path))
         sources.append(digest or bytes(32))
-        boxes.append(r.boxes[0])
-        rows.append(r.encodings[0] if want == "encodings" else r.chips[0])
+        boxes.append(r.boxes[face])
+        rows.append(r.encodings[face] if want == "encodings" else r.chips[face])
     # empty person folders too, the report names them; not those whose photos are all known already
     total = {name: 0 for name in people if name not in known_people}
     total.update(Counter(person for person, _ in pairs))
@@ -184,7 +216,8 @@ def load_people(folder: os.PathLike | str, *, settings: FaceSettings | None = No
                      np.array(boxes, np.int32).reshape(-1, 4), settings, spec,
                      num_jitters, encodings=stacked if want == "encodings" else None,
                      chips=stacked if want == "chips" else None, skipped=dict(skipped),
-                     total_per_person=dict(total), sources=np.array(sources, dtype="S32"), n_already_known=n_known)
+                     total_per_person=dict(total), sources=np.array(sources, dtype="S32"), n_already_known=n_known,
+                     multiple_faces=multiple_faces, largest_of_several=largest)
 
 
 def scale_jitter(people: PeopleSet, scale: float | None = None, *, jobs: int | None = None,
@@ -203,9 +236,9 @@ def scale_jitter(people: PeopleSet, scale: float | None = None, *, jobs: int | N
         results = process_images(people.paths[rows].tolist(), people.settings,
                                  encoder=resolve_encoder(people.encoder_spec)[0], jobs=jobs, use_cache=use_cache,
                                  progress=progress, desc="encoding a sample without jitter")
-        one_face = np.array([r.error is None and r.n_faces == 1 for r in results])
-        plain = np.array([r.encodings[0] for r, ok in zip(results, one_face) if ok]).reshape(-1, 128)
-        rows = rows[one_face]
+        faces = [pick_face(r, people.multiple_faces)[0] for r in results]  # the face the set used
+        plain = np.array([r.encodings[f] for r, f in zip(results, faces) if f is not None]).reshape(-1, 128)
+        rows = rows[np.array([f is not None for f in faces], bool)]
         scale = estimate_scale(plain, people.encodings[rows], people.labels[rows])
     return replace(people, encodings=people.encodings * scale, jitter_scale=float(scale))
 

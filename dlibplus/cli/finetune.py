@@ -13,7 +13,7 @@ from ..train_config import REGIMES as _REGIME_VALUES
 from ..train_config import SMALL_FOLDER as _SMALL_FOLDER
 from ..train_config import TRAIN_ONLY_CHOICES as _TRAIN_ONLY
 from ..train_config import FinetuneConfig as _FT
-from .options import check_output_folder, face_options, face_settings, user_errors
+from .options import check_output_folder, face_options, face_settings, multiple_faces_option, user_errors
 
 # "[default: the regime's: anchor 3000, distill 0]" for each setting a regime decides
 _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[name]:g}"
@@ -116,13 +116,14 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from OUTPUT/checkpoint.pt (give the same options).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished model already in OUTPUT (refused otherwise).")
+@multiple_faces_option()
 @face_options
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_margin, metric_loss, epochs,
              batch_people, batch_images, optimizer, lr, head_lr, weight_decay, regime, anchor, distill, distill_share,
              warmup_epochs, grad_clip, freeze, head_epochs, train_only, augment_on, no_augment,
              val_fraction, val_folder, folds, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
-             detector, upsample, landmarks, face_box, max_side, jobs):
+             multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
 
     Afterwards use it anywhere with --encoder OUTPUT (train-knn, predict, encode, evaluate) or
@@ -162,7 +163,8 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_
     settings = face_settings(detector, upsample, landmarks, face_box, max_side)
     dist_info = init_distributed(device)
     data = prepare_finetune_data(folder, settings, val_folder=val_folder, val_fraction=val_fraction, seed=seed,
-                                 jobs=jobs, progress=dist_info.main, dist_info=dist_info)
+                                 jobs=jobs, progress=dist_info.main, dist_info=dist_info,
+                                 multiple_faces=multiple_faces)
     if dist_info.main:
         for line in data.report_lines():
             click.echo(line, err=True)

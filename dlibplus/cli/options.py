@@ -42,6 +42,14 @@ def face_options(f):
     return f
 
 
+def multiple_faces_option():
+    """``--multiple-faces``: what a training photo with several faces gives (:func:`dlibplus.people.pick_face`)."""
+    return click.option("--multiple-faces", type=click.Choice(["skip", "largest"]), default="skip", show_default=True,
+                        help="A photo in a person's folder with several faces: skip it (as face_recognition's KNN "
+                             "example does), or use its largest face when that is at least 1.5 times the area of "
+                             "the next (the others are still skipped); the photos so used are listed in --report.")
+
+
 def face_settings(detector, upsample, landmarks, face_box, max_side):
     """The :class:`~dlibplus.faces.FaceSettings` of the options :func:`face_options` added."""
     from ..faces import FaceSettings

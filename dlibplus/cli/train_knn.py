@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, face_settings, ray_option,
-                      user_errors)
+from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, face_settings, multiple_faces_option,
+                      ray_option, user_errors)
 
 @click.command("train-knn")
 @click.argument("folder", type=click.Path(path_type=Path))
@@ -39,13 +39,15 @@ from .options import (ENCODER_HELP, BadInput, check_output_file, face_options, f
               help="Write what was used and skipped, per person, as JSON.")
 @ray_option
 @click.option("--no-cache", is_flag=True, help="Do not read or write the encoding cache.")
+@multiple_faces_option()
 @face_options
 @user_errors
 def train_knn(folder, output, add, n_neighbors, algorithm, method, threshold, jitters, encoder, report,
-              ray_address, no_cache, detector, upsample, landmarks, face_box, max_side, jobs):
+              ray_address, no_cache, multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
     """Train a k-NN face classifier on FOLDER/<person>/<image>.
 
-    Images with no face or several faces are skipped and listed at the end.
+    Images with no face or several faces are skipped and listed at the end (--multiple-faces largest keeps a
+    clearly largest face).
     """
     from ..fileio import write_json
     from ..knn import FaceKNN
@@ -61,7 +63,7 @@ def train_knn(folder, output, add, n_neighbors, algorithm, method, threshold, ji
                              threshold=threshold, jitters=jitters)
         settings, encoder, jitters = base.recipe.face_settings, base.recipe.encoder, base.recipe.num_jitters
     people = load_people(folder, settings=settings, encoder=encoder, num_jitters=jitters, jobs=jobs,
-                         use_cache=not no_cache, ray_address=ray_address,
+                         use_cache=not no_cache, ray_address=ray_address, multiple_faces=multiple_faces,
                          skip_sources=set(base.sources_.tolist()) if base is not None and base.sources_ is not None
                          else None)
     for line in people.report_lines():

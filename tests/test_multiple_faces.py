@@ -1,0 +1,69 @@
+"""`--multiple-faces largest`: a training photo with several faces gives its clearly largest face, as
+face_recognition finds it, and photos whose faces are of about one size are still skipped."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlibplus.cli import main
+
+# lfw_dev photos with 2 faces (HOG, upsample 1): the largest box's area over the next one's
+SEVERAL = {"Adrien_Brody/Adrien_Brody_0002.jpg": 2.45, "Costas_Simitis/Costas_Simitis_0001.jpg": 2.0,
+           "Costas_Simitis/Costas_Simitis_0004.jpg": 8.92, "Antonio_Banderas/Antonio_Banderas_0005.jpg": 1.01}
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory, faces_dir):
+    """3 lfw_dev people, 4–5 photos each, one or two of each person's with two faces, as symlinks."""
+    root = tmp_path_factory.mktemp("several")
+    for person in ("Adrien_Brody", "Costas_Simitis", "Antonio_Banderas"):
+        (root / person).mkdir()
+        for src in sorted((faces_dir / "lfw_dev" / person).iterdir())[:5]:
+            os.symlink(src, root / person / src.name)
+    return root
+
+
+def test_largest_face_is_the_one_face_recognition_finds_largest(people):
+    import face_recognition
+
+    from dlibplus.people import CLEARLY_LARGER, load_people
+
+    skip = load_people(people, jobs=1, progress=False)
+    largest = load_people(people, jobs=1, progress=False, multiple_faces="largest")
+    skipped = {os.path.relpath(p, people) for person in skip.skipped.values() for p, _ in person}
+    assert set(SEVERAL) <= skipped
+    used = {os.path.relpath(p, people) for p in largest.largest_of_several}
+    clear = {k for k, ratio in SEVERAL.items() if ratio >= CLEARLY_LARGER}
+    assert used == clear and len(largest.labels) == len(skip.labels) + len(clear)
+    still = dict(largest.skipped["Antonio_Banderas"])
+    assert still[str(people / "Antonio_Banderas/Antonio_Banderas_0005.jpg")] == "2 faces found, none clearly the largest"
+    for name in clear:  # the oracle: face_recognition's own boxes and encoding of the largest one
+        image = face_recognition.load_image_file(people / name)
+        boxes = face_recognition.face_locations(image)
+        assert len(boxes) == 2
+        big = max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))
+        theirs = face_recognition.face_encodings(image, [big])[0]
+        row = int(np.flatnonzero(largest.paths == str(people / name))[0])
+        assert tuple(largest.boxes[row]) == big
+        assert np.abs(largest.encodings[row] - theirs).max() < 1e-6
+
+
+def test_train_knn_says_what_it_did_with_several_faces(people, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["train-knn", str(people), "-o", str(tmp_path / "a"), "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "2 faces found (need exactly one; --multiple-faces largest takes the largest)" in res.output
+    report = tmp_path / "r.json"
+    res = runner.invoke(main, ["train-knn", str(people), "-o", str(tmp_path / "b"), "--jobs", "1",
+                               "--multiple-faces", "largest", "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    assert "3 images with several faces gave their largest" in res.output
+    assert "none clearly the largest" in res.output
+    listed = json.loads(report.read_text())["largest_of_several_faces"]
+    assert sorted(os.path.relpath(p, people) for p in listed) == sorted(k for k, r in SEVERAL.items() if r >= 1.5)
+    res = runner.invoke(main, ["train-knn", str(people), "-o", str(tmp_path / "c"), "--multiple-faces", "all"])
+    assert res.exit_code == 2 and "--multiple-faces" in res.output
