@@ -214,7 +214,8 @@ def write_outputs(output: Path, backbone, head, head_mean: np.ndarray, classes: 
 
 def summary_lines(result: FinetuneResult) -> list[str]:
     """The end-of-run table: per-epoch history, the candidates on the user's path, the decision."""
-    lines = [f"{'epoch':>5} {'loss':>8} {'train acc':>9} {'val 1-NN':>8} {'val AUC':>8} {'s':>6}"] if result.history else []
+    header = f"{'epoch':>5} {'loss':>8} {'train acc':>9} {'val 1-NN':>8} {'val AUC':>8} {'s':>6}"
+    lines = [header] if result.history else []  # a soup of the folds trained no epoch of its own
     for h in result.history:  # cross-fitting's run on every photo has no validation: its columns read nan
         lines.append(f"{h['epoch']:>5} {h['loss']:>8.4f} {h['train_acc']:>9.3f} "
                      f"{h.get('identification_1nn', float('nan')):>8.3f} {h.get('auc', float('nan')):>8.4f} "
