@@ -117,11 +117,12 @@ class _Encoded:
 
 
 def _load_common(folder: Path, specs: Sequence[str], jitters: Sequence[int], names: Sequence[str],
-                 settings: FaceSettings, jobs: int | None, progress: bool
+                 settings: FaceSettings, jobs: int | None, progress: bool, *, multiple_faces: str = "skip"
                  ) -> tuple[_Encoded, list[str], dict[str, Any]]:
     """Encode ``folder`` with every encoder (``jitters``: its number of jittered copies, 1 for none); keep the
-    images usable by all, in scan order."""
-    sets = [load_people(folder, settings=settings, encoder=spec, num_jitters=j, jobs=jobs, progress=progress)
+    images usable by all, in scan order (``multiple_faces``: :func:`dlibplus.people.pick_face`)."""
+    sets = [load_people(folder, settings=settings, encoder=spec, num_jitters=j, jobs=jobs, progress=progress,
+                        multiple_faces=multiple_faces)
             for spec, j in zip(specs, jitters)]
     path_sets = [set(s.paths.tolist()) for s in sets]
     common = set.intersection(*path_sets)
@@ -167,14 +168,15 @@ class _Split:
 
 def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[str], jitters: Sequence[int],
            names: Sequence[str], settings: FaceSettings, test_fraction: float, holdout_people: int, seed: int, jobs: int | None,
-           progress: bool) -> _Split:
+           progress: bool, *, multiple_faces: str = "skip") -> _Split:
     """Encode, split into gallery and probes (or take ``test_folder``'s), hold people out of the gallery."""
     notes: list[str] = []
     if test_folder is not None and Path(test_folder).resolve() == folder.resolve():
         raise DataFolderError(f"--test-folder {test_folder} is the people folder itself: every probe would also be "
                               "in the gallery; give a separate folder of test photos, or leave --test-folder out "
                               "to split the folder")
-    main_set, dropped, main_report = _load_common(folder, specs, jitters, names, settings, jobs, progress)
+    main_set, dropped, main_report = _load_common(folder, specs, jitters, names, settings, jobs, progress,
+                                                  multiple_faces=multiple_faces)
     image_reports = {"folder": main_report}
     if test_folder is None:
         g_idx, p_idx = split_per_person(main_set.labels, test_fraction, seed)
@@ -182,7 +184,7 @@ def _split(folder: Path, test_folder: os.PathLike | str | None, specs: Sequence[
     else:
         gallery = main_set
         probes, dropped_t, test_report = _load_common(Path(test_folder), specs, jitters, names, settings, jobs,
-                                                      progress)
+                                                      progress, multiple_faces=multiple_faces)
         dropped += dropped_t
         image_reports["test_folder"] = test_report
     if dropped:
@@ -457,7 +459,7 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
                     test_folder: os.PathLike | str | None = None, holdout_people: int = 0,
                     pairs_file: os.PathLike | str | None = None, seed: int = 0, n_neighbors: int | str = "auto",
                     jobs: int | None = None, progress: bool = True, n_boot: int = 1000,
-                    jitters: int = 1) -> EvaluationResult:
+                    jitters: int = 1, multiple_faces: str = "skip") -> EvaluationResult:
     """Evaluate one or more encoders on a people folder ``FOLDER/<person>/<image>``.
 
     :param encoders: ``'dlib'``, ``'torch'``, ``.dat`` files or ``dlibplus finetune`` folders; the first is
@@ -474,6 +476,8 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
     :param jitters: above 1, each encoder is also measured with dlib's jitter (each face the mean of
         ``jitters`` jittered copies, scaled as ``train-knn --jitters`` would scale them with the gallery as its
         folder), as ``"NAME jitterN"`` right after it.
+    :param multiple_faces: a photo of ``folder`` (or ``test_folder``) with several faces: ``"skip"`` it, or its
+        clearly ``"largest"`` face (:func:`dlibplus.people.pick_face`).
     :raises DataFolderError: a folder is unusable, there are no probes, or too many people are held out.
     """
     specs = [os.fspath(e) for e in encoders]
@@ -486,7 +490,7 @@ def evaluate_folder(folder: os.PathLike | str, encoders: Sequence[str | os.PathL
     folder = Path(folder)
     pairs = read_pairs_resolved(pairs_file, folder) if pairs_file is not None else None  # a bad file fails first
     split = _split(folder, test_folder, specs, num_jitters, names, settings, test_fraction, holdout_people, seed,
-                   jobs, progress)
+                   jobs, progress, multiple_faces=multiple_faces)
     gallery, probes, known = split.gallery, split.probes, split.known
     notes = list(split.notes)
     jitter_scales = _scale_jittered(gallery, probes, names, num_jitters)

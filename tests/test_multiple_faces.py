@@ -68,3 +68,13 @@ def test_train_knn_says_what_it_did_with_several_faces(people, tmp_path):
     assert sorted(os.path.relpath(p, people) for p in listed) == sorted(k for k, r in SEVERAL.items() if r >= 1.5)
     res = runner.invoke(main, ["train-knn", str(people), "-o", str(tmp_path / "c"), "--multiple-faces", "all"])
     assert res.exit_code == 2 and "--multiple-faces" in res.output
+
+
+def test_evaluate_takes_the_largest_face_too(people):
+    from dlibplus.evaluate import evaluate_folder
+
+    skip = evaluate_folder(people, ["dlib"], jobs=1, progress=False, n_boot=10)
+    largest = evaluate_folder(people, ["dlib"], jobs=1, progress=False, n_boot=10, multiple_faces="largest")
+    reports = {name: r.to_dict()["images"]["reports"]["folder"] for name, r in (("skip", skip), ("largest", largest))}
+    assert [len(reports[k]["largest_of_several_faces"]) for k in ("skip", "largest")] == [0, 3]
+    assert reports["largest"]["used"] == reports["skip"]["used"] + 3

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from .options import ENCODER_HELP, BadInput, check_output_folder, face_options, face_settings, user_errors
+from .options import (ENCODER_HELP, BadInput, check_output_folder, face_options, face_settings, multiple_faces_option,
+                      user_errors)
 
 
 @click.command()
@@ -31,10 +32,11 @@ from .options import ENCODER_HELP, BadInput, check_output_folder, face_options, 
               help="Above 1, also measure each encoder with dlib's jitter (each face the mean of N jittered copies, "
                    "what train-knn --jitters N gives; 10x slower to encode), shown as 'NAME jitterN': with few "
                    "photos per person it may name more faces than fine-tuning (README).")
+@multiple_faces_option()
 @face_options
 @user_errors
 def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_people, pairs_file, seed, n_boot,
-             jitters, detector, upsample, landmarks, face_box, max_side, jobs):
+             jitters, multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
     """Compare encoders on FOLDER/<person>/<image>: identification, open set, verification, per person.
 
     Every encoder is measured on the same images and split; each is compared with the first (dlib by
@@ -50,7 +52,8 @@ def evaluate(folder, encoders, report, test_fraction, test_folder, holdout_peopl
     settings = face_settings(detector, upsample, landmarks, face_box, max_side)
     result = evaluate_folder(folder, encoders, settings=settings,
                              test_fraction=test_fraction, test_folder=test_folder, holdout_people=holdout_people,
-                             pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot, jitters=jitters)
+                             pairs_file=pairs_file, seed=seed, jobs=jobs, n_boot=n_boot, jitters=jitters,
+                             multiple_faces=multiple_faces)
     click.echo(console_table(result))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
