@@ -176,7 +176,10 @@ def _metadata(run: Run, state: TrainState, data: FinetuneData, result: FinetuneR
         validation={"dlib": result.dlib_val, "finetuned": result.finetuned_val,
                     "finetuned_flip": result.finetuned_flip_val, "better_than_dlib": result.better},
         data={"train_fingerprint": train.fingerprint(), "n_train": len(train), "n_val": len(val),
-              "files_sha256": data.file_hashes()},
+              "files_sha256": data.file_hashes(),
+              # which face a photo with several gave (--multiple-faces); a library caller may pass no PeopleSet
+              "multiple_faces": getattr(data.people, "multiple_faces", "skip"),
+              "largest_of_several_faces": list(getattr(data.people, "largest_of_several", []))},
         cross_fit=extra.get("cross_fit", {}), regime=extra.get("regime", {}), frozen_stages=run.frozen,
         history=state.history,
         best_epoch=state.best_epoch + 1,

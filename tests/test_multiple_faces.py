@@ -78,3 +78,15 @@ def test_evaluate_takes_the_largest_face_too(people):
     reports = {name: r.to_dict()["images"]["reports"]["folder"] for name, r in (("skip", skip), ("largest", largest))}
     assert [len(reports[k]["largest_of_several_faces"]) for k in ("skip", "largest")] == [0, 3]
     assert reports["largest"]["used"] == reports["skip"]["used"] + 3
+
+
+def test_finetune_records_the_photos_that_gave_their_largest_face(people, tmp_path):
+    out = tmp_path / "ft"
+    res = CliRunner().invoke(main, ["finetune", str(people), "-o", str(out), "--epochs", "1", "--freeze", "5",
+                                    "--folds", "1", "--jobs", "1", "--multiple-faces", "largest"])
+    assert res.exit_code == 0, res.output
+    assert "3 images with several faces gave their largest face" in res.output
+    data = json.loads((out / "metadata.json").read_text())["data"]
+    assert data["multiple_faces"] == "largest"
+    assert sorted(os.path.relpath(p, people) for p in data["largest_of_several_faces"]) == sorted(
+        k for k, r in SEVERAL.items() if r >= 1.5)
