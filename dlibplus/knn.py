@@ -464,16 +464,18 @@ def is_model(path: os.PathLike | str) -> bool:
 def train(train_dir: os.PathLike | str, model_save_path: os.PathLike | str | None = None,
           n_neighbors: int | str | None = None, knn_algo: str = "ball_tree", verbose: bool = False, *,
           settings=None, encoder: str = "dlib", jobs: int | None = None, num_jitters: int = 1,
-          threshold: float = 0.6, use_cache: bool = True, progress: bool = False) -> FaceKNN:
+          threshold: float = 0.6, use_cache: bool = True, progress: bool = False,
+          multiple_faces: str = "skip") -> FaceKNN:
     """Train a k-NN classifier on ``train_dir/<person>/<image>`` (the example's ``train``).
 
-    Images with no face or several faces are skipped (listed when ``verbose``). ``n_neighbors=None``
-    means ``"auto"``. Returns the fitted :class:`FaceKNN`; saves it when ``model_save_path`` is given.
+    Images with no face or several faces are skipped (listed when ``verbose``; ``multiple_faces="largest"``
+    keeps a clearly largest face, :func:`dlibplus.people.pick_face`). ``n_neighbors=None`` means ``"auto"``.
+    Returns the fitted :class:`FaceKNN`; saves it when ``model_save_path`` is given.
     """
     from .people import load_people, scale_jitter
 
     ts = load_people(train_dir, settings=settings, encoder=encoder, jobs=jobs, num_jitters=num_jitters,
-                     use_cache=use_cache, progress=progress)
+                     use_cache=use_cache, progress=progress, multiple_faces=multiple_faces)
     ts = scale_jitter(ts, jobs=jobs, use_cache=use_cache, progress=progress)  # as train-knn does
     if verbose:
         for line in ts.report_lines():

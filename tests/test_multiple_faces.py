@@ -90,3 +90,9 @@ def test_finetune_records_the_photos_that_gave_their_largest_face(people, tmp_pa
     assert data["multiple_faces"] == "largest"
     assert sorted(os.path.relpath(p, people) for p in data["largest_of_several_faces"]) == sorted(
         k for k, r in SEVERAL.items() if r >= 1.5)
+
+
+def test_the_library_train_takes_the_largest_face_too(people):
+    from dlibplus.knn import train
+
+    assert len(train(people, multiple_faces="largest").labels_) == len(train(people).labels_) + 3
