@@ -9,6 +9,9 @@ judgements are pooled (:func:`pool`), so the selection and the calibration see e
 run trains on every photo for the median of the folds' best epoch counts (no photo is left to stop it),
 and is interpolated and scaled as the pooled judgement says: the folds measured how this recipe behaves
 on photos it never saw, the last run applies it to all of them. K + 1 trainings: meant for small folders.
+The steps are :func:`cross_validate`, then :func:`retrained` (the default) or :func:`souped` (the mean of the
+folds' best weights instead of the last run: a third less time, but fewer photos named on the benchmark suite,
+BENCHMARKS.md; an experiment, ``FinetuneConfig.crossfit_network``).
 """
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ class FinetuneConfig:
     ``ema``: after every step a moving average of the trained network weights moves ``1 - ema`` of the way to
     them (0: off); validation, the kept epoch and everything after it use the average (Polyak averaging; an
     experiment measured on kpop only, BENCHMARKS.md, not a command-line option).
-    ``crossfit_network``: see :data:`CROSSFIT_NETWORKS` (``folds`` >= 2 only).
+    ``crossfit_network``: see :data:`CROSSFIT_NETWORKS` (``folds`` >= 2 only); "soup" saves the last run's time
+    but named fewer test photos on the benchmark suite (BENCHMARKS.md): an experiment, not a command-line option.
     """
 
     head: str = "arcface"
