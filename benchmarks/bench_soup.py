@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import bench_suite as bs
 from dlibplus.crossfit import cross_validate, retrained, souped
 from dlibplus.data import split_per_person
 from dlibplus.distributed import init_distributed, training_device
 from dlibplus.encoders import TorchEncoder
-from dlibplus.finetune_data import ChipSet
+from dlibplus.finetune import seed_run
+from dlibplus.finetune_data import ChipSet, FinetuneData
 from dlibplus.finish import load_scaled
 from dlibplus.selection import bootstrap_gain, interpolate
 from dlibplus.train import encoder_of
@@ -37,22 +37,17 @@ NETWORKS = ("retrain", "soup")
 
 def photos_of(sp: bs.Split, config: FinetuneConfig) -> ChipSet:
     """The split's training photos in the order `finetune` pools them (its inner split's training, then
-    validation photos), so the folds are dealt as the command deals them."""
+    validation photos, as bench_suite hands them to it), so the folds are dealt as the command deals them."""
     train_set = sp.data.subset(sp.train)
     inner_train, inner_val = split_per_person(train_set.labels, config.val_fraction, config.seed)
-    a, b = train_set.subset(inner_train), train_set.subset(inner_val)
-    return ChipSet(np.concatenate([a.chips, b.chips]), np.concatenate([a.labels, b.labels]), a.classes,
-                   a.paths + b.paths)
+    return FinetuneData(train_set.subset(inner_train), train_set.subset(inner_val), people=None).pooled()
 
 
 def run_split(name: str, sp: bs.Split, seed: int, dlib, lfw) -> dict:
     config = FinetuneConfig(seed=seed, device="cpu", folds=2)
     dist_info = init_distributed(config.device)
     device = training_device(config.device, dist_info)
-    torch.manual_seed(config.seed)  # as finetune() seeds a run
-    np.random.seed(config.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_flush_denormal(True)
+    seed_run(config, device)
     data = sp.data
     names = np.array(data.classes)[data.labels]
     used = np.union1d(sp.train, sp.test)

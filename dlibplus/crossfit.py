@@ -215,9 +215,7 @@ def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, 
                       extra: dict | None = None) -> FinetuneResult:
     """:func:`dlibplus.finetune.finetune` with ``config.folds`` >= 2: the photos of ``data.train`` and
     ``data.val`` are pooled and dealt into folds; ``config.crossfit_network`` makes the network handed back."""
-    photos = ChipSet(np.concatenate([data.train.chips, data.val.chips]),
-                     np.concatenate([data.train.labels, data.val.labels]), data.train.classes,
-                     data.train.paths + data.val.paths)
+    photos = data.pooled()
     cf = cross_validate(photos, config, device, dist_info, progress=progress, say=say)
     alpha, scale = cf.selection.chosen.alpha, cf.selection.chosen.point.scale
     if config.crossfit_network == "soup":

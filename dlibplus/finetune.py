@@ -68,6 +68,16 @@ def dlib_regime(train: ChipSet, device: torch.device) -> RegimeChoice:
     return choose_regime(embeddings, train.labels[rows])
 
 
+def seed_run(config: FinetuneConfig, device: torch.device) -> None:
+    """Seed torch and numpy with ``config.seed`` as a run starts (on the CPU also deterministic kernels and no
+    denormals), so that a run, or its steps called one by one, repeat on one machine."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_flush_denormal(True)  # tiny weights/gradients in denormal range slow CPUs 10-100x
+
+
 def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig(), *, resume: bool = False,
              overwrite: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
              extra_metadata: dict | None = None) -> FinetuneResult:
@@ -83,11 +93,7 @@ def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig
     dist_info = init_distributed(config.device)
     device = training_device(config.device, dist_info)
     say = echo if dist_info.main else (lambda *_: None)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.set_flush_denormal(True)  # tiny weights/gradients in denormal range slow CPUs 10-100x
+    seed_run(config, device)
     if dist_info.active and config.head_epochs:
         raise DlibplusError("head_epochs (LP-FT) is not supported under torchrun: DDP needs the same trainable "
                             "parameters in every epoch")

@@ -67,6 +67,12 @@ class FinetuneData:
         lines += [f"warning: {name} has fewer than 2 usable photos and is left out" for name in self.dropped]
         return lines
 
+    def pooled(self) -> ChipSet:
+        """The training photos, then the validation photos, as one set (what cross-fitting deals into folds)."""
+        return ChipSet(np.concatenate([self.train.chips, self.val.chips]),
+                       np.concatenate([self.train.labels, self.val.labels]), self.train.classes,
+                       self.train.paths + self.val.paths)
+
     def median_photos(self) -> float:
         """The median number of photos per person over training and validation (each photo once)."""
         person = {}  # path -> person; cross-fitting's data validates on the very photos it trains on

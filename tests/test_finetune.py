@@ -353,8 +353,8 @@ def test_cross_fit_soup_hands_back_the_mean_of_the_folds(people, tmp_path):
     from dlibplus.distributed import Dist
     from dlibplus.encoders import load_encoder
     from dlibplus.faces import FaceSettings
-    from dlibplus.finetune import finetune
-    from dlibplus.finetune_data import ChipSet, prepare_finetune_data
+    from dlibplus.finetune import finetune, seed_run
+    from dlibplus.finetune_data import prepare_finetune_data
     from dlibplus.finish import summary_lines
     from dlibplus.models import FACE_RECOGNITION_MODEL, model_path
     from dlibplus.selection import interpolate
@@ -370,11 +370,8 @@ def test_cross_fit_soup_hands_back_the_mean_of_the_folds(people, tmp_path):
     assert meta["config"]["crossfit_network"] == "soup" and result.selection.chosen.alpha == 1.0
     assert "mean of the folds' best weights" in "\n".join(summary_lines(result))
 
-    torch.manual_seed(config.seed)  # as finetune() seeds the run
-    np.random.seed(config.seed)
-    photos = ChipSet(np.concatenate([data.train.chips, data.val.chips]),
-                     np.concatenate([data.train.labels, data.val.labels]), data.train.classes,
-                     data.train.paths + data.val.paths)
+    seed_run(config, torch.device("cpu"))  # as finetune() starts the run
+    photos = data.pooled()
     cf = cross_validate(photos, config, torch.device("cpu"), Dist(), progress=False, say=lambda m: None)
     base = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).state_dict()
     expected = interpolate(base, soup(cf.fold_states), 1.0)

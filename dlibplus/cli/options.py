@@ -47,7 +47,8 @@ def multiple_faces_option():
     return click.option("--multiple-faces", type=click.Choice(["skip", "largest"]), default="skip", show_default=True,
                         help="A photo in a person's folder with several faces: skip it (as face_recognition's KNN "
                              "example does), or use its largest face when that is at least 1.5 times the area of "
-                             "the next (the others are still skipped); the photos so used are listed in --report.")
+                             "the next (the others are still skipped); the photos so used are listed in train-knn's "
+                             "--report, evaluate's metrics.json and finetune's metadata.json.")
 
 
 def face_settings(detector, upsample, landmarks, face_box, max_side):
