@@ -27,9 +27,9 @@ _PLURALS = {"person": "people"}
 # what a training photo with several faces gives: "skip" it (face_recognition's KNN example), or its "largest" face
 MULTIPLE_FACES = ("skip", "largest")
 # "largest" takes a face only when its box has at least this times the area of the next one. Measured on lfw_dev's
-# 164 photos with several faces (benchmarks/bench_multiple_faces.py): at 1.5 or more the largest face was the labelled person in 126 of
-# 129 (by the nearest person mean; the 3 others nearest someone else, and no other face of those photos was the
-# person); below it, the person was another face of the photo in 3 of 32
+# 164 photos with several faces (benchmarks/bench_multiple_faces.py): at 1.5 or more the largest face was the
+# labelled person in 126 of 129 (by the nearest person mean; the 3 others nearest someone else, and no other face of
+# those photos was the person); below it, the person was another face of the photo in 3 of 32
 CLEARLY_LARGER = 1.5
 
 
