@@ -248,10 +248,12 @@ class TorchEncoder:
             self._forward_fn = torch.compile(self._net, dynamic=False)
         if self.compiled and m < self.batch_size:  # static shapes: no recompilation for a short last batch
             chips = torch.cat([chips, chips.new_zeros((self.batch_size - m, *chips.shape[1:]))])
+        return self._forward_fn(self._layout(chips))[:m].float()
+
+    def _layout(self, chips: "torch.Tensor") -> "torch.Tensor":
+        """(m, 3, 150, 150) view of (m, 150, 150, 3) chips in the network's memory format."""
         x = chips.permute(0, 3, 1, 2)  # NHWC memory: already channels_last; the network makes it float
-        if not self.channels_last:
-            x = x.contiguous()
-        return self._forward_fn(x)[:m].float()
+        return x if self.channels_last else x.contiguous()
 
     def encode(self, chips: Chips) -> np.ndarray:
         """(n, 128) float64 descriptors of uint8 RGB chips (n, 150, 150, 3)."""
@@ -309,6 +311,33 @@ class TorchEncoder:
             for start in range(0, len(chips), self.batch_size):
                 batch = chips[start:start + self.batch_size].to(self.device, non_blocking=True)
                 out[start:start + len(batch)] = self._forward(batch)
+        return out
+
+    def frozen_features(self, chips: Chips, stages: int) -> list["torch.Tensor"]:
+        """The activations after the network's first ``stages`` stages (``DlibResNet.features``), one
+        tensor per batch that :meth:`encode` would run, on the encoder's device. Weights whose first
+        stages are frozen while the others train (``finetune --freeze``) give the same activations every
+        epoch: computed once, :meth:`encode_features` finishes them. The uncompiled network runs."""
+        import torch
+
+        array = as_chips(chips)
+        with torch.inference_mode(), self._math_mode():
+            return [self._net.features(self._layout(torch.from_numpy(array[start:start + self.batch_size])
+                                                    .to(self.device)), stages)
+                    for start in range(0, len(array), self.batch_size)]
+
+    def encode_features(self, features: list["torch.Tensor"], stages: int) -> np.ndarray:
+        """(n, 128) float64 descriptors from :meth:`frozen_features`' output (of an encoder whose first
+        ``stages`` stages hold the same weights as this one's): :meth:`encode`'s, bit for bit, without
+        running those stages again."""
+        import torch
+
+        out = np.zeros((sum(len(f) for f in features), DESCRIPTOR_SIZE))
+        start = 0
+        with torch.inference_mode(), self._math_mode():
+            for batch in features:
+                out[start:start + len(batch)] = self._net.forward_from(batch, stages).float().cpu().numpy()
+                start += len(batch)
         return out
 
     @property

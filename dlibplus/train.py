@@ -40,6 +40,8 @@ from .train_config import FinetuneConfig
 log = logging.getLogger(__name__)
 
 POSTFIX_EVERY = 10  # steps between progress-bar updates (each reads the loss back from the device)
+# validation keeps the frozen stages' activations of its photos up to this size (with --freeze 3: ~74 KB a photo)
+FROZEN_FEATURES_BYTES = 1 << 30
 
 
 # --- the network with its head and losses ---------------------------------------------------------------
@@ -135,10 +137,18 @@ class Run:
     amp_dtype: torch.dtype
     teacher: nn.Module | None = None  # dlib's network, frozen, for ``config.distill``
     averaged: list[torch.Tensor] = field(default_factory=list)  # ``config.ema``'s average of ``network``
+    # validation's activations of the frozen first stages, by id of the chip array (held, so the id stays its)
+    frozen_features: dict[int, tuple[np.ndarray, list | None]] = field(default_factory=dict)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @property
+    def frozen_stages(self) -> int:
+        """How many of the network's first stages are frozen: their activations of a chip never change."""
+        names = self.backbone.body_names
+        return next((k for k, name in enumerate(names) if name not in self.frozen), len(names))
 
     def network_trains(self, epoch: int) -> bool:
         """Whether the network trains in ``epoch`` (0-based), or only the head (LP-FT's first epochs)."""
@@ -409,8 +419,25 @@ def averaged_weights(run: Run):
 def validate(run: Run, train: ChipSet, val: ChipSet) -> dict[str, Any]:
     """Validation figures of the current weights, embedded once each through the users' encoder."""
     encoder = encoder_of(run.backbone, run.device)
-    return validation_metrics(encoder.encode(train.chips), train.labels, encoder.encode(val.chips), val.labels,
-                              run.config.target_far or 1e-3)
+    return validation_metrics(validation_embeddings(run, encoder, train.chips), train.labels,
+                              validation_embeddings(run, encoder, val.chips), val.labels, run.config.target_far or 1e-3)
+
+
+def validation_embeddings(run: Run, encoder, chips: np.ndarray) -> np.ndarray:
+    """(n, 128) float64: ``encoder.encode(chips)``, bit for bit. With the first stages frozen (``--freeze``),
+    their activations of ``chips`` are computed on the first call and kept (up to :data:`FROZEN_FEATURES_BYTES`
+    for the run), and each later epoch runs only the stages that train."""
+    stages = run.frozen_stages
+    if stages == 0:
+        return encoder.encode(chips)
+    if id(chips) not in run.frozen_features:
+        features = encoder.frozen_features(chips, stages)
+        held = sum(f.nbytes for _, kept in run.frozen_features.values() for f in kept or [])
+        fits = held + sum(f.nbytes for f in features) <= FROZEN_FEATURES_BYTES
+        run.frozen_features[id(chips)] = (chips, features if fits else None)
+        return encoder.encode_features(features, stages)
+    features = run.frozen_features[id(chips)][1]
+    return encoder.encode(chips) if features is None else encoder.encode_features(features, stages)
 
 
 def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkpoint: Path | None, *,

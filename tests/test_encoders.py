@@ -90,6 +90,28 @@ def test_batching_and_input_forms(chips):
         encoder.encode(chips[0])
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_frozen_features_finish_to_encode_bit_for_bit(chips, channels_last):
+    """The first k stages' activations, kept, then the rest by other weights in those later stages
+    (fine-tuning behind a --freeze): the descriptors are those encode gives, to the last bit, for every k."""
+    base = load_dat()
+    tuned = load_dat()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.layer3.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    kept = TorchEncoder(base, device="cpu", batch_size=16, channels_last=channels_last)
+    encoder = TorchEncoder(tuned, device="cpu", batch_size=16, channels_last=channels_last)
+    sample = chips[:40]
+    plain = encoder.encode(sample)
+    for stages in (1, 2, 3):  # layer3 differs: its activations come from the weights that run it
+        features = kept.frozen_features(sample, stages)
+        assert [len(f) for f in features] == [16, 16, 8]
+        assert np.array_equal(encoder.encode_features(features, stages), plain)
+    assert not np.array_equal(encoder.encode_features(kept.frozen_features(sample, 4), 4), plain)
+    assert np.array_equal(kept.encode_features(kept.frozen_features(sample, 6), 6), kept.encode(sample))
+
+
 def test_identity():
     dlib_id = DlibEncoder().identity
     torch_id = TorchEncoder(device="cpu").identity

@@ -67,6 +67,31 @@ def test_every_head_trains_with_center_and_metric_losses_in_the_loop(head, chips
     assert all(not p.requires_grad for name in ("stem", "layer1", "layer4") for p in getattr(run.backbone, name).parameters())
 
 
+def test_validation_keeps_the_frozen_stages_activations_and_gives_encodes_figures(chips):
+    """With --freeze 3, validation computes the frozen stages once per chip set; after an epoch of training
+    its embeddings are still the users' encoder's, bit for bit, and so are its figures."""
+    from dlibplus.calibration import validation_metrics
+    from dlibplus.distributed import Dist
+    from dlibplus.train import encoder_of, validate, validation_embeddings
+
+    config = FinetuneConfig(epochs=2, freeze=3, augment=False, people_per_batch=3, images_per_person=4,
+                            device="cpu", regime="anchor")
+    torch.manual_seed(0)
+    train, val = chips.subset(np.arange(0, len(chips), 2)), chips.subset(np.arange(1, len(chips), 2))
+    run = build(train, config, torch.device("cpu"), Dist())
+    assert run.frozen_stages == 3
+    validate(run, train, val)
+    assert set(run.frozen_features) == {id(train.chips), id(val.chips)}
+    train_one_epoch(run, train, 0, _Bar())
+    encoder = encoder_of(run.backbone, run.device)
+    plain = encoder.encode(val.chips)
+    assert np.array_equal(validation_embeddings(run, encoder, val.chips), plain)
+    assert not np.array_equal(plain, encoder_of(build(train, config, torch.device("cpu"), Dist()).backbone,
+                                                run.device).encode(val.chips))  # the network did move
+    expected = validation_metrics(encoder.encode(train.chips), train.labels, plain, val.labels, 1e-3)
+    assert validate(run, train, val) == expected
+
+
 def test_learning_rate_schedule_warms_up_then_follows_a_cosine(chips):
     config = FinetuneConfig(epochs=5, freeze=6, augment=False, people_per_batch=3, images_per_person=2,
                             warmup_epochs=1, device="cpu", lr=1e-3, regime="anchor")

@@ -132,14 +132,31 @@ class DlibResNet(nn.Module):
     def stage_names(self) -> tuple[str, ...]:
         return ("stem",) + tuple(s.name for s in self.stages_spec) + ("fc",)
 
+    @property
+    def body_names(self) -> tuple[str, ...]:
+        """The stages before the pooling and ``fc``: ``stem``, ``layer1`` .. ``layer5``."""
+        return self.stage_names[:-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.features(x, 0), 0)
+
+    def features(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """The activation after the first ``stages`` of :attr:`body_names` (0: the centred, scaled input):
+        ``forward(x)`` is ``forward_from(features(x, k), k)`` for every ``k``, the same operations in the
+        same order, so a caller may keep the activations of frozen first stages and run only the rest."""
         if x.dim() != 4 or x.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"input must be (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) RGB, got {tuple(x.shape)}")
         x = (x.float() - self.means.view(1, -1, 1, 1)) / 256.0
         x = x.to(self.fc.weight.dtype)
-        x = self.stem(x)
-        for stage in self.stages_spec:
-            x = getattr(self, stage.name)(x)
+        for name in self.body_names[:stages]:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """(N, 128) descriptors of :meth:`features`' output after ``stages`` stages: the other stages,
+        the pooling and ``fc``."""
+        for name in self.body_names[stages:]:
+            x = getattr(self, name)(x)
         return self.fc(x.mean(dim=(2, 3)))
 
     def freeze(self, stages: int | Iterable[str]) -> list[str]:
