@@ -25,7 +25,7 @@ from .encoders import FEW_PHOTOS_FOR_JITTER
 from .fileio import atomic_path, file_sha256
 from .finetune_data import ChipSet, FinetuneData
 from .selection import ALPHAS, Assessment, Selection, assess, interpolate, select
-from .train import Run, TrainState, encoder_of
+from .train import Run, TrainState, encoder_of, validation_embeddings
 
 
 @dataclass
@@ -59,7 +59,8 @@ def judge(run: Run, tuned_backbone: dict, train: ChipSet, val: ChipSet) -> list[
     for alpha in (0.0, *ALPHAS):
         model.load_state_dict(interpolate(run.base_state, tuned_backbone, alpha))
         encoder = encoder_of(model, run.device)
-        judged.append(assess(encoder.encode(train.chips), train.labels, encoder.encode(val.chips), val.labels,
+        judged.append(assess(validation_embeddings(run, encoder, train.chips), train.labels,
+                             validation_embeddings(run, encoder, val.chips), val.labels,
                              alpha=alpha, calibrate=alpha > 0, target_far=config.target_far, seed=config.seed,
                              grown=config.judge_gallery == "grown"))
     return judged
@@ -102,7 +103,7 @@ def kept_figures(run: Run, alpha: float, scale: float, train: ChipSet, val: Chip
     the mean it subtracts."""
     config = run.config
     encoder, flip = encoder_of(run.backbone, run.device), encoder_of(run.backbone, run.device, flip=True)
-    train_emb, val_emb = encoder.encode(train.chips), encoder.encode(val.chips)
+    train_emb, val_emb = (validation_embeddings(run, encoder, chips) for chips in (train.chips, val.chips))
     train_flip, val_flip = flip.encode(train.chips), flip.encode(val.chips)
     far = config.target_far or 1e-3
     if alpha > 0:  # DIR+flip averages with the mirror image, which shrinks distances: calibrate it

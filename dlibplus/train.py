@@ -424,9 +424,10 @@ def validate(run: Run, train: ChipSet, val: ChipSet) -> dict[str, Any]:
 
 
 def validation_embeddings(run: Run, encoder, chips: np.ndarray) -> np.ndarray:
-    """(n, 128) float64: ``encoder.encode(chips)``, bit for bit. With the first stages frozen (``--freeze``),
+    """(n, 128) float64: ``encoder.encode(chips)``, bit for bit, for an encoder of ``run``'s backbone or of weights
+    that share its frozen stages (an interpolation towards dlib's). With the first stages frozen (``--freeze``),
     their activations of ``chips`` are computed on the first call and kept (up to :data:`FROZEN_FEATURES_BYTES`
-    for the run), and each later epoch runs only the stages that train."""
+    for the run), and each later call runs only the stages that train."""
     stages = run.frozen_stages
     if stages == 0:
         return encoder.encode(chips)
