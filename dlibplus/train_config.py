@@ -14,13 +14,17 @@ TRAIN_ONLY_CHOICES = ("all", "affine")
 # the gallery the candidates are judged with: "trained" (the photos the run trained on) or "grown" (those plus
 # the other validation photos, nearer the gallery the user's train-knn gets: every photo; BENCHMARKS.md)
 JUDGE_GALLERIES = ("trained", "grown")
-# How far the network may move from dlib: the defaults of the five settings that decide it (a value
-# given explicitly wins). "anchor" pulls the weights towards dlib's (L2-SP), for people dlib already tells
-# apart; "distill" drops the pull and keeps dlib's descriptors of mixed faces instead, with a heavier,
-# wider triplet loss: it moves further, for people dlib confuses (measured in BENCHMARKS.md, issue 10).
+# How far the network may move from dlib: the defaults of the six settings that decide it (a value
+# given explicitly wins). "anchor" pulls the weights towards dlib's (L2-SP) and keeps its first three stages
+# (stem, layer1, layer2: 6 % of the weights, 58 % of a forward pass on CPU), for people dlib already tells apart;
+# "distill" drops the pull and keeps dlib's descriptors of mixed faces instead, with a heavier, wider triplet
+# loss and every stage training: it moves further, for people dlib confuses (measured in BENCHMARKS.md, issue
+# 10; the anchor's freeze: as many photos named on the suite, in about half the time).
 REGIMES = {
-    "anchor": {"anchor": 3000.0, "distill": 0.0, "distill_share": 1.0, "triplet": 1.0, "triplet_margin": 0.2},
-    "distill": {"anchor": 0.0, "distill": 2.0, "distill_share": 0.5, "triplet": 2.0, "triplet_margin": 0.4},
+    "anchor": {"anchor": 3000.0, "distill": 0.0, "distill_share": 1.0, "triplet": 1.0, "triplet_margin": 0.2,
+               "freeze": 3},
+    "distill": {"anchor": 0.0, "distill": 2.0, "distill_share": 0.5, "triplet": 2.0, "triplet_margin": 0.4,
+                "freeze": 0},
 }
 # auto: "distill" when dlib puts more than this share of the user's different-person pairs within 0.6
 # (its operating point lets about 1 % through on general faces), else "anchor"; see dlibplus.regime.
@@ -57,8 +61,8 @@ class FinetuneConfig:
     keeps dlib's descriptors of faces nobody trained on, pixel mixes of two of the user's people (squared
     distance between the network's and dlib's 128-d descriptors, dlib units; 0: off); a function-space
     alternative to the ``anchor``. ``distill_share``: the share of each batch's faces mixed for it (fewer:
-    cheaper steps). ``regime``: see :data:`REGIMES`; ``anchor``, ``distill``, ``distill_share``, ``triplet``
-    and ``triplet_margin`` left ``None`` take the regime's values, at once for a named regime, in
+    cheaper steps). ``regime``: see :data:`REGIMES`; ``anchor``, ``distill``, ``distill_share``, ``triplet``,
+    ``triplet_margin`` and ``freeze`` left ``None`` take the regime's values, at once for a named regime, in
     :func:`dlibplus.finetune.finetune` for ``auto`` (:meth:`with_regime`). ``judge_gallery``: see
     :data:`JUDGE_GALLERIES`; "grown" is a measured experiment (BENCHMARKS.md), not a command-line option.
     ``ema``: after every step a moving average of the trained network weights moves ``1 - ema`` of the way to
@@ -87,7 +91,7 @@ class FinetuneConfig:
     distill_share: float | None = None  # None: the regime's
     warmup_epochs: float = 2.0
     grad_clip: float = 5.0
-    freeze: int = 0
+    freeze: int | None = None  # None: the regime's
     head_epochs: int = 0
     train_only: str = "all"
     augment: bool = True

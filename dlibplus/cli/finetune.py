@@ -59,11 +59,12 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--weight-decay", type=click.FloatRange(0), default=_FT.weight_decay, show_default=True,
               help="Decoupled weight decay of the network (the head has none).")
 @click.option("--regime", type=click.Choice(list(_REGIMES)), default=_FT.regime, show_default=True,
-              help="How far the network may move from dlib. anchor: pulled towards dlib's weights, for people dlib "
-                   "already tells apart; distill: no pull, dlib's descriptors of mixed faces kept instead and a "
-                   "heavier triplet loss, for people dlib confuses; auto: distill when dlib puts more than "
+              help="How far the network may move from dlib. anchor: pulled towards dlib's weights, its first 3 "
+                   "stages kept, for people dlib already tells apart; distill: no pull, dlib's descriptors of mixed "
+                   "faces kept instead, a heavier triplet loss and every stage trained, for people dlib confuses; "
+                   "auto: distill when dlib puts more than "
                    f"{_CONFUSED:.0%} of your different-person pairs within 0.6. Sets the defaults of --anchor, "
-                   "--distill, --distill-share, --triplet and --triplet-margin; those you give win.")
+                   "--distill, --distill-share, --triplet, --triplet-margin and --freeze; those you give win.")
 @click.option("--anchor", type=click.FloatRange(0), default=None,
               help="Pull towards dlib's weights each step (L2-SP; 0: off). Keeps the model good on people "
                    f"it was not trained on; lower it to adapt more to yours {_BY_REGIME['anchor']}.")
@@ -78,8 +79,9 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
               help="Epochs of linear learning-rate warm-up before the cosine decay.")
 @click.option("--grad-clip", type=click.FloatRange(0), default=_FT.grad_clip, show_default=True,
               help="Clip the gradient to this norm (0: off).")
-@click.option("--freeze", type=click.IntRange(0, 7), default=_FT.freeze, show_default=True,
-              help="Stages kept frozen, counted from the input: stem, layer1 ... layer5, fc (0: train all).")
+@click.option("--freeze", type=click.IntRange(0, 7), default=None,
+              help="Stages kept frozen, counted from the input: stem, layer1 ... layer5, fc (0: train all) "
+                   f"{_BY_REGIME['freeze']}.")
 @click.option("--head-epochs", type=click.IntRange(0), default=_FT.head_epochs, show_default=True,
               help="Train the head alone, the network frozen, for this many of the epochs first (LP-FT).")
 @click.option("--train-only", type=click.Choice(list(_TRAIN_ONLY)), default=_FT.train_only, show_default=True,
