@@ -90,8 +90,11 @@ def test_batching_and_input_forms(chips):
         encoder.encode(chips[0])
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_frozen_features_finish_to_encode_bit_for_bit(chips, channels_last):
+CUDA = pytest.param("cuda", True, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+
+
+@pytest.mark.parametrize("device,channels_last", [("cpu", True), ("cpu", False), CUDA])
+def test_frozen_features_finish_to_encode_bit_for_bit(chips, device, channels_last):
     """The first k stages' activations, kept, then the rest by other weights in those later stages
     (fine-tuning behind a --freeze): the descriptors are those encode gives, to the last bit, for every k."""
     base = load_dat()
@@ -100,8 +103,8 @@ def test_frozen_features_finish_to_encode_bit_for_bit(chips, channels_last):
     with torch.no_grad():
         for p in tuned.layer3.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    kept = TorchEncoder(base, device="cpu", batch_size=16, channels_last=channels_last)
-    encoder = TorchEncoder(tuned, device="cpu", batch_size=16, channels_last=channels_last)
+    kept = TorchEncoder(base, device=device, batch_size=16, channels_last=channels_last)
+    encoder = TorchEncoder(tuned, device=device, batch_size=16, channels_last=channels_last)
     sample = chips[:40]
     plain = encoder.encode(sample)
     for stages in (1, 2, 3):  # layer3 differs: its activations come from the weights that run it
