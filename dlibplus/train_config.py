@@ -19,7 +19,7 @@ JUDGE_GALLERIES = ("trained", "grown")
 # (stem, layer1, layer2: 6 % of the weights, 58 % of a forward pass on CPU), for people dlib already tells apart;
 # "distill" drops the pull and keeps dlib's descriptors of mixed faces instead, with a heavier, wider triplet
 # loss and every stage training: it moves further, for people dlib confuses (measured in BENCHMARKS.md, issue
-# 10; the anchor's freeze: as many photos named on the suite, in about half the time).
+# 10; the anchor's freeze: as many photos named on the suite, a training epoch 25-40 % shorter).
 REGIMES = {
     "anchor": {"anchor": 3000.0, "distill": 0.0, "distill_share": 1.0, "triplet": 1.0, "triplet_margin": 0.2,
                "freeze": 3},
