@@ -139,6 +139,8 @@ class CrossFit:
     :ivar photos: every photo, the folds' training and validation photos together.
     :ivar fold_states: each fold's best backbone state dict (uncalibrated, not interpolated).
     :ivar best_epochs: each fold's best epoch, 1-based.
+    :ivar histories: each fold's epochs (:attr:`TrainState.history`: loss, seconds and validation figures), so
+        that a rule on when to stop can be replayed on a finished run.
     """
 
     photos: ChipSet
@@ -148,6 +150,7 @@ class CrossFit:
     fold_states: list[dict]
     best_epochs: list[int]
     n_validated: int
+    histories: list[list[dict]]
 
     @property
     def epochs(self) -> int:
@@ -179,7 +182,7 @@ def cross_validate(photos: ChipSet, config: FinetuneConfig, device: torch.device
     weights = [len(f.val) for f in folds]
     return CrossFit(photos, selection, pooled_figures(figures, weights, alpha),
                     pooled_metrics([f.dlib_val for f in folds], weights), [f.state.best_backbone for f in folds],
-                    [f.state.best_epoch + 1 for f in folds], int(len(val_y)))
+                    [f.state.best_epoch + 1 for f in folds], int(len(val_y)), [f.state.history for f in folds])
 
 
 def retrained(cf: CrossFit, config: FinetuneConfig, device: torch.device, dist_info, *, progress: bool,
@@ -227,7 +230,7 @@ def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, 
                                photos.labels, head_trained=config.crossfit_network == "retrain")
     trained = alpha > 0 and config.crossfit_network == "retrain"
     cross_fit = {"folds": len(cf.best_epochs), "best_epochs": cf.best_epochs, "epochs": cf.epochs if trained else 0,
-                 "n_validated": cf.n_validated, "network": config.crossfit_network}
+                 "n_validated": cf.n_validated, "network": config.crossfit_network, "fold_histories": cf.histories}
     every = FinetuneData(photos, photos, data.people, data.dropped, data.val_strangers, data.folder)
     return conclude(run, state, every, output, cf.selection, cf.figures, head, head_mean, dlib_val=cf.dlib_val,
                     t_start=t_start, extra={**(extra or {}), "cross_fit": cross_fit})

@@ -331,6 +331,9 @@ def test_cross_fit_validates_every_photo_and_trains_on_all(people, tmp_path):
     cf = meta["cross_fit"]
     assert cf["folds"] == 2 and cf["n_validated"] == len(PEOPLE) * 8 and len(cf["best_epochs"]) == 2
     assert cf["epochs"] == max(1, round(float(np.median(cf["best_epochs"])))) == len(meta["history"])
+    for best, history in zip(cf["best_epochs"], cf["fold_histories"]):  # each fold's epochs, replayable
+        assert [row["epoch"] for row in history] == list(range(1, len(history) + 1)) and best <= len(history)
+        assert history[best - 1]["identification_1nn"] == max(row["identification_1nn"] for row in history)
     assert meta["data"]["n_train"] == len(PEOPLE) * 8 and meta["config"]["folds"] == 2
     cal = meta["calibration"]  # the folds' raw thresholds, each fit on its own fold; the scale from their median
     assert len(cal["fold_thresholds"]) == 2 and cal["scale"] == pytest.approx(0.6 / np.median(cal["fold_thresholds"]))
