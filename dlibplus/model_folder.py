@@ -44,7 +44,8 @@ class FinetunedMetadata:
     The rest describe the run and its validation; ``selection`` and ``operating_point`` (format 2)
     say which candidate (dlib, an interpolation, the fine-tuned weights) was kept and what tolerance
     0.6 means on the user's photos; ``cross_fit`` (``folds`` >= 2) the folds' best epochs, their epochs'
-    validation figures (``fold_histories``) and the epochs of the run on every photo; ``regime`` which regime trained and why (:mod:`dlibplus.regime`).
+    validation figures (``fold_histories``) and the epochs of the run on every photo; ``regime`` which
+    regime trained and why (:mod:`dlibplus.regime`).
     """
 
     base_model: dict[str, Any]

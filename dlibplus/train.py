@@ -137,7 +137,7 @@ class Run:
     amp_dtype: torch.dtype
     teacher: nn.Module | None = None  # dlib's network, frozen, for ``config.distill``
     averaged: list[torch.Tensor] = field(default_factory=list)  # ``config.ema``'s average of ``network``
-    # validation's activations of the frozen first stages, by id of the chip array (held, so the id stays its)
+    # validation's activations of the frozen first stages, by id of the chip array (held: its id is not reused)
     frozen_features: dict[int, tuple[np.ndarray, list | None]] = field(default_factory=dict)
 
     @property
