@@ -19,6 +19,7 @@ from benchlib import faces_root
 from dlibplus.data import process_images, scan_people
 from dlibplus.encoders import TorchEncoder
 from dlibplus.faces import FaceSettings
+from dlibplus.people import box_areas
 
 RATIOS = (1.0, 1.5, 2.0)
 
@@ -39,8 +40,7 @@ def judge(folder, encoder) -> tuple[int, int, np.ndarray]:
     for person, r in several:
         if person not in single:
             continue
-        b = r.boxes.astype(np.int64)
-        area = (b[:, 2] - b[:, 0]) * (b[:, 1] - b[:, 3])
+        area = box_areas(r.boxes)
         order = np.argsort(-area, kind="stable")
         nearest = np.linalg.norm(encoder.encode(r.chips[order])[:, None] - means[None], axis=2).argmin(axis=1)
         right = [names[i] == person for i in nearest]

@@ -10,7 +10,7 @@ and how many fold epochs would not have been trained.
 
     python benchmarks/bench_patience.py '/tmp/suite/*' --patience 5 8 10 15
 
-The validation score is ``finetune``'s: 1-NN identification, then the AUC (``dlibplus.train``'s ``_score``);
+The validation score is ``finetune``'s (:func:`dlibplus.train.validation_score`);
 runs with ``--head-epochs`` (whose first epochs are never kept) are not replayed rightly.
 """
 from __future__ import annotations
@@ -20,9 +20,7 @@ import glob
 import json
 from pathlib import Path
 
-
-def score(row: dict) -> tuple:
-    return (row["identification_1nn"], row.get("auc", 0.0))
+from dlibplus.train import validation_score
 
 
 def replay(history: list[dict], patience: int) -> tuple[int, int]:
@@ -30,8 +28,8 @@ def replay(history: list[dict], patience: int) -> tuple[int, int]:
     ``patience`` epochs without a better validation score."""
     best, best_score, since = 0, None, 0
     for row in history:
-        if best_score is None or score(row) > best_score:
-            best, best_score, since = row["epoch"], score(row), 0
+        if best_score is None or validation_score(row) > best_score:
+            best, best_score, since = row["epoch"], validation_score(row), 0
         else:
             since += 1
         if patience and since >= patience:

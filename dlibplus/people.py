@@ -126,6 +126,12 @@ class PeopleSet:
                 "n_images": int(len(self.labels)), "n_people": int(len(set(self.labels.tolist())))}
 
 
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """(n,) int64 areas in pixels of (n, 4) face boxes in face_recognition's (top, right, bottom, left) order."""
+    b = boxes.astype(np.int64)
+    return (b[:, 2] - b[:, 0]) * (b[:, 1] - b[:, 3])
+
+
 def pick_face(r: ImageFaces, multiple_faces: str = "skip") -> tuple[int | None, str | None]:
     """Which face of ``r`` a people folder's photo gives: ``(index, None)``, or ``(None, why it is skipped)``.
 
@@ -140,8 +146,7 @@ def pick_face(r: ImageFaces, multiple_faces: str = "skip") -> tuple[int | None, 
     if r.n_faces == 1:
         return 0, None
     if multiple_faces == "largest":
-        b = r.boxes.astype(np.int64)
-        area = (b[:, 2] - b[:, 0]) * (b[:, 1] - b[:, 3])
+        area = box_areas(r.boxes)
         first, second = np.argsort(-area, kind="stable")[:2]
         if area[first] >= CLEARLY_LARGER * area[second]:
             return int(first), None

@@ -342,7 +342,8 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar, epochs: int | Non
             max(time.time() - t_epoch, 1e-9)}
 
 
-def _score(m: dict[str, Any]) -> tuple:
+def validation_score(m: dict[str, Any]) -> tuple:
+    """What picks the kept epoch from a row of validation figures: 1-NN identification, then the AUC."""
     return (m["identification_1nn"], m.get("auc", 0.0))
 
 
@@ -359,7 +360,7 @@ class TrainState:
 
     @property
     def best_score(self) -> tuple | None:
-        return _score(self.best_metrics) if self.best_epoch >= 0 else None
+        return validation_score(self.best_metrics) if self.best_epoch >= 0 else None
 
     def save(self, path: Path, run: Run) -> None:
         state = {"trainee": run.trainee.state_dict(), "optimizer": run.optimizer.state_dict(),
@@ -468,7 +469,7 @@ def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkp
                 state.epoch = epoch
                 if not run.network_trains(epoch):  # LP-FT's head-only epochs: the network is still dlib's
                     pass
-                elif val is None or state.best_score is None or _score(row) > state.best_score:
+                elif val is None or state.best_score is None or validation_score(row) > state.best_score:
                     state.best_epoch, state.since_best = epoch, 0
                     state.best_backbone = copy.deepcopy(run.backbone.state_dict())
                     state.best_metrics = {k: v for k, v in row.items() if k not in ("epoch", "loss", "train_acc",
