@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .calibration import TOLERANCE, OperatingPoint
+from .echo import EchoPool
 from .finetune_data import ChipSet, FinetuneData
 from .finish import FinetuneResult, KeptFigures, conclude, head_for, judge, kept_figures, load_scaled
 from .selection import Assessment, Selection, interpolate, select
@@ -122,9 +123,9 @@ class FoldRun:
 
 
 def train_fold(photos: ChipSet, fold: np.ndarray, k: int, config: FinetuneConfig, device: torch.device, dist_info,
-               *, progress: bool, say: Callable[[str], None]) -> FoldRun:
+               *, progress: bool, say: Callable[[str], None], echo: EchoPool | None = None) -> FoldRun:
     train, val = photos.subset(np.flatnonzero(fold != k)), photos.subset(np.flatnonzero(fold == k))
-    run = build(train, config, device, dist_info)
+    run = build(train, config, device, dist_info, echo)
     dlib_val = validate(run, train, val)
     state = TrainState(best_metrics=dlib_val, best_backbone=copy.deepcopy(run.backbone.state_dict()))
     state = fit(run, train, val, state, None, progress=progress, say=say)
@@ -151,6 +152,7 @@ class CrossFit:
     best_epochs: list[int]
     n_validated: int
     histories: list[list[dict]]
+    echo: EchoPool | None = None  # the folds' augmented copies, for the run on every photo (:mod:`dlibplus.echo`)
 
     @property
     def epochs(self) -> int:
@@ -168,7 +170,8 @@ def cross_validate(photos: ChipSet, config: FinetuneConfig, device: torch.device
     for i, k in enumerate(present):
         say(f"fold {i + 1}/{len(present)}: fine-tuning on {int((fold != k).sum())} photos, validating on "
             f"{int((fold == k).sum())}")
-        folds.append(train_fold(photos, fold, k, config, device, dist_info, progress=progress, say=say))
+        folds.append(train_fold(photos, fold, k, config, device, dist_info, progress=progress, say=say,
+                                echo=folds[-1].run.echo if folds else None))
     val_y = np.concatenate([f.val.labels for f in folds])
     dlib, *candidates = [pool([f.judged[i] for f in folds]) for i in range(len(folds[0].judged))]
     selection = select(candidates, dlib, val_y, seed=config.seed, force=config.keep == "finetuned")
@@ -182,14 +185,15 @@ def cross_validate(photos: ChipSet, config: FinetuneConfig, device: torch.device
     weights = [len(f.val) for f in folds]
     return CrossFit(photos, selection, pooled_figures(figures, weights, alpha),
                     pooled_metrics([f.dlib_val for f in folds], weights), [f.state.best_backbone for f in folds],
-                    [f.state.best_epoch + 1 for f in folds], int(len(val_y)), [f.state.history for f in folds])
+                    [f.state.best_epoch + 1 for f in folds], int(len(val_y)), [f.state.history for f in folds],
+                    folds[-1].run.echo)
 
 
 def retrained(cf: CrossFit, config: FinetuneConfig, device: torch.device, dist_info, *, progress: bool,
               say: Callable[[str], None]) -> tuple[Run, TrainState]:
     """The network handed back made by one more run on every photo, for :attr:`CrossFit.epochs` epochs (none
     when the folds keep dlib)."""
-    run = build(cf.photos, config, device, dist_info)
+    run = build(cf.photos, config, device, dist_info, cf.echo)
     state = TrainState(best_backbone=copy.deepcopy(run.backbone.state_dict()))
     if cf.selection.chosen.alpha > 0:
         say(f"fine-tuning on every photo ({len(cf.photos)}) for {cf.epochs} epochs (the folds' median best)")

@@ -31,6 +31,7 @@ from torch import nn
 
 from .calibration import validation_metrics
 from .distributed import Dist, gather
+from .echo import EchoPool, photo_keys
 from .errors import DataFolderError
 from .fileio import atomic_path
 from .finetune_data import ChipSet
@@ -61,14 +62,17 @@ class Trainee(nn.Module):
         self.register_buffer("embedding_mean", torch.zeros(128))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mixed: torch.Tensor | None = None,
-                target: torch.Tensor | None = None, mixed_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                target: torch.Tensor | None = None, mixed_weight: float = 1.0,
+                stages: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, cosines)`` of a batch; nothing leaves the device.
 
+        :param x: (n, 3, 150, 150) float faces, or with ``stages`` > 0 their activations after the network's first
+            ``stages`` stages (:meth:`~dlibplus.dlibnet.DlibResNet.features`, kept by :mod:`dlibplus.echo`).
         :param mixed: (m, 3, 150, 150) float faces for the distillation loss
             (:func:`dlibplus.mixing.mix_people`), with ``target`` (m, 128) dlib's descriptors of them;
             ``None``: no distillation. :param mixed_weight: :meth:`dlibplus.mixing.MixPlan.loss_weight`.
         """
-        emb = self.backbone(x)
+        emb = self.backbone.forward_from(x, stages) if stages else self.backbone(x)
         logits = self.head(emb.float() - self.embedding_mean, y)
         loss = F.cross_entropy(logits, y)
         weighted = [(self.center, self.config.center_loss), (self.triplet, self.config.triplet),
@@ -139,6 +143,8 @@ class Run:
     averaged: list[torch.Tensor] = field(default_factory=list)  # ``config.ema``'s average of ``network``
     # validation's activations of the frozen first stages, by id of the chip array (held: its id is not reused)
     frozen_features: dict[int, tuple[np.ndarray, list | None]] = field(default_factory=dict)
+    echo: EchoPool | None = None  # the augmented copies' frozen-stage activations (``config.echo``)
+    echo_keys: np.ndarray | None = None  # (n,) uint64 of the training photos (:func:`dlibplus.echo.photo_keys`)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -168,8 +174,12 @@ def trainable_network(backbone: nn.Module, train_only: str) -> list[nn.Parameter
     return [p for p in backbone.parameters() if p.requires_grad]
 
 
-def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_info: Dist) -> Run:
+def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_info: Dist,
+          echo: EchoPool | None = None) -> Run:
     """dlib's network, a head imprinted from dlib's embeddings of ``train``, losses and optimizer.
+
+    :param echo: another run's pool of augmented copies (:mod:`dlibplus.echo`) to read and fill, used when this run
+        echoes with the same seed, copies and frozen stages; otherwise the run makes its own when it echoes.
 
     :raises ValueError: ``config.regime`` is still ``auto`` (:func:`dlibplus.finetune.finetune` resolves it).
     """
@@ -229,8 +239,25 @@ def build(train: ChipSet, config: FinetuneConfig, device: torch.device, dist_inf
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     averaged = [p.detach().clone() for p in network] if config.ema > 0 else []
-    return Run(config, device, dist_info, backbone, head, trainee, model, optimizer, scheduler, scaler, sampler,
-               network, anchors, frozen, base_state, use_amp, amp_dtype, teacher, averaged)
+    run = Run(config, device, dist_info, backbone, head, trainee, model, optimizer, scheduler, scaler, sampler,
+              network, anchors, frozen, base_state, use_amp, amp_dtype, teacher, averaged)
+    run.echo = echo_pool(run, echo)
+    run.echo_keys = photo_keys(train.chips) if run.echo is not None else None
+    return run
+
+
+def echo_pool(run: Run, shared: EchoPool | None) -> EchoPool | None:
+    """The pool ``run`` keeps its photos' augmented copies in (``config.echo`` a photo): ``shared`` when it holds
+    the same copies, else a new one. ``None`` when the run does not echo: ``config.echo`` 0, no augmentation, the
+    augmentation on the device (cheap there), no frozen stage, or distillation (it mixes the augmented pixels)."""
+    config, stages = run.config, run.frozen_stages
+    if not (config.echo and config.augment and not augment_on_device(run) and stages and run.teacher is None):
+        return None
+    if shared is not None and (shared.variants, shared.stages, shared.seed) == (config.echo, stages, config.seed):
+        return shared
+    with torch.no_grad():
+        probe = run.backbone.features(torch.zeros(1, 3, 150, 150, device=run.device), stages)
+    return EchoPool(config.echo, stages, config.seed, probe.numel() * probe.element_size())
 
 
 # --- the epochs -----------------------------------------------------------------------------------------
@@ -246,8 +273,9 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
     """``(step, idx, rows, x, plan)`` of every step of an epoch: ``idx`` the chips of this process's slice of
     the global batch, ``rows`` the global slots of the chips in ``x`` (the slice, then with ``--distill`` the
     partners held by other processes, see :mod:`dlibplus.mixing`), ``plan`` the mixing (``None`` without
-    distillation). Gathered (and, on the host, augmented) by a background thread while the previous step
-    runs, so the loop never waits on numpy."""
+    distillation). ``x``: the chips, or when the run echoes their :class:`~dlibplus.echo.StepCopies`. Gathered
+    (and, on the host, augmented) by a background thread while the previous step runs, so the loop never waits
+    on numpy."""
     from concurrent.futures import ThreadPoolExecutor
 
     from . import augment  # looked up per call: tests interrupt a run through it
@@ -265,6 +293,8 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
             plan = None  # none of this process's faces is mixed in this step
         rows = slots if plan is None else np.concatenate([slots, plan.extra_slots])
         chips = train.chips[batch[rows]]
+        if run.echo is not None:  # the epoch's copies, drawn where the pool has none yet
+            return step, batch[slots], rows, run.echo.plan(run.echo_keys[batch[rows]], chips, epoch), plan
         if config.augment and not on_device:
             chips = augment.augment_batch(chips, config.seed, epoch, step, rows)
         x = torch.from_numpy(np.ascontiguousarray(chips))
@@ -294,13 +324,16 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar, epochs: int | Non
     t_epoch, seen = time.time(), 0
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device, dtype=torch.long)
+    stages = run.echo.stages if run.echo is not None else 0
     for step, idx, rows, chips, plan in _host_batches(run, train, epoch):
-        chips = chips.to(run.device, non_blocking=True)  # uint8: a quarter of float32's bytes to copy
-        if device_aug:
+        if run.echo is not None:  # the step's activations after the frozen stages, from the pool or computed now
+            faces = run.echo.features(chips, run.backbone, run.device)
+        elif device_aug:
             from .device_augment import augment_on_device as device_augment
 
-            faces = device_augment(chips, config.seed, epoch, step, rows)
+            faces = device_augment(chips.to(run.device, non_blocking=True), config.seed, epoch, step, rows)
         else:
+            chips = chips.to(run.device, non_blocking=True)  # uint8: a quarter of float32's bytes to copy
             faces = chips.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
         x = faces[:len(idx)]
         y = torch.from_numpy(train.labels[idx]).to(run.device, non_blocking=True)
@@ -311,7 +344,7 @@ def train_one_epoch(run: Run, train: ChipSet, epoch: int, bar, epochs: int | Non
                     target = run.teacher(mixed)
                 loss, cos = run.model(x, y, mixed, target, plan.loss_weight(dist_info.world_size))
             else:
-                loss, cos = run.model(x, y)
+                loss, cos = run.model(x, y, stages=stages)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         if config.grad_clip > 0:

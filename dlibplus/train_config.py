@@ -70,6 +70,8 @@ class FinetuneConfig:
     experiment measured on kpop only, BENCHMARKS.md, not a command-line option).
     ``crossfit_network``: see :data:`CROSSFIT_NETWORKS` (``folds`` >= 2 only); "soup" saves the last run's time
     but named fewer test photos on the benchmark suite (BENCHMARKS.md): an experiment, not a command-line option.
+    ``echo``: augmented copies of each photo kept after the frozen stages and used again in later epochs
+    (:mod:`dlibplus.echo`; host augmentation with ``freeze`` >= 1 and no distillation; 0: a fresh copy each epoch).
     """
 
     head: str = "arcface"
@@ -108,6 +110,7 @@ class FinetuneConfig:
     judge_gallery: str = "trained"
     ema: float = 0.0  # decay per step of a moving average of the network's weights (0: off; BENCHMARKS.md)
     crossfit_network: str = "retrain"
+    echo: int = 0  # augmented copies a photo, kept after the frozen stages (0: a fresh copy every epoch)
 
     def __post_init__(self):
         if self.regime not in REGIME_CHOICES:
@@ -153,7 +156,7 @@ class FinetuneConfig:
                         "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip,
                         "center_loss": self.center_loss, "triplet": self.triplet,
                         "metric_loss": self.metric_loss, "triplet_margin": self.triplet_margin,
-                        "patience": self.patience, "freeze": self.freeze}
+                        "patience": self.patience, "freeze": self.freeze, "echo": self.echo}
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, not {value}")

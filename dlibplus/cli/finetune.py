@@ -91,6 +91,10 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
               help="Where the augmentation runs: host (dlib's exact jitter in numpy, in a background thread), "
                    "device (the same transform as batched tensor ops on the GPU), auto (device on CUDA).")
 @click.option("--no-augment", is_flag=True, help="Turn off dlib's jitter and colour augmentation.")
+@click.option("--echo", type=click.IntRange(0), default=_FT.echo, show_default=True,
+              help="Augmented copies of each photo, each kept as the frozen stages (--freeze) see it and used again "
+                   "in later epochs, on CPU (0: a fresh copy every epoch). Spares the frozen stages' and the "
+                   "augmentation's work after the first epochs.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_FT.val_fraction,
               show_default=True,
               help="Share of each person's photos kept for validation.")
@@ -123,7 +127,7 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @user_errors
 def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_margin, metric_loss, epochs,
              batch_people, batch_images, optimizer, lr, head_lr, weight_decay, regime, anchor, distill, distill_share,
-             warmup_epochs, grad_clip, freeze, head_epochs, train_only, augment_on, no_augment,
+             warmup_epochs, grad_clip, freeze, head_epochs, train_only, augment_on, no_augment, echo,
              val_fraction, val_folder, folds, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
              multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
@@ -150,7 +154,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_
             head_lr=head_lr, weight_decay=weight_decay, regime=regime, anchor=anchor, distill=distill,
             distill_share=distill_share, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, freeze=freeze, head_epochs=head_epochs, train_only=train_only,
-            augment=not no_augment, augment_on=augment_on, val_fraction=val_fraction, folds=folds,
+            augment=not no_augment, augment_on=augment_on, echo=echo, val_fraction=val_fraction, folds=folds,
             patience=patience, seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
         config.check_head()
         ft.check_folds(folds, resume=resume, val_folder=val_folder)
