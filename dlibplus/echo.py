@@ -2,11 +2,17 @@
 
 With dlib's first stages frozen (``--freeze``), their activation of an augmented photo never changes during a run,
 yet on CPU it is a third of a training step's work, and the augmentation another sixth. So each photo gets
-``variants`` augmented copies, epoch ``e`` using copy ``e % variants``; the first time a copy is needed it is drawn
-(dlib's jitter and colours, :func:`dlibplus.augment.augment_chip`, from a generator seeded by the run's seed, the
-photo's bytes and the copy's number), passed through the frozen stages, and kept; later epochs start from the kept
-activation. Choi et al. 2019 ("Faster Neural Network Training with Data Echoing") repeat augmented examples in the
-same way, to spare an expensive stage before the network.
+``variants`` augmented copies; the first time a copy is needed it is drawn (dlib's jitter and colours,
+:func:`dlibplus.augment.augment_chip`, from a generator seeded by the run's seed, the photo's bytes and the copy's
+number), passed through the frozen stages, and kept; later uses start from the kept activation. Choi et al. 2019
+("Faster Neural Network Training with Data Echoing") repeat augmented examples in the same way, to spare an
+expensive stage before the network.
+
+Which copy a use takes (:meth:`EchoPool.copy_of`): in epoch ``e`` the ``j``-th use of a photo in that epoch takes
+copy ``(e + j * stride) % variants``, ``stride = variants // images_per_person``. A person with fewer photos than a
+batch holds of them (``--batch-images``) fills the batch with repeats, and the repeats must stay different copies:
+a batch of four identical faces teaches the network nothing about how one person's faces vary (measured: copy
+``e % variants`` for every use named fewer test photos on the suite's 2-photo splits, BENCHMARKS.md).
 
 A copy is the same whichever run, step or batch slot needs it, so runs with the same seed and frozen stages share
 one pool: cross-fitting's folds fill it and the run on every photo finds its copies there. Copies beyond
@@ -37,15 +43,28 @@ def copy_rng(seed: int, key: int, variant: int) -> DlibRand:
     return DlibRand(seed=int.from_bytes(digest, "little"), discard=0)
 
 
+def uses_in_epoch(batches: list[np.ndarray]) -> list[np.ndarray]:
+    """For each global batch of an epoch, in order, (b,) int64: how many times each of its photos (indices into the
+    training photos) was used before in the epoch, earlier rows of the same batch included."""
+    seen: dict[int, int] = {}
+    out = []
+    for batch in batches:
+        uses = np.empty(len(batch), np.int64)
+        for i, photo in enumerate(int(p) for p in batch):
+            uses[i] = seen.get(photo, 0)
+            seen[photo] = uses[i] + 1
+        out.append(uses)
+    return out
+
+
 @dataclass
 class StepCopies:
-    """The copies one step trains on (:meth:`EchoPool.plan`): ``keys`` (n,) its photos in batch order, ``variant``
-    the epoch's copy, ``fresh`` (m,) the rows whose copy must be computed now (a photo's first row in the step),
-    ``chips`` (m, 150, 150, 3) uint8 their augmented pixels (``None`` when m is 0), ``keep`` (m,) bool which of
-    them the pool keeps."""
+    """The copies one step trains on (:meth:`EchoPool.plan`): ``names`` its (photo key, copy) in batch order,
+    ``fresh`` (m,) the rows whose copy must be computed now (a copy's first row in the step), ``chips``
+    (m, 150, 150, 3) uint8 their augmented pixels (``None`` when m is 0), ``keep`` (m,) bool which of them the
+    pool keeps."""
 
-    keys: np.ndarray
-    variant: int
+    names: list[tuple[int, int]]
     fresh: list[int]
     chips: np.ndarray | None
     keep: list[bool]
@@ -60,32 +79,38 @@ class EchoPool:
     is read from the pool only after the step that planned it has stored it.
     """
 
-    def __init__(self, variants: int, stages: int, seed: int, copy_bytes: int, max_bytes: int = ECHO_BYTES):
-        if variants < 1 or stages < 1:
-            raise ValueError(f"an echo pool needs variants >= 1 and frozen stages >= 1, not {variants}, {stages}")
+    def __init__(self, variants: int, stages: int, seed: int, copy_bytes: int, images_per_person: int,
+                 max_bytes: int = ECHO_BYTES):
+        if variants < 1 or stages < 1 or images_per_person < 1:
+            raise ValueError(f"an echo pool needs variants, frozen stages and images per person >= 1, not "
+                             f"{variants}, {stages}, {images_per_person}")
         self.variants, self.stages, self.seed = variants, stages, seed
+        self.stride = max(1, variants // images_per_person)
         self.copy_bytes, self.max_bytes = copy_bytes, max_bytes
         self.kept: dict[tuple[int, int], torch.Tensor] = {}
         self._planned: set[tuple[int, int]] = set()
 
-    def plan(self, keys: np.ndarray, chips: np.ndarray, epoch: int) -> StepCopies:
+    def copy_of(self, epoch: int, uses: np.ndarray) -> np.ndarray:
+        """(n,) int64: the copy each use takes, from ``uses`` (n,) the photo's earlier uses in ``epoch``."""
+        return (epoch + np.asarray(uses, np.int64) * self.stride) % self.variants
+
+    def plan(self, keys: np.ndarray, chips: np.ndarray, epoch: int, uses: np.ndarray) -> StepCopies:
         """What a step of ``epoch`` computes for its photos: ``keys`` (n,) from :func:`photo_keys`, ``chips``
-        (n, 150, 150, 3) uint8 their unaugmented pixels."""
+        (n, 150, 150, 3) uint8 their unaugmented pixels, ``uses`` (n,) from :func:`uses_in_epoch`."""
         from . import augment
 
-        variant = epoch % self.variants
+        names = [(int(k), int(c)) for k, c in zip(keys, self.copy_of(epoch, uses))]
         fresh, drawn, keep, seen = [], [], [], set()
-        for row, key in enumerate(int(k) for k in keys):
-            name = (key, variant)
+        for row, name in enumerate(names):
             if name in self._planned or name in seen:
                 continue
             seen.add(name)
             fresh.append(row)
-            drawn.append(augment.augment_chip(chips[row], copy_rng(self.seed, key, variant)))
+            drawn.append(augment.augment_chip(chips[row], copy_rng(self.seed, *name)))
             keep.append((len(self._planned) + 1) * self.copy_bytes <= self.max_bytes)
             if keep[-1]:
                 self._planned.add(name)
-        return StepCopies(np.asarray(keys), variant, fresh, np.stack(drawn) if drawn else None, keep)
+        return StepCopies(names, fresh, np.stack(drawn) if drawn else None, keep)
 
     def features(self, step: StepCopies, backbone: torch.nn.Module, device: torch.device) -> torch.Tensor:
         """(n, C, H, W) float activations of ``step``'s copies after the frozen stages, channels-last, on
@@ -96,12 +121,10 @@ class EchoPool:
             with torch.no_grad():
                 h = backbone.features(x.contiguous(memory_format=torch.channels_last), self.stages)
             for j, (row, keep) in enumerate(zip(step.fresh, step.keep)):
-                name = (int(step.keys[row]), step.variant)
-                computed[name] = h[j]
+                computed[step.names[row]] = h[j]
                 if keep:
-                    self.kept[name] = h[j].clone()
-        rows = [computed.get((int(k), step.variant)) for k in step.keys]
-        rows = [r if r is not None else self.kept[(int(k), step.variant)] for r, k in zip(rows, step.keys)]
+                    self.kept[step.names[row]] = h[j].clone()
+        rows = [computed[name] if name in computed else self.kept[name] for name in step.names]
         return torch.stack(rows).contiguous(memory_format=torch.channels_last)
 
     @property

@@ -31,7 +31,7 @@ from torch import nn
 
 from .calibration import validation_metrics
 from .distributed import Dist, gather
-from .echo import EchoPool, photo_keys
+from .echo import EchoPool, photo_keys, uses_in_epoch
 from .errors import DataFolderError
 from .fileio import atomic_path
 from .finetune_data import ChipSet
@@ -253,11 +253,12 @@ def echo_pool(run: Run, shared: EchoPool | None) -> EchoPool | None:
     config, stages = run.config, run.frozen_stages
     if not (config.echo and config.augment and not augment_on_device(run) and stages and run.teacher is None):
         return None
-    if shared is not None and (shared.variants, shared.stages, shared.seed) == (config.echo, stages, config.seed):
+    if shared is not None and (shared.variants, shared.stages, shared.seed, shared.stride) == (
+            config.echo, stages, config.seed, max(1, config.echo // config.images_per_person)):
         return shared
     with torch.no_grad():
         probe = run.backbone.features(torch.zeros(1, 3, 150, 150, device=run.device), stages)
-    return EchoPool(config.echo, stages, config.seed, probe.numel() * probe.element_size())
+    return EchoPool(config.echo, stages, config.seed, probe.numel() * probe.element_size(), config.images_per_person)
 
 
 # --- the epochs -----------------------------------------------------------------------------------------
@@ -284,7 +285,7 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
     on_device = config.augment and augment_on_device(run)
     distilling = run.teacher is not None and run.network_trains(epoch)
 
-    def prepare(step: int, batch):
+    def prepare(step: int, batch, uses):
         batch = np.asarray(batch)
         slots = np.arange(len(batch))[dist_info.rank::dist_info.world_size]
         plan = (plan_mix(train.labels[batch], slots, config.seed, epoch, step, config.distill_share)
@@ -293,19 +294,21 @@ def _host_batches(run: Run, train: ChipSet, epoch: int):
             plan = None  # none of this process's faces is mixed in this step
         rows = slots if plan is None else np.concatenate([slots, plan.extra_slots])
         chips = train.chips[batch[rows]]
-        if run.echo is not None:  # the epoch's copies, drawn where the pool has none yet
-            return step, batch[slots], rows, run.echo.plan(run.echo_keys[batch[rows]], chips, epoch), plan
+        if run.echo is not None:  # the copies these uses take, drawn where the pool has none yet
+            return step, batch[slots], rows, run.echo.plan(run.echo_keys[batch[rows]], chips, epoch, uses[rows]), plan
         if config.augment and not on_device:
             chips = augment.augment_batch(chips, config.seed, epoch, step, rows)
         x = torch.from_numpy(np.ascontiguousarray(chips))
         return step, batch[slots], rows, (x.pin_memory() if run.device.type == "cuda" else x), plan
 
     batches = list(enumerate(run.sampler))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, *batches[0]) if batches else None
+    # each global batch's earlier uses of its photos in the epoch: which echoed copy each takes
+    uses = uses_in_epoch([np.asarray(b) for _, b in batches]) if run.echo is not None else [None] * len(batches)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = worker.submit(prepare, *batches[0], uses[0]) if batches else None
         for i in range(len(batches)):
             prepared = pending.result()
-            pending = pool.submit(prepare, *batches[i + 1]) if i + 1 < len(batches) else None
+            pending = worker.submit(prepare, *batches[i + 1], uses[i + 1]) if i + 1 < len(batches) else None
             yield prepared
 
 

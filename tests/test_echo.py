@@ -9,7 +9,7 @@ import torch
 
 from dlibplus import augment
 from dlibplus.distributed import Dist
-from dlibplus.echo import copy_rng, photo_keys
+from dlibplus.echo import copy_rng, photo_keys, uses_in_epoch
 from dlibplus.faces import FaceSettings
 from dlibplus.finetune_data import load_chipset
 from dlibplus.train import build, train_one_epoch
@@ -44,28 +44,29 @@ def _config(**kw) -> FinetuneConfig:
 
 def test_a_copy_is_dlibs_jitter_of_its_photo_through_the_frozen_stages(chips):
     """Each row of a step is the frozen stages' activation of dlib's jitter and colours of that photo, drawn from
-    the generator of (seed, photo bytes, copy); a photo twice in a step is computed once; the kept copy is what a
-    later step reads back."""
+    the generator of (seed, photo bytes, copy); a photo used twice in a step takes two copies; a kept copy is what
+    a later step reads back."""
     torch.manual_seed(0)
-    run = build(chips, _config(seed=3), CPU, Dist())
+    run = build(chips, _config(seed=3, echo=8), CPU, Dist())
     pool, keys = run.echo, run.echo_keys
-    assert pool is not None and (pool.variants, pool.stages, pool.seed) == (2, 3, 3)
-    rows = np.array([0, 4, 0, 7])
-    step = pool.plan(keys[rows], chips.chips[rows], epoch=5)  # epoch 5: copy 1
-    assert step.variant == 1 and step.fresh == [0, 1, 3]
+    assert pool is not None and (pool.variants, pool.stages, pool.seed, pool.stride) == (8, 3, 3, 2)
+    rows, uses = np.array([0, 4, 0, 7]), uses_in_epoch([np.array([0, 4, 0, 7])])[0]
+    assert uses.tolist() == [0, 0, 1, 0]
+    step = pool.plan(keys[rows], chips.chips[rows], 5, uses)  # epoch 5: copy 5, the second use copy 7
+    assert [c for _, c in step.names] == [5, 5, 7, 5] and step.fresh == [0, 1, 2, 3]
     got = pool.features(step, run.backbone, CPU)
     assert got.shape == (4, 64, 17, 17)
-    for row, i in enumerate(rows):
-        copy = augment.augment_chip(chips.chips[i], copy_rng(3, int(keys[i]), 1))
-        x = torch.from_numpy(copy[None]).permute(0, 3, 1, 2).float()
+    for row, (i, (_, copy)) in enumerate(zip(rows, step.names)):
+        drawn = augment.augment_chip(chips.chips[i], copy_rng(3, int(keys[i]), copy))
+        x = torch.from_numpy(drawn[None]).permute(0, 3, 1, 2).float()
         with torch.no_grad():
             want = run.backbone.features(x, 3)[0]
         torch.testing.assert_close(got[row], want, rtol=1e-5, atol=1e-5)
-    assert torch.equal(got[0], got[2])
-    again = pool.plan(keys[rows[:2]], chips.chips[rows[:2]], epoch=1)  # copy 1 again: nothing to draw
+    assert not torch.equal(got[0], got[2])
+    again = pool.plan(keys[rows[:2]], chips.chips[rows[:2]], 13, np.zeros(2))  # copy 13 % 8 = 5 again: no draw
     assert again.fresh == [] and again.chips is None
     assert torch.equal(pool.features(again, run.backbone, CPU), got[:2])
-    assert len(photo_keys(chips.chips)) == len(set(photo_keys(chips.chips).tolist()))  # distinct photos, keys
+    assert len(set(photo_keys(chips.chips).tolist())) == len(chips)  # distinct photos, distinct keys
 
 
 def test_epochs_reuse_the_copies_and_the_budget_changes_speed_not_draws(chips, monkeypatch):
