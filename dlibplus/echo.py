@@ -10,13 +10,16 @@ expensive stage before the network.
 
 Which copy a use takes (:meth:`EchoPool.copy_of`): in epoch ``e`` the ``j``-th use of a photo in that epoch takes
 copy ``(e + j * stride) % variants``, ``stride = variants // images_per_person``. A person with fewer photos than a
-batch holds of them (``--batch-images``) fills the batch with repeats, and the repeats must stay different copies:
-a batch of four identical faces teaches the network nothing about how one person's faces vary (measured: copy
-``e % variants`` for every use named fewer test photos on the suite's 2-photo splits, BENCHMARKS.md).
+batch holds of them (``--batch-images``) fills the batch with repeats, and the repeats must stay different copies,
+as the default's fresh jitters are: four identical faces teach the network nothing about how a person's faces vary.
+
+Off by default (``FinetuneConfig.echo`` 0): on the benchmark suite ``--echo 20`` trained in 0.56x the time but named
+0.3 point fewer test photos and fell below dlib on more splits (BENCHMARKS.md).
 
 A copy is the same whichever run, step or batch slot needs it, so runs with the same seed and frozen stages share
 one pool: cross-fitting's folds fill it and the run on every photo finds its copies there. Copies beyond
-``max_bytes`` are drawn and computed again each time they are needed: the budget changes the speed, not the result.
+``max_bytes`` are drawn and computed again each time they are needed: the budget changes the speed, not the draws
+(nor, on CPU, the trained weights: a test compares them bit for bit).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 
 from .align import DlibRand
 
-ECHO_BYTES = 1 << 30  # ~74 KB a copy after 3 frozen stages: 14,000 copies, e.g. 1,800 photos x 8
+ECHO_BYTES = 1 << 30  # ~74 KB a copy after 3 frozen stages: 14,500 copies, e.g. 725 photos x 20
 
 
 def photo_keys(chips: np.ndarray) -> np.ndarray:
@@ -126,7 +129,3 @@ class EchoPool:
                     self.kept[step.names[row]] = h[j].clone()
         rows = [computed[name] if name in computed else self.kept[name] for name in step.names]
         return torch.stack(rows).contiguous(memory_format=torch.channels_last)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.kept) * self.copy_bytes

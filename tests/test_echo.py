@@ -71,7 +71,8 @@ def test_a_copy_is_dlibs_jitter_of_its_photo_through_the_frozen_stages(chips):
 
 def test_epochs_reuse_the_copies_and_the_budget_changes_speed_not_draws(chips, monkeypatch):
     """After ``echo`` epochs the copies come from the pool (no photo is augmented again); a run whose pool may
-    keep nothing draws and computes every copy each time instead and trains to the same losses and weights."""
+    keep nothing draws and computes every copy each time instead and trains to the same losses and weights, bit for
+    bit."""
     drawn = []
     real = augment.augment_chip
     monkeypatch.setattr(augment, "augment_chip", lambda chip, rng: drawn.append(1) or real(chip, rng))
@@ -92,10 +93,9 @@ def test_epochs_reuse_the_copies_and_the_budget_changes_speed_not_draws(chips, m
     assert min(none_counts) > 0 and none_counts[2] > kept_counts[2]
     assert len(runs[0][0].echo.kept) > 0 and len(runs[1][0].echo.kept) == 0
     (a, rows_a), (b, rows_b) = runs
-    for ra, rb in zip(rows_a, rows_b):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
-    for pa, pb in zip(a.backbone.parameters(), b.backbone.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+    # bit for bit on CPU: a copy computed in another batch gives the same activation
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.backbone.parameters(), b.backbone.parameters()))
 
 
 def test_echo_is_off_where_it_cannot_help_or_would_change_what_trains(chips):
