@@ -23,6 +23,10 @@ person's photos are the test photos, the training photos are drawn from the othe
     python benchmarks/bench_suite.py --out /tmp/suite                    # every set, counts 2 4 all, seed 0
     python benchmarks/bench_suite.py --sets kpop_idols15 --seeds 0 1 2   # one set, three seeds
     python benchmarks/bench_suite.py --counts 2 4 --jitters 10          # also each network jittered
+    python benchmarks/bench_suite.py --set echo=20 --set seed=100       # other settings; another training draw
+
+``--set KEY=VALUE`` sets a ``FinetuneConfig`` field; ``--set seed=N`` trains with seed N (its folds, batches and
+jitter) on the splits of ``--seeds``: how far the figures move when only the training's draws change.
 
 Writes ``results.json`` and prints a markdown table. On 2 CPU cores one seed over every set takes about
 half an hour (most of it fine-tuning).
@@ -261,8 +265,9 @@ def main() -> None:
         lfw = general_lfw(set(data.classes) if SETS[name][0] == "lfw_dev" else set())
         dlib_jittered = JitteredOnce(with_jitter(dlib, args.jitters), data.chips) if args.jitters > 1 else None
         for count, seed, sp in suite_splits(name, data, args):
-            row = run_one(name, sp, seed, FinetuneConfig(seed=seed, device="cpu", **extra), dlib, lfw, args.out,
-                          args.jitters, dlib_jittered)
+            # the split's seed trains too, unless --set seed=N (another draw of folds, batches and jitter, same split)
+            config = FinetuneConfig(**{"seed": seed, "device": "cpu", **extra})
+            row = run_one(name, sp, seed, config, dlib, lfw, args.out, args.jitters, dlib_jittered)
             row["count"] = count
             results.append(row)
             print(json.dumps(row), flush=True)

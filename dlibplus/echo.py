@@ -87,11 +87,16 @@ class EchoPool:
         if variants < 1 or stages < 1 or images_per_person < 1:
             raise ValueError(f"an echo pool needs variants, frozen stages and images per person >= 1, not "
                              f"{variants}, {stages}, {images_per_person}")
-        self.variants, self.stages, self.seed = variants, stages, seed
+        self.variants, self.stages, self.seed, self.images_per_person = variants, stages, seed, images_per_person
         self.stride = max(1, variants // images_per_person)
         self.copy_bytes, self.max_bytes = copy_bytes, max_bytes
         self.kept: dict[tuple[int, int], torch.Tensor] = {}
         self._planned: set[tuple[int, int]] = set()
+
+    def holds_copies_of(self, variants: int, stages: int, seed: int, images_per_person: int) -> bool:
+        """Whether a run with these settings would draw and use the copies this pool holds."""
+        return (self.variants, self.stages, self.seed, self.images_per_person) == (
+            variants, stages, seed, images_per_person)
 
     def copy_of(self, epoch: int, uses: np.ndarray) -> np.ndarray:
         """(n,) int64: the copy each use takes, from ``uses`` (n,) the photo's earlier uses in ``epoch``."""

@@ -253,8 +253,7 @@ def echo_pool(run: Run, shared: EchoPool | None) -> EchoPool | None:
     config, stages = run.config, run.frozen_stages
     if not (config.echo and config.augment and not augment_on_device(run) and stages and run.teacher is None):
         return None
-    if shared is not None and (shared.variants, shared.stages, shared.seed, shared.stride) == (
-            config.echo, stages, config.seed, max(1, config.echo // config.images_per_person)):
+    if shared is not None and shared.holds_copies_of(config.echo, stages, config.seed, config.images_per_person):
         return shared
     with torch.no_grad():
         probe = run.backbone.features(torch.zeros(1, 3, 150, 150, device=run.device), stages)

@@ -107,6 +107,7 @@ def test_echo_is_off_where_it_cannot_help_or_would_change_what_trains(chips):
     assert build(chips.subset(np.arange(0, len(chips), 2)), _config(), CPU, Dist(), first.echo).echo is first.echo
     assert build(chips, _config(seed=1), CPU, Dist(), first.echo).echo is not first.echo
     assert build(chips, _config(freeze=4), CPU, Dist(), first.echo).echo is not first.echo
+    assert build(chips, _config(images_per_person=2), CPU, Dist(), first.echo).echo is not first.echo
 
 
 def test_cross_fitting_folds_fill_one_pool_the_last_run_reads(chips):
