@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 from dlibplus import augment
 from dlibplus.distributed import Dist
@@ -27,14 +28,6 @@ def chips(tmp_path_factory, faces_dir):
         for src in sorted((faces_dir / "kpop_idols15" / person).iterdir())[:5]:
             os.symlink(src, root / person / src.name)
     return load_chipset(root, FaceSettings(face_box="whole"), jobs=1, progress=False)[0]
-
-
-class _Bar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
 
 
 def _config(**kw) -> FinetuneConfig:
@@ -85,7 +78,7 @@ def test_epochs_reuse_the_copies_and_the_budget_changes_speed_not_draws(chips, m
         rows = []
         for epoch in range(4):
             drawn.clear()
-            rows.append(train_one_epoch(run, chips, epoch, _Bar()))
+            rows.append(train_one_epoch(run, chips, epoch, tqdm(disable=True)))
             counts.append(len(drawn))
         runs.append((run, rows))
     kept_counts, none_counts = counts[:4], counts[4:]
