@@ -93,7 +93,7 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--no-augment", is_flag=True, help="Turn off dlib's jitter and colour augmentation.")
 @click.option("--echo", type=click.IntRange(0), default=_FT.echo, show_default=True,
               help="Augmented copies of each photo, each kept as the frozen stages (--freeze) see it and used again "
-                   "in later epochs (0: a fresh jitter at every use). For slow CPUs: --echo 20 took 0.73x the "
+                   "in later epochs (0: a fresh jitter at every use). For slow CPUs: --echo 20 took 0.72-0.73x the "
                    "time on two 300-photo folders; on the benchmark suite it named 0.3 point fewer test photos, "
                    "about one standard error (BENCHMARKS.md).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_FT.val_fraction,
