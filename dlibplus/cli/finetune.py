@@ -94,8 +94,8 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--echo", type=click.IntRange(0), default=_FT.echo, show_default=True,
               help="Augmented copies of each photo, each kept as the frozen stages (--freeze) see it and used again "
                    "in later epochs (0: a fresh jitter at every use). For slow CPUs: --echo 20 took 0.72-0.73x the "
-                   "time on two 300-photo folders; on the benchmark suite it named 0.3 point fewer test photos, "
-                   "about one standard error (BENCHMARKS.md).")
+                   "time on two 300-photo folders; on the benchmark suite it named about 0.35 point fewer test "
+                   "photos at each of two training seeds (BENCHMARKS.md).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=_FT.val_fraction,
               show_default=True,
               help="Share of each person's photos kept for validation.")
