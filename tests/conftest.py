@@ -23,6 +23,16 @@ def faces_dir() -> Path:
     return root
 
 
+def link_people(folder: Path, faces_dir: Path, set_name: str, people: list[str], per_person: int) -> Path:
+    """``folder`` made a people folder: each named person of ``set_name``, their first ``per_person`` photos in
+    sorted order as symlinks (the photos are never copied)."""
+    for person in people:
+        (folder / person).mkdir()
+        for src in sorted((faces_dir / set_name / person).iterdir())[:per_person]:
+            os.symlink(src, folder / person / src.name)
+    return folder
+
+
 def person_images(root: Path, set_name: str, per_person: int | None = None) -> list[tuple[str, Path]]:
     """Sorted ``(person, path)`` pairs of one set, at most ``per_person`` images each."""
     pairs = []

@@ -1,13 +1,13 @@
 """Data echoing (``--echo``): augmented copies kept after the frozen stages, on real faces."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 import torch
 from tqdm.auto import tqdm
 
+from conftest import link_people
 from dlibplus import augment
 from dlibplus.distributed import Dist
 from dlibplus.echo import copy_rng, photo_keys, uses_in_epoch
@@ -22,11 +22,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def chips(tmp_path_factory, faces_dir):
-    root = tmp_path_factory.mktemp("echo-people")
-    for person in PEOPLE:
-        (root / person).mkdir()
-        for src in sorted((faces_dir / "kpop_idols15" / person).iterdir())[:5]:
-            os.symlink(src, root / person / src.name)
+    root = link_people(tmp_path_factory.mktemp("echo-people"), faces_dir, "kpop_idols15", PEOPLE, 5)
     return load_chipset(root, FaceSettings(face_box="whole"), jobs=1, progress=False)[0]
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import link_people
 from dlibplus.cli import main
 from dlibplus.train_config import REGIMES
 
@@ -25,12 +26,7 @@ KEEP = ["--keep", "finetuned"]  # the fine-tuned weights whatever they measure: 
 @pytest.fixture(scope="module")
 def people(tmp_path_factory, faces_dir):
     """5 kpop_idols15 people × 8 crops, as symlinks."""
-    root = tmp_path_factory.mktemp("people")
-    for person in PEOPLE:
-        (root / person).mkdir()
-        for src in sorted((faces_dir / "kpop_idols15" / person).iterdir())[:8]:
-            os.symlink(src, root / person / src.name)
-    return root
+    return link_people(tmp_path_factory.mktemp("people"), faces_dir, "kpop_idols15", PEOPLE, 8)
 
 
 def run(*args):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import link_people
 from dlibplus.cli import main
 from dlibplus.faces import FaceSettings
 from dlibplus.finetune_data import load_chipset, prepare_finetune_data
@@ -21,12 +22,7 @@ PEOPLE = ["Arin", "Chaeyong", "Dahyun"]
 
 @pytest.fixture(scope="module")
 def people(tmp_path_factory, faces_dir):
-    root = tmp_path_factory.mktemp("loop-people")
-    for person in PEOPLE:
-        (root / person).mkdir()
-        for src in sorted((faces_dir / "kpop_idols15" / person).iterdir())[:6]:
-            os.symlink(src, root / person / src.name)
-    return root
+    return link_people(tmp_path_factory.mktemp("loop-people"), faces_dir, "kpop_idols15", PEOPLE, 6)
 
 
 @pytest.fixture(scope="module")
