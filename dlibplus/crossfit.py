@@ -4,7 +4,8 @@ network learns from every photo.
 With one split, a person with 2 photos trains on one and validates on the other: the network learns from
 half the photos, and the choice between dlib, the interpolations and the fine-tuned weights rests on one
 photo per person. Cross-fitting deals each person's photos into K folds (:func:`fold_of`). K runs each
-train on the other folds and are judged on their own (:func:`dlibplus.finish.judge`); each candidate's
+train on the other folds and are judged on their own (:mod:`dlibplus.folds`: on the CPU side by side, one process
+each); each candidate's
 judgements are pooled (:func:`pool`), so the selection and the calibration see every photo. Then one
 run trains on every photo for the median of the folds' best epoch counts (no photo is left to stop it),
 and is interpolated and scaled as the pooled judgement says: the folds measured how this recipe behaves
@@ -16,6 +17,7 @@ BENCHMARKS.md; an experiment, ``FinetuneConfig.crossfit_network``).
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,9 +28,10 @@ import torch
 from .calibration import TOLERANCE, OperatingPoint
 from .echo import EchoPool
 from .finetune_data import ChipSet, FinetuneData
-from .finish import FinetuneResult, KeptFigures, conclude, head_for, judge, kept_figures, load_scaled
+from .finish import FinetuneResult, KeptFigures, conclude, head_for, load_scaled
+from .folds import FoldRun, close, train_folds
 from .selection import Assessment, Selection, interpolate, select
-from .train import Run, TrainState, build, encoder_of, fit, validate
+from .train import Run, TrainState, build, encoder_of, fit
 from .train_config import SMALL_FOLDER, FinetuneConfig
 
 
@@ -111,28 +114,6 @@ def pooled_figures(figures: list[KeptFigures], weights: list[int], alpha: float)
 
 
 @dataclass
-class FoldRun:
-    """One fold's run: trained on the other folds, judged on its own (dlib first, then each alpha)."""
-
-    run: Run
-    state: TrainState
-    train: ChipSet
-    val: ChipSet
-    dlib_val: dict
-    judged: list[Assessment]
-
-
-def train_fold(photos: ChipSet, fold: np.ndarray, k: int, config: FinetuneConfig, device: torch.device, dist_info,
-               *, progress: bool, say: Callable[[str], None], echo: EchoPool | None = None) -> FoldRun:
-    train, val = photos.subset(np.flatnonzero(fold != k)), photos.subset(np.flatnonzero(fold == k))
-    run = build(train, config, device, dist_info, echo)
-    dlib_val = validate(run, train, val)
-    state = TrainState(best_metrics=dlib_val, best_backbone=copy.deepcopy(run.backbone.state_dict()))
-    state = fit(run, train, val, state, None, progress=progress, say=say)
-    return FoldRun(run, state, train, val, dlib_val, judge(run, state.best_backbone, train, val))
-
-
-@dataclass
 class CrossFit:
     """What the folds measured: the choice between dlib, the interpolations and the fine-tuned weights, made
     on every photo once, and each fold's best weights.
@@ -153,6 +134,8 @@ class CrossFit:
     n_validated: int
     histories: list[list[dict]]
     echo: EchoPool | None = None  # the folds' augmented copies, for the run on every photo (:mod:`dlibplus.echo`)
+    threads_per_fold: int = 0  # each fold's torch threads when they trained side by side; 0: one after the other
+    seconds: float = 0.0  # wall time of the folds, training and judging
 
     @property
     def epochs(self) -> int:
@@ -162,31 +145,31 @@ class CrossFit:
 
 def cross_validate(photos: ChipSet, config: FinetuneConfig, device: torch.device, dist_info, *, progress: bool,
                    say: Callable[[str], None]) -> CrossFit:
-    """Deal ``photos`` into ``config.folds`` folds, fine-tune on each fold's complement, judge and pool
-    (:func:`pool`), select (:func:`dlibplus.selection.select`) and measure the kept candidate on each fold."""
+    """Deal ``photos`` into ``config.folds`` folds, fine-tune on each fold's complement (one after the other, or
+    side by side: :func:`dlibplus.folds.train_folds`), judge and pool (:func:`pool`), select
+    (:func:`dlibplus.selection.select`) and measure the kept candidate on each fold."""
+    t_start = time.time()
     fold = fold_of(photos.labels, config.folds, config.seed)
-    present = [k for k in range(config.folds) if (fold == k).any()]
-    folds = []
-    for i, k in enumerate(present):
-        say(f"fold {i + 1}/{len(present)}: fine-tuning on {int((fold != k).sum())} photos, validating on "
-            f"{int((fold == k).sum())}")
-        folds.append(train_fold(photos, fold, k, config, device, dist_info, progress=progress, say=say,
-                                echo=folds[-1].run.echo if folds else None))
-    val_y = np.concatenate([f.val.labels for f in folds])
-    dlib, *candidates = [pool([f.judged[i] for f in folds]) for i in range(len(folds[0].judged))]
-    selection = select(candidates, dlib, val_y, seed=config.seed, force=config.keep == "finetuned")
-    alpha = selection.chosen.alpha
-    index = next(i for i, a in enumerate(folds[0].judged) if a.alpha == alpha)
-    figures = []
-    for f in folds:  # each fold's network at the chosen alpha, scaled by its own calibration, on its photos
-        scale = f.judged[index].point.scale
-        load_scaled(f.run.backbone, interpolate(f.run.base_state, f.state.best_backbone, alpha), scale)
-        figures.append(kept_figures(f.run, alpha, scale, f.train, f.val)[0])
-    weights = [len(f.val) for f in folds]
+    folds = train_folds(photos, fold, config, device, dist_info, progress=progress, say=say)
+    try:
+        outcomes = [f.outcome for f in folds]
+        val_y = np.concatenate([o.val_labels for o in outcomes])
+        dlib, *candidates = [pool([o.judged[i] for o in outcomes]) for i in range(len(outcomes[0].judged))]
+        selection = select(candidates, dlib, val_y, seed=config.seed, force=config.keep == "finetuned")
+        alpha = selection.chosen.alpha
+        index = next(i for i, a in enumerate(outcomes[0].judged) if a.alpha == alpha)
+        # each fold's network at the chosen alpha, scaled by its own calibration, on its photos
+        figures = [f.kept(alpha, index) for f in folds]
+    except BaseException:
+        close(folds, at_once=True)
+        raise
+    close(folds)
+    weights = [len(o.val_labels) for o in outcomes]
+    here = isinstance(folds[-1], FoldRun)
     return CrossFit(photos, selection, pooled_figures(figures, weights, alpha),
-                    pooled_metrics([f.dlib_val for f in folds], weights), [f.state.best_backbone for f in folds],
-                    [f.state.best_epoch + 1 for f in folds], int(len(val_y)), [f.state.history for f in folds],
-                    folds[-1].run.echo)
+                    pooled_metrics([o.dlib_val for o in outcomes], weights), [o.best_backbone for o in outcomes],
+                    [o.best_epoch + 1 for o in outcomes], int(len(val_y)), [o.history for o in outcomes],
+                    folds[-1].run.echo if here else None, 0 if here else folds[-1].threads, time.time() - t_start)
 
 
 def retrained(cf: CrossFit, config: FinetuneConfig, device: torch.device, dist_info, *, progress: bool,
@@ -234,7 +217,8 @@ def finetune_crossfit(data: FinetuneData, output: Path, config: FinetuneConfig, 
                                photos.labels, head_trained=config.crossfit_network == "retrain")
     trained = alpha > 0 and config.crossfit_network == "retrain"
     cross_fit = {"folds": len(cf.best_epochs), "best_epochs": cf.best_epochs, "epochs": cf.epochs if trained else 0,
-                 "n_validated": cf.n_validated, "network": config.crossfit_network, "fold_histories": cf.histories}
+                 "n_validated": cf.n_validated, "network": config.crossfit_network, "fold_histories": cf.histories,
+                 "threads_per_fold": cf.threads_per_fold, "fold_seconds": round(cf.seconds, 1)}
     every = FinetuneData(photos, photos, data.people, data.dropped, data.val_strangers, data.folder)
     return conclude(run, state, every, output, cf.selection, cf.figures, head, head_mean, dlib_val=cf.dlib_val,
                     t_start=t_start, extra={**(extra or {}), "cross_fit": cross_fit})

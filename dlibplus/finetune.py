@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import model_folder
@@ -23,7 +22,7 @@ from .errors import DataFolderError, DlibplusError
 from .finetune_data import ChipSet, FinetuneData
 from .finish import FinetuneResult, finish
 from .regime import RegimeChoice, choose_regime, sample_photos
-from .train import TrainState, build, fit, validate
+from .train import TrainState, build, fit, seed_run, validate
 from .train_config import SMALL_FOLDER, FinetuneConfig
 
 
@@ -66,16 +65,6 @@ def dlib_regime(train: ChipSet, device: torch.device) -> RegimeChoice:
     rows = sample_photos(train.labels)
     embeddings = TorchEncoder(device=str(device)).encode(train.chips[rows])  # dlib's own weights
     return choose_regime(embeddings, train.labels[rows])
-
-
-def seed_run(config: FinetuneConfig, device: torch.device) -> None:
-    """Seed torch and numpy with ``config.seed`` as a run starts (on the CPU also deterministic kernels and no
-    denormals), so that a run, or its steps called one by one, repeat on one machine."""
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.set_flush_denormal(True)  # tiny weights/gradients in denormal range slow CPUs 10-100x
 
 
 def finetune(data: FinetuneData, output, config: FinetuneConfig = FinetuneConfig(), *, resume: bool = False,

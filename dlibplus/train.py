@@ -45,6 +45,16 @@ POSTFIX_EVERY = 10  # steps between progress-bar updates (each reads the loss ba
 FROZEN_FEATURES_BYTES = 1 << 30
 
 
+def seed_run(config: FinetuneConfig, device: torch.device) -> None:
+    """Seed torch and numpy with ``config.seed`` as a run starts (on the CPU also deterministic kernels and no
+    denormals), so that a run, or its steps called one by one, repeat on one machine."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_flush_denormal(True)  # tiny weights/gradients in denormal range slow CPUs 10-100x
+
+
 # --- the network with its head and losses ---------------------------------------------------------------
 
 class Trainee(nn.Module):
@@ -478,7 +488,8 @@ def validation_embeddings(run: Run, encoder, chips: np.ndarray) -> np.ndarray:
 
 
 def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkpoint: Path | None, *,
-        progress: bool = True, say: Callable[[str], None] = print, until: int | None = None) -> TrainState:
+        progress: bool = True, say: Callable[[str], None] = print, until: int | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> TrainState:
     """Train from ``state.epoch + 1`` to the end (or early stop), checkpointing each epoch; keeps the
     backbone of the best validation epoch in ``state.best_backbone``. Ctrl-C is re-raised after
     saying where the checkpoint is.
@@ -486,6 +497,7 @@ def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkp
     :param val: ``None`` to train without validation (cross-fitting's last run): the last epoch is kept.
     :param checkpoint: ``None`` to write none.
     :param until: stop after this many epochs (the learning-rate schedule still spans ``config.epochs``).
+    :param on_epoch: called with each epoch's row of :attr:`TrainState.history` once it is validated.
     """
     from tqdm.auto import tqdm
 
@@ -511,6 +523,8 @@ def fit(run: Run, train: ChipSet, val: ChipSet | None, state: TrainState, checkp
                                                                                       "lr", "seconds")}
                 else:
                     state.since_best += 1
+            if on_epoch is not None:
+                on_epoch(row)
             if run.dist.main and checkpoint is not None:
                 state.save(checkpoint, run)
             if config.patience and state.since_best >= config.patience:

@@ -72,6 +72,9 @@ class FinetuneConfig:
     but named fewer test photos on the benchmark suite (BENCHMARKS.md): an experiment, not a command-line option.
     ``echo``: augmented copies of each photo kept after the frozen stages and used again in later epochs
     (:mod:`dlibplus.echo`; host augmentation with ``freeze`` >= 1 and no distillation; 0: a fresh copy each epoch).
+    ``fold_workers``: on the CPU, cross-fitting's folds train side by side, one process each, the torch threads
+    shared out, when there are at most this many folds (0: the torch threads; 1: never, one after the other in
+    this process; :mod:`dlibplus.folds`). Not with ``echo``, whose folds share one pool of copies.
     """
 
     head: str = "arcface"
@@ -111,6 +114,7 @@ class FinetuneConfig:
     ema: float = 0.0  # decay per step of a moving average of the network's weights (0: off; BENCHMARKS.md)
     crossfit_network: str = "retrain"
     echo: int = 0  # augmented copies a photo, kept after the frozen stages (0: a fresh copy every epoch)
+    fold_workers: int = 0  # processes that train cross-fitting's folds side by side (0: auto; 1: none, one by one)
 
     def __post_init__(self):
         if self.regime not in REGIME_CHOICES:
@@ -156,7 +160,8 @@ class FinetuneConfig:
                         "warmup_epochs": self.warmup_epochs, "grad_clip": self.grad_clip,
                         "center_loss": self.center_loss, "triplet": self.triplet,
                         "metric_loss": self.metric_loss, "triplet_margin": self.triplet_margin,
-                        "patience": self.patience, "freeze": self.freeze, "echo": self.echo}
+                        "patience": self.patience, "freeze": self.freeze, "echo": self.echo,
+                        "fold_workers": self.fold_workers}
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, not {value}")
