@@ -138,17 +138,22 @@ class FoldHandle:
         return self._reply("figures")
 
     def _reply(self, kind: str) -> Any:
-        try:
-            message = self.conn.recv()
-        except EOFError:
-            raise DlibplusError(f"{self.label}: its worker process ended without a result (exit code "
-                                f"{self.process.exitcode}); run with --folds 1, or with OMP_NUM_THREADS=1 to "
-                                "train the folds one after the other") from None
+        message = self.receive()
         if message[0] == "error":
             raise _error(message[1], message[2])
         if message[0] != kind:
             raise RuntimeError(f"{self.label}: expected {kind!r} from the worker, got {message[0]!r}")
         return message[1]
+
+    def receive(self) -> tuple:
+        """The worker's next message. :raises DlibplusError: the worker ended without sending one (killed)."""
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.process.join(timeout=5)  # its exit code, once the process is reaped
+            raise DlibplusError(f"{self.label}: its worker process ended without a result (exit code "
+                                f"{self.process.exitcode}); OMP_NUM_THREADS=1 trains the folds one after the other "
+                                "in this process, --folds 1 once on a split") from None
 
     def close(self, *, wait_s: float = 10.0) -> None:
         """Ask the worker to end (it ends when idle), waiting ``wait_s`` seconds before ending it outright."""
@@ -204,11 +209,7 @@ def _follow(handles: list[FoldHandle], epochs: int, *, progress: bool, say: Call
             for conn in wait(list(waiting)):
                 i = waiting[conn]
                 handle = handles[i]
-                try:
-                    message = conn.recv()
-                except EOFError:
-                    raise DlibplusError(f"{handle.label}: its worker process ended without a result (exit code "
-                                        f"{handle.process.exitcode})") from None
+                message = handle.receive()
                 kind = message[0]
                 if kind == "epoch":
                     row = message[1]
