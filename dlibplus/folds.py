@@ -3,8 +3,9 @@ after the other, or side by side in one process each.
 
 On a CPU the folds are independent runs, and two single-threaded processes get more from 2 cores than one
 process with two threads running them in turn: the convolutions scale less than linearly with threads, and
-each process's host thread jitters its next batch while the other computes (two folds' epochs in 0.78x the
-time on 2 cores, BENCHMARKS.md). A worker computes what :func:`train_fold` computes in a process with its
+each process's host thread jitters its next batch while the other computes (on 2 cores, two runs side by side
+took 0.76-0.78x the time of the two one after the other with two threads; two 300-photo folders took 0.87x and
+0.73x end to end, BENCHMARKS.md). A worker computes what :func:`train_fold` computes in a process with its
 thread count, bit for bit (tests/test_folds.py): the same photos, fold, settings and seed. Only the thread
 count, which orders float sums, differs from a run that trains the folds one after the other with every thread.
 
