@@ -18,7 +18,7 @@ from dlibplus.distributed import Dist
 from dlibplus.errors import DlibplusError
 from dlibplus.faces import FaceSettings
 from dlibplus.finetune_data import load_chipset
-from dlibplus.folds import FoldHandle, FoldRun, close, side_by_side, train_fold, train_folds
+from dlibplus.folds import FoldHandle, close, side_by_side, train_fold, train_folds
 from dlibplus.selection import ALPHAS
 from dlibplus.train import seed_run
 from dlibplus.train_config import FinetuneConfig
@@ -115,12 +115,24 @@ def test_folds_go_side_by_side_only_on_the_cpu_when_they_fit_the_threads():
         FinetuneConfig(fold_workers=-1)
 
 
-def test_one_after_the_other_when_told(chips):
-    fold = fold_of(chips.labels, 2, 0)
+def test_one_after_the_other_when_told(tmp_path, faces_dir):
+    """``--fold-workers 1``: the folds train in this process, one after the other, whatever the threads."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dlibplus.cli import main
+
+    (tmp_path / "people").mkdir()
+    people = link_people(tmp_path / "people", faces_dir, "kpop_idols15", PEOPLE, 4)
     with _threads(2):
-        runs = train_folds(chips, fold, _config(epochs=1, fold_workers=1), CPU, Dist(), progress=False,
-                           say=lambda s: None)
-    assert [type(f) for f in runs] == [FoldRun, FoldRun] and not _fold_workers()
+        res = CliRunner().invoke(main, ["finetune", str(people), "-o", str(tmp_path / "out"), "--face-box", "whole",
+                                        "--folds", "2", "--epochs", "1", "--freeze", "5", "--jobs", "1",
+                                        "--fold-workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "fold 1/2: fine-tuning on 8 photos, validating on 8" in res.output and "side by side" not in res.output
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["cross_fit"]["threads_per_fold"] == 0 and meta["config"]["fold_workers"] == 1
 
 
 def test_a_worker_that_dies_ends_the_run_with_one_line_and_leaves_no_process(chips):
