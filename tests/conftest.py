@@ -33,6 +33,16 @@ def link_people(folder: Path, faces_dir: Path, set_name: str, people: list[str],
     return folder
 
 
+def whole_face_chips(folder: Path, faces_dir: Path, people: list[str], per_person: int):
+    """The :class:`~dlibplus.finetune_data.ChipSet` of the named kpop_idols15 people's first ``per_person`` photos
+    (cropped faces: ``--face-box whole``), read through a people folder :func:`link_people` makes in ``folder``."""
+    from dlibplus.faces import FaceSettings
+    from dlibplus.finetune_data import load_chipset
+
+    root = link_people(folder, faces_dir, "kpop_idols15", people, per_person)
+    return load_chipset(root, FaceSettings(face_box="whole"), jobs=1, progress=False)[0]
+
+
 def person_images(root: Path, set_name: str, per_person: int | None = None) -> list[tuple[str, Path]]:
     """Sorted ``(person, path)`` pairs of one set, at most ``per_person`` images each."""
     pairs = []

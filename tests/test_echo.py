@@ -7,12 +7,10 @@ import pytest
 import torch
 from tqdm.auto import tqdm
 
-from conftest import link_people
+from conftest import whole_face_chips
 from dlibplus import augment
 from dlibplus.distributed import Dist
 from dlibplus.echo import copy_rng, photo_keys, uses_in_epoch
-from dlibplus.faces import FaceSettings
-from dlibplus.finetune_data import load_chipset
 from dlibplus.train import build, train_one_epoch
 from dlibplus.train_config import FinetuneConfig
 
@@ -22,8 +20,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def chips(tmp_path_factory, faces_dir):
-    root = link_people(tmp_path_factory.mktemp("echo-people"), faces_dir, "kpop_idols15", PEOPLE, 5)
-    return load_chipset(root, FaceSettings(face_box="whole"), jobs=1, progress=False)[0]
+    return whole_face_chips(tmp_path_factory.mktemp("echo-people"), faces_dir, PEOPLE, 5)
 
 
 def _config(**kw) -> FinetuneConfig:

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import link_people
+from conftest import link_people, whole_face_chips
 from dlibplus.crossfit import fold_of
 from dlibplus.distributed import Dist
 from dlibplus.errors import DlibplusError
-from dlibplus.faces import FaceSettings
-from dlibplus.finetune_data import load_chipset
 from dlibplus.folds import FoldHandle, close, side_by_side, train_fold, train_folds
 from dlibplus.selection import ALPHAS
 from dlibplus.train import seed_run
@@ -29,8 +27,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def chips(tmp_path_factory, faces_dir):
-    root = link_people(tmp_path_factory.mktemp("fold-people"), faces_dir, "kpop_idols15", PEOPLE, 4)
-    return load_chipset(root, FaceSettings(face_box="whole"), jobs=1, progress=False)[0]
+    return whole_face_chips(tmp_path_factory.mktemp("fold-people"), faces_dir, PEOPLE, 4)
 
 
 def _config(**kw) -> FinetuneConfig:
