@@ -153,7 +153,7 @@ class FoldHandle:
         except EOFError:
             self.process.join(timeout=5)  # its exit code, once the process is reaped
             raise DlibplusError(f"{self.label}: its worker process ended without a result (exit code "
-                                f"{self.process.exitcode}); OMP_NUM_THREADS=1 trains the folds one after the other "
+                                f"{self.process.exitcode}); --fold-workers 1 trains the folds one after the other "
                                 "in this process, --folds 1 once on a split") from None
 
     def close(self, *, wait_s: float = 10.0) -> None:
