@@ -132,11 +132,20 @@ class FoldHandle:
     def __init__(self, process, conn, label: str, threads: int):
         self.process, self.conn, self.label, self.threads = process, conn, label, threads
         self.outcome: FoldOutcome | None = None
+        self.started = False  # the worker said it runs (its start-up, which imports the main script, is over)
 
     def kept(self, alpha: float, index: int) -> KeptFigures:
         """As :meth:`FoldRun.kept`, measured by the worker on its fold's photos."""
-        self.conn.send(("kept", alpha, index))
+        self.send(("kept", alpha, index))
         return self._reply("figures")
+
+    def send(self, message: tuple) -> None:
+        """Send the worker ``message``. :raises DlibplusError: the worker has ended (as :meth:`receive`)."""
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            while True:  # what it sent before it ended, then the end
+                self.receive()
 
     def _reply(self, kind: str) -> Any:
         message = self.receive()
@@ -149,12 +158,22 @@ class FoldHandle:
     def receive(self) -> tuple:
         """The worker's next message. :raises DlibplusError: the worker ended without sending one (killed)."""
         try:
-            return self.conn.recv()
+            message = self.conn.recv()
         except EOFError:
             self.process.join(timeout=5)  # its exit code, once the process is reaped
+            if not self.started and (self.process.exitcode or 0) > 0:  # an error, not a signal, as it started
+                raise DlibplusError(
+                    f"{self.label}: its worker process failed as it started (exit code {self.process.exitcode}; its "
+                    "error is above). Python starts it by importing your main script: a script that calls "
+                    "finetune() must do so under `if __name__ == \"__main__\":`, or set fold_workers=1 "
+                    "(--fold-workers 1) to train the folds one after the other in this process") from None
             raise DlibplusError(f"{self.label}: its worker process ended without a result (exit code "
                                 f"{self.process.exitcode}); --fold-workers 1 trains the folds one after the other "
                                 "in this process, --folds 1 once on a split") from None
+        if message[0] == "started":
+            self.started = True
+            return self.receive()
+        return message
 
     def close(self, *, wait_s: float = 10.0) -> None:
         """Ask the worker to end (it ends when idle), waiting ``wait_s`` seconds before ending it outright."""
@@ -181,11 +200,15 @@ def _train_side_by_side(photos: ChipSet, fold: np.ndarray, present: list[int], c
     try:
         for i, k in enumerate(present):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, photos, fold, k, config, threads),
-                                      name=f"dlibplus-fold-{i + 1}", daemon=True)
+            # Python writes a process's arguments to it while it starts, and that write never ends if the
+            # process fails first (importing an unguarded main script): the photos go through the pipe instead
+            process = context.Process(target=_serve, args=(theirs, threads), name=f"dlibplus-fold-{i + 1}",
+                                      daemon=True)
             process.start()
             theirs.close()
             handles.append(FoldHandle(process, ours, f"fold {i + 1}/{n}", threads))
+        for handle, k in zip(handles, present):
+            handle.send(("fold", photos, fold, k, config))
         _follow(handles, config.epochs, progress=progress, say=say)
     except BaseException as exc:
         close(handles, at_once=True)
@@ -233,11 +256,14 @@ def _follow(handles: list[FoldHandle], epochs: int, *, progress: bool, say: Call
         bar.close()
 
 
-def _serve(conn, photos: ChipSet, fold: np.ndarray, k: int, config: FinetuneConfig, threads: int) -> None:
-    """A worker process: train and judge fold ``k`` with ``threads`` torch threads, send the outcome, then
-    answer the parent's ``kept`` requests until it says ``close``."""
+def _serve(conn, threads: int) -> None:
+    """A worker process: say it has started, receive its fold (``photos``, ``fold``, ``k``, ``config``), train and
+    judge it with ``threads`` torch threads, send the outcome, then answer the parent's ``kept`` requests until it
+    says ``close``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends its workers
     try:
+        conn.send(("started",))
+        _, photos, fold, k, config = conn.recv()
         torch.set_num_threads(threads)
         device = torch.device("cpu")
         seed_run(config, device)  # as the parent did when the run started

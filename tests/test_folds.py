@@ -186,3 +186,24 @@ def test_ctrl_c_while_the_folds_train_ends_the_workers_and_writes_nothing(tmp_pa
     assert res.exit_code == 130, res.output
     assert "interrupted while the folds trained; nothing was written" in res.output
     assert not _fold_workers() and not (out / "model.dat").exists()
+
+
+def test_a_script_without_a_main_guard_is_told_how_to_call_finetune(tmp_path, faces_dir):
+    """Python starts a worker by importing the main script, so a script that fine-tunes at its top level makes each
+    worker start a run of its own, which Python refuses in a process still starting. The run ends with one line
+    that says what to do, and Python's own error above it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "people").mkdir()
+    people = link_people(tmp_path / "people", faces_dir, "kpop_idols15", PEOPLE, 4)
+    script = tmp_path / "unguarded.py"
+    script.write_text("from dlibplus.cli import main\n"
+                      f"main(['finetune', {str(people)!r}, '-o', {str(tmp_path / 'out')!r}, '--face-box', 'whole', "
+                      "'--folds', '2', '--epochs', '1', '--freeze', '5', '--jobs', '1'])\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "its worker process failed as it started" in res.stderr and 'if __name__ == "__main__":' in res.stderr
+    assert "bootstrapping phase" in res.stderr
+    assert not (tmp_path / "out" / "model.dat").exists()
