@@ -4,8 +4,8 @@ after the other, or side by side in one process each.
 On a CPU the folds are independent runs, and two single-threaded processes get more from 2 cores than one
 process with two threads running them in turn: the convolutions scale less than linearly with threads, and
 each process's host thread jitters its next batch while the other computes (on 2 cores, two runs side by side
-took 0.76-0.78x the time of the two one after the other with two threads; two 300-photo folders took 0.87x and
-0.73x end to end, BENCHMARKS.md). A worker computes what :func:`train_fold` computes in a process with its
+took 0.76-0.78x the time of the two one after the other with two threads; two 300-photo folders took 0.73-0.92x
+end to end, BENCHMARKS.md). A worker computes what :func:`train_fold` computes in a process with its
 thread count, bit for bit (tests/test_folds.py): the same photos, fold, settings and seed. Only the thread
 count, which orders float sums, differs from a run that trains the folds one after the other with every thread.
 
@@ -226,7 +226,7 @@ def _follow(handles: list[FoldHandle], epochs: int, *, progress: bool, say: Call
     bar = tqdm(total=epochs * len(handles), desc="fine-tuning folds", unit="epoch", disable=not progress,
                dynamic_ncols=True)
     done_epochs = [0] * len(handles)
-    best = [""] * len(handles)
+    last_1nn = [""] * len(handles)  # each fold's latest epoch's validation 1-NN accuracy
     waiting = {h.conn: i for i, h in enumerate(handles)}
     try:
         while waiting:
@@ -238,9 +238,9 @@ def _follow(handles: list[FoldHandle], epochs: int, *, progress: bool, say: Call
                 if kind == "epoch":
                     row = message[1]
                     done_epochs[i] += 1
-                    best[i] = f"{row.get('identification_1nn', float('nan')):.3f}"
+                    last_1nn[i] = f"{row.get('identification_1nn', float('nan')):.3f}"
                     bar.update(1)
-                    bar.set_postfix_str("  ".join(f"fold {j + 1}: {done_epochs[j]} ep, val 1-NN {best[j] or '-'}"
+                    bar.set_postfix_str("  ".join(f"fold {j + 1}: {done_epochs[j]} ep, val 1-NN {last_1nn[j] or '-'}"
                                                   for j in range(len(handles))))
                 elif kind == "say":
                     bar.clear()

@@ -109,7 +109,7 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--fold-workers", type=click.IntRange(0), default=_FT.fold_workers, show_default=True,
               help="On the CPU, cross-fitting's folds train side by side, one process each with the torch threads "
                    "shared out, when there are at most this many folds (0: as many as torch's threads; 1: one "
-                   "after the other). On 2 cores two 300-photo folders took 0.87x and 0.73x the time side by side "
+                   "after the other). On 2 cores two 300-photo folders took 0.73-0.92x the time side by side "
                    "(each fold computes what a one-thread run computes, so the kept epochs differ from one after the "
                    "other's as with another thread count).")
 @click.option("--patience", type=click.IntRange(0), default=_FT.patience, show_default=True,
