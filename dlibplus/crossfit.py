@@ -6,10 +6,10 @@ half the photos, and the choice between dlib, the interpolations and the fine-tu
 photo per person. Cross-fitting deals each person's photos into K folds (:func:`fold_of`). K runs each
 train on the other folds and are judged on their own (:mod:`dlibplus.folds`: on the CPU side by side, one
 process each); each candidate's judgements are pooled (:func:`pool`), so the selection and the calibration
-see every photo. Then one
-run trains on every photo for the median of the folds' best epoch counts (no photo is left to stop it),
-and is interpolated and scaled as the pooled judgement says: the folds measured how this recipe behaves
-on photos it never saw, the last run applies it to all of them. K + 1 trainings: meant for small folders.
+see every photo. Then one run trains on every photo for the median of the folds' best epoch counts (no photo
+is left to stop it), and is interpolated and scaled as the pooled judgement says: the folds measured how this
+recipe behaves on photos it never saw, the last run applies it to all of them. K + 1 trainings: meant for small
+folders.
 The steps are :func:`cross_validate`, then :func:`retrained` (the default) or :func:`souped` (the mean of the
 folds' best weights instead of the last run: a third less time, but fewer photos named on the benchmark suite,
 BENCHMARKS.md; an experiment, ``FinetuneConfig.crossfit_network``).
