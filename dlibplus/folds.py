@@ -299,7 +299,7 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def _error(exc: BaseException, text: str) -> BaseException:
     """The worker's exception to raise in the parent: a :class:`DlibplusError` as it was (its one line is the
-    user's message), anything else with the worker's traceback attached as its cause's text."""
+    user's message), anything else as a RuntimeError whose message holds the worker's traceback ``text``."""
     if isinstance(exc, DlibplusError):
         return exc
     return RuntimeError(f"a fold's worker process failed:\n{text}")

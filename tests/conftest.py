@@ -24,8 +24,9 @@ def faces_dir() -> Path:
 
 
 def link_people(folder: Path, faces_dir: Path, set_name: str, people: list[str], per_person: int) -> Path:
-    """``folder`` made a people folder: each named person of ``set_name``, their first ``per_person`` photos in
-    sorted order as symlinks (the photos are never copied)."""
+    """``folder`` (made if missing) made a people folder: each named person of ``set_name``, their first
+    ``per_person`` photos in sorted order as symlinks (the photos are never copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
     for person in people:
         (folder / person).mkdir()
         for src in sorted((faces_dir / set_name / person).iterdir())[:per_person]:

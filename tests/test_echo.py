@@ -1,7 +1,6 @@
 """Data echoing (``--echo``): augmented copies kept after the frozen stages, on real faces."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -49,6 +49,16 @@ class _threads:
         torch.set_num_threads(self.before)
 
 
+def _finetune_cli(people, out, *options: str):
+    """``dlibplus finetune`` in this process, cross-fitted over 2 folds of face crops, the last stage training."""
+    from click.testing import CliRunner
+
+    from dlibplus.cli import main
+
+    return CliRunner().invoke(main, ["finetune", str(people), "-o", str(out), "--face-box", "whole", "--folds", "2",
+                                     "--freeze", "5", "--jobs", "1", *options])
+
+
 def _fold_workers() -> list:
     return [p for p in multiprocessing.active_children() if p.name.startswith("dlibplus-fold")]
 
@@ -116,16 +126,9 @@ def test_one_after_the_other_when_told(tmp_path, faces_dir):
     """``--fold-workers 1``: the folds train in this process, one after the other, whatever the threads."""
     import json
 
-    from click.testing import CliRunner
-
-    from dlibplus.cli import main
-
-    (tmp_path / "people").mkdir()
     people = link_people(tmp_path / "people", faces_dir, "kpop_idols15", PEOPLE, 4)
     with _threads(2):
-        res = CliRunner().invoke(main, ["finetune", str(people), "-o", str(tmp_path / "out"), "--face-box", "whole",
-                                        "--folds", "2", "--epochs", "1", "--freeze", "5", "--jobs", "1",
-                                        "--fold-workers", "1"])
+        res = _finetune_cli(people, tmp_path / "out", "--epochs", "1", "--fold-workers", "1")
     assert res.exit_code == 0, res.output
     assert "fold 1/2: fine-tuning on 8 photos, validating on 8" in res.output and "side by side" not in res.output
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
@@ -162,11 +165,6 @@ def test_a_worker_that_dies_ends_the_run_with_one_line_and_leaves_no_process(chi
 def test_ctrl_c_while_the_folds_train_ends_the_workers_and_writes_nothing(tmp_path, faces_dir):
     """Ctrl-C reaches the parent (the workers ignore it): it ends its workers, says nothing was written and exits
     130, as an interrupted run in one process does."""
-    from click.testing import CliRunner
-
-    from dlibplus.cli import main
-
-    (tmp_path / "people").mkdir()
     people = link_people(tmp_path / "people", faces_dir, "kpop_idols15", PEOPLE, 4)
     out = tmp_path / "out"
 
@@ -180,8 +178,7 @@ def test_ctrl_c_while_the_folds_train_ends_the_workers_and_writes_nothing(tmp_pa
     interrupter = threading.Thread(target=interrupt_once_the_workers_run)
     with _threads(2):
         interrupter.start()
-        res = CliRunner().invoke(main, ["finetune", str(people), "-o", str(out), "--face-box", "whole", "--folds", "2",
-                                        "--epochs", "400", "--freeze", "5", "--jobs", "1"])
+        res = _finetune_cli(people, out, "--epochs", "400")
     interrupter.join()
     assert res.exit_code == 130, res.output
     assert "interrupted while the folds trained; nothing was written" in res.output
@@ -195,7 +192,6 @@ def test_a_script_without_a_main_guard_is_told_how_to_call_finetune(tmp_path, fa
     import subprocess
     import sys
 
-    (tmp_path / "people").mkdir()
     people = link_people(tmp_path / "people", faces_dir, "kpop_idols15", PEOPLE, 4)
     script = tmp_path / "unguarded.py"
     script.write_text("from dlibplus.cli import main\n"

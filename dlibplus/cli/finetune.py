@@ -135,8 +135,8 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_margin, metric_loss, epochs,
              batch_people, batch_images, optimizer, lr, head_lr, weight_decay, regime, anchor, distill, distill_share,
              warmup_epochs, grad_clip, freeze, head_epochs, train_only, augment_on, no_augment, echo,
-             val_fraction, val_folder, folds, fold_workers, patience, seed, device, no_amp, target_far, keep, resume, overwrite,
-             multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
+             val_fraction, val_folder, folds, fold_workers, patience, seed, device, no_amp, target_far, keep, resume,
+             overwrite, multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
 
     Afterwards use it anywhere with --encoder OUTPUT (train-knn, predict, encode, evaluate) or
@@ -162,7 +162,8 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_
             distill_share=distill_share, warmup_epochs=warmup_epochs,
             grad_clip=grad_clip, freeze=freeze, head_epochs=head_epochs, train_only=train_only,
             augment=not no_augment, augment_on=augment_on, echo=echo, val_fraction=val_fraction, folds=folds,
-            fold_workers=fold_workers, patience=patience, seed=seed, device=device, amp=not no_amp, target_far=target_far, keep=keep)
+            fold_workers=fold_workers, patience=patience, seed=seed, device=device, amp=not no_amp,
+            target_far=target_far, keep=keep)
         config.check_head()
         ft.check_folds(folds, resume=resume, val_folder=val_folder)
     except (ValueError, TypeError) as exc:
