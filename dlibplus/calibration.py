@@ -81,6 +81,26 @@ def balanced_threshold(dist: np.ndarray, same: np.ndarray, weights: np.ndarray |
     return float((d[i - 1] + d[i]) / 2)
 
 
+def equal_error_threshold(dist: np.ndarray, same: np.ndarray) -> float:
+    """The distance threshold where as many same-person pairs are rejected as different-person pairs are
+    let through (accept ``dist <= t``): the cut between distinct distances that brings the two shares
+    closest, placed midway between them. Perfectly separated pairs give the middle of the gap."""
+    order = np.argsort(dist, kind="stable")
+    d, s = dist[order], same[order]
+    n_same, n_diff = int(s.sum()), int((~s).sum())
+    if n_same == 0 or n_diff == 0:
+        raise ValueError("need both same-person and different-person pairs")
+    frr = 1 - np.concatenate([[0.0], np.cumsum(s) / n_same])  # rejected when the first i pairs are accepted
+    far = np.concatenate([[0.0], np.cumsum(~s) / n_diff])
+    valid = np.concatenate([[True], np.append(d[1:] > d[:-1], True)])  # cut only between distinct values
+    i = int(np.argmin(np.where(valid, np.abs(frr - far), np.inf)))
+    if i == 0:
+        return float(d[0]) / 2
+    if i == len(d):
+        return float(d[-1]) * 1.05 + 1e-6
+    return float((d[i - 1] + d[i]) / 2)
+
+
 def far_threshold(dist: np.ndarray, same: np.ndarray, far: float) -> tuple[float, float]:
     """The threshold letting through a share ``far`` of different-person pairs, and the rate used
     (the smallest measurable one, one false accept, when ``far`` is too small for these pairs)."""
@@ -95,7 +115,7 @@ def far_threshold(dist: np.ndarray, same: np.ndarray, far: float) -> tuple[float
 class OperatingPoint:
     """What tolerance 0.6 means for one network on the user's photos.
 
-    :ivar method: ``"balanced"`` (best balanced accuracy), ``"far"`` (``target_far``) or ``"none"``
+    :ivar method: ``"balanced"`` (best balanced accuracy), ``"equal_error"``, ``"far"`` (``target_far``) or ``"none"``
         (not calibrated: dlib as is).
     :ivar threshold: raw distance, fit on all the pairs, that the output scale maps to 0.6.
     :ivar scale: ``0.6 / threshold`` (1.0 when not calibrated).
@@ -124,10 +144,12 @@ class OperatingPoint:
         return {**asdict(self), "balanced_accuracy": self.balanced_accuracy}
 
 
-def _fit(dist: np.ndarray, same: np.ndarray, target_far: float | None) -> tuple[float, float | None]:
-    if target_far is None:
-        return balanced_threshold(dist, same), None
-    return far_threshold(dist, same, target_far)
+def _fit(dist: np.ndarray, same: np.ndarray, target_far: float | None, rule: str) -> tuple[float, float | None]:
+    if target_far is not None:
+        return far_threshold(dist, same, target_far)
+    if rule == "equal_error":
+        return equal_error_threshold(dist, same), None
+    return balanced_threshold(dist, same), None
 
 
 def probe_folds(n_probes: int, folds: int, seed: int) -> np.ndarray:
@@ -137,8 +159,11 @@ def probe_folds(n_probes: int, folds: int, seed: int) -> np.ndarray:
 
 
 def operating_point(pairs: ProbePairs, *, calibrate: bool = True, target_far: float | None = None,
-                    folds: int = 5, seed: int = 0) -> tuple[OperatingPoint, np.ndarray]:
+                    rule: str = "balanced", folds: int = 5, seed: int = 0) -> tuple[OperatingPoint, np.ndarray]:
     """Calibrate on ``pairs`` and measure the result on pairs the threshold was not fit on.
+
+    ``rule`` (without ``target_far``): ``"balanced"`` (:func:`balanced_threshold`) or ``"equal_error"``
+    (:func:`equal_error_threshold`).
 
     :return: the operating point, and (n_probes,) the raw threshold that applies to each probe (the one
         fit without its fold; 0.6 everywhere when ``calibrate`` is False).
@@ -163,7 +188,7 @@ def operating_point(pairs: ProbePairs, *, calibrate: bool = True, target_far: fl
         if not (same[fit].any() and (~same[fit]).any()):  # too few photos to hold a fold out: fit on all
             fit = np.ones_like(test)
             notes.add("too few photos to hold folds out: some thresholds were fit on all pairs")
-        t, _ = _fit(dist[fit], same[fit], target_far)
+        t, _ = _fit(dist[fit], same[fit], target_far, rule)
         thresholds.append(t)
         per_probe[fold == k] = t
         acc = dist[test] <= t
@@ -171,7 +196,7 @@ def operating_point(pairs: ProbePairs, *, calibrate: bool = True, target_far: fl
         accepted_diff += int(acc[~same[test]].sum())
         counted_same += int(same[test].sum())
         counted_diff += int((~same[test]).sum())
-    threshold, far_used = _fit(dist, same, target_far)
+    threshold, far_used = _fit(dist, same, target_far, rule)
     if target_far is not None and far_used != target_far:
         notes.add(f"only {n_diff} different-person pairs: calibrated at FAR {far_used:.2g} instead of "
                   f"{target_far:g}")
@@ -180,7 +205,7 @@ def operating_point(pairs: ProbePairs, *, calibrate: bool = True, target_far: fl
                                float(np.mean(dist[~same] <= TOLERANCE)), n_same, n_diff, 0,
                                note="degenerate threshold: not calibrated")
         return point, np.full(pairs.n_probes, TOLERANCE)
-    point = OperatingPoint("balanced" if target_far is None else "far", threshold, TOLERANCE / threshold,
+    point = OperatingPoint(rule if target_far is None else "far", threshold, TOLERANCE / threshold,
                            accepted_same / max(counted_same, 1), accepted_diff / max(counted_diff, 1),
                            n_same, n_diff, int(fold.max() + 1), target_far, far_used,
                            [float(t) for t in thresholds], "; ".join(sorted(notes)))

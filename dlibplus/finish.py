@@ -62,7 +62,7 @@ def judge(run: Run, tuned_backbone: dict, train: ChipSet, val: ChipSet) -> list[
         judged.append(assess(validation_embeddings(run, encoder, train.chips), train.labels,
                              validation_embeddings(run, encoder, val.chips), val.labels,
                              alpha=alpha, calibrate=alpha > 0, target_far=config.target_far, seed=config.seed,
-                             grown=config.judge_gallery == "grown"))
+                             grown=config.judge_gallery == "grown", rule=config.calibration))
     return judged
 
 
@@ -108,7 +108,7 @@ def kept_figures(run: Run, alpha: float, scale: float, train: ChipSet, val: Chip
     far = config.target_far or 1e-3
     if alpha > 0:  # DIR+flip averages with the mirror image, which shrinks distances: calibrate it
         flip_point, _ = operating_point(probe_pairs(train_flip, train.labels, val_flip, val.labels),
-                                        target_far=config.target_far, seed=config.seed)
+                                        target_far=config.target_far, rule=config.calibration, seed=config.seed)
         calibration_flip = {**flip_point.to_dict(), "scale": flip_point.scale}
     else:  # the folder is dlib: DIR+flip is dlib+flip, which is not calibrated either
         calibration_flip = {"scale": 1.0, "note": "the model is dlib's: +flip is left as dlib+flip"}

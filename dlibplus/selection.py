@@ -65,12 +65,14 @@ class Assessment:
 
 
 def assess(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val_y: np.ndarray, *, alpha: float,
-           calibrate: bool, target_far: float | None, seed: int, grown: bool = False) -> Assessment:
+           calibrate: bool, target_far: float | None, seed: int, grown: bool = False,
+           rule: str = "balanced") -> Assessment:
     """Calibrate one candidate's embeddings and measure the user's path with held-out thresholds.
     ``grown``: name the validation photos against the training photos plus other validation photos
-    (:func:`~dlibplus.calibration.knn_correct_grown`), else against the training photos alone."""
+    (:func:`~dlibplus.calibration.knn_correct_grown`), else against the training photos alone. ``rule``: how
+    0.6 is placed (:func:`~dlibplus.calibration.operating_point`)."""
     pairs = probe_pairs(train_emb, train_y, val_emb, val_y)
-    point, thresholds = operating_point(pairs, calibrate=calibrate, target_far=target_far, seed=seed)
+    point, thresholds = operating_point(pairs, calibrate=calibrate, target_far=target_far, rule=rule, seed=seed)
     if grown:
         correct, rejected = knn_correct_grown(train_emb, train_y, val_emb, val_y, thresholds, seed)
     else:

@@ -14,6 +14,9 @@ TRAIN_ONLY_CHOICES = ("all", "affine")
 # the gallery the candidates are judged with: "trained" (the photos the run trained on) or "grown" (those plus
 # the other validation photos, nearer the gallery the user's train-knn gets: every photo; BENCHMARKS.md)
 JUDGE_GALLERIES = ("trained", "grown")
+# where 0.6 is put on the user's validation pairs (without target_far): the point of best balanced accuracy, or
+# the equal-error point (as many same-person pairs rejected as different-person pairs let through)
+CALIBRATIONS = ("balanced", "equal_error")
 # How far the network may move from dlib: the defaults of the six settings that decide it (a value
 # given explicitly wins). "anchor" pulls the weights towards dlib's (L2-SP) and keeps its first three stages
 # (stem, layer1, layer2: 6 % of the weights, 58 % of a forward pass on CPU), for people dlib already tells apart;
@@ -111,6 +114,7 @@ class FinetuneConfig:
     keep: str = "auto"
     regime: str = "anchor"
     judge_gallery: str = "trained"
+    calibration: str = "balanced"  # see CALIBRATIONS
     ema: float = 0.0  # decay per step of a moving average of the network's weights (0: off; BENCHMARKS.md)
     crossfit_network: str = "retrain"
     echo: int = 0  # augmented copies a photo, kept after the frozen stages (0: a fresh copy every epoch)
@@ -137,6 +141,8 @@ class FinetuneConfig:
             raise ValueError(f"train_only must be one of {list(TRAIN_ONLY_CHOICES)}, not {self.train_only!r}")
         if self.judge_gallery not in JUDGE_GALLERIES:
             raise ValueError(f"judge_gallery must be one of {list(JUDGE_GALLERIES)}, not {self.judge_gallery!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {list(CALIBRATIONS)}, not {self.calibration!r}")
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"keep must be one of {list(KEEP_CHOICES)}, not {self.keep!r}")
         if self.target_far is not None and not 0 < self.target_far < 1:

@@ -278,22 +278,23 @@ def test_head_open_set_threshold_by_hand():
 
 
 def test_cli_lp_ft_and_affine_only_reach_the_written_model(people, tmp_path):
-    """--head-epochs, --train-only, --distill and --triplet-margin through the command: the settings are recorded,
-    and the written network differs from dlib's only in the unfrozen stage's affine layers (its convolutions and every
-    frozen stage are dlib's to the bit; fc is dlib's times the calibration's scale)."""
+    """--head-epochs, --train-only, --distill, --triplet-margin and --calibration through the command: the settings
+    are recorded, and the written network differs from dlib's only in the unfrozen stage's affine layers (its
+    convolutions and every frozen stage are dlib's to the bit; fc is dlib's times the calibration's scale)."""
     from dlibplus import dlibnet
     from dlibplus.models import FACE_RECOGNITION_MODEL, model_path
 
     out = tmp_path / "model"
     res = run("finetune", people, "-o", out, *FAST, *KEEP, "--epochs", "3", "--head-epochs", "1",
               "--train-only", "affine", "--lr", "5e-3", "--anchor", "10", "--distill", "0.5",
-              "--triplet-margin", "0.4")
+              "--triplet-margin", "0.4", "--calibration", "equal-error")
     assert res.exit_code == 0, res.output
     assert "the head alone for the first 1 epochs" in res.output and "only the affine layers train" in res.output
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["config"]["head_epochs"] == 1 and meta["config"]["train_only"] == "affine"
     assert meta["config"]["distill"] == 0.5 and meta["config"]["triplet_margin"] == 0.4
     assert meta["config"]["anchor"] == 10 and meta["config"]["triplet"] == REGIMES["anchor"]["triplet"]
+    assert meta["config"]["calibration"] == meta["calibration"]["method"] == "equal_error"
     assert meta["best_epoch"] != 1  # the head-only epoch (still dlib's network) is never the one kept
     ours = torch.load(out / "model.pt", weights_only=True)
     dlib = dlibnet.load_dat(model_path(FACE_RECOGNITION_MODEL)).state_dict()
@@ -306,6 +307,7 @@ def test_cli_lp_ft_and_affine_only_reach_the_written_model(people, tmp_path):
     assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--triplet-margin", "-1").exit_code == 2
     assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--regime", "loose").exit_code == 2
     assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--distill-share", "0").exit_code == 2
+    assert run("finetune", people, "-o", tmp_path / "bad", *FAST, "--calibration", "median").exit_code == 2
     assert not (tmp_path / "bad").exists()
 
 

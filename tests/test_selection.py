@@ -140,3 +140,46 @@ def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(
     refused = text(select([judge(train, train_y, val, val_y, 0.5)], dlib, val_y, seed=0))
     assert "NOT better than dlib" in refused and "chose this network" not in refused
     assert "train-knn --jitters 10" in refused  # what named more than fine-tuning with 2-4 photos a person
+
+
+def test_equal_error_threshold_is_the_cut_where_both_error_shares_meet(kpop):
+    """On real validation pairs (dlib's encodings of kpop: a fifth of different-person pairs within 0.6),
+    the equal-error cut brings the rejected share of same-person pairs and the accepted share of
+    different-person pairs closer than any other cut (brute force over every distinct distance), and its
+    shares agree with :func:`dlibplus.metrics.eer`'s interpolated rate."""
+    from dlibplus import metrics
+    from dlibplus.calibration import equal_error_threshold, probe_pairs
+
+    pairs = probe_pairs(*kpop)
+    t = equal_error_threshold(pairs.dist, pairs.same)
+    gap = lambda cut: abs(np.mean(pairs.dist[pairs.same] > cut) - np.mean(pairs.dist[~pairs.same] <= cut))  # noqa: E731
+    cuts = np.unique(pairs.dist)
+    assert gap(t) == pytest.approx(min(gap(c) for c in np.r_[cuts[0] / 2, (cuts[1:] + cuts[:-1]) / 2]))
+    assert t not in cuts  # midway between two distances
+    frr, far = np.mean(pairs.dist[pairs.same] > t), np.mean(pairs.dist[~pairs.same] <= t)
+    assert abs(frr - metrics.eer(pairs.dist, pairs.same).rate) < 0.01 and abs(far - frr) < 0.01
+
+
+def test_equal_error_threshold_of_separated_pairs_is_the_middle_of_the_gap():
+    from dlibplus.calibration import equal_error_threshold
+
+    dist = np.array([0.1, 0.3, 0.35, 0.7, 0.9])
+    same = np.array([True, True, True, False, False])
+    assert equal_error_threshold(dist, same) == pytest.approx((0.35 + 0.7) / 2)
+    with pytest.raises(ValueError, match="both"):
+        equal_error_threshold(dist[:3], same[:3])
+
+
+def test_calibration_rule_is_recorded_and_checked(kpop):
+    """``rule`` decides where 0.6 sits; the operating point says which rule placed it, and its
+    cross-validated shares (read on photos each threshold was not fit on) are near equal for the
+    equal-error rule. A rule that does not exist is refused by the config."""
+    from dlibplus.train_config import FinetuneConfig
+
+    a = assess(*kpop, alpha=1.0, calibrate=True, target_far=None, seed=0, rule="equal_error")
+    b = judge(*kpop, alpha=1.0)
+    assert a.point.method == "equal_error" and b.point.method == "balanced"
+    assert a.point.scale == pytest.approx(0.6 / a.point.threshold)
+    assert abs((1 - a.point.same_accepted) - a.point.different_accepted) < 0.05
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        FinetuneConfig(calibration="median")

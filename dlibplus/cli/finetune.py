@@ -122,6 +122,11 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--target-far", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Calibrate distance 0.6 at this false-accept rate on your photos (stricter, for open-set "
                    "use) instead of the default: the point of best balanced accuracy, as 0.6 is for dlib.")
+@click.option("--calibration", type=click.Choice(["balanced", "equal-error"]), default="balanced", show_default=True,
+              help="Where 0.6 is put on your validation pairs: best balanced accuracy, or equal error (as many "
+                   "same-person pairs rejected as different-person pairs let through). On the benchmark suite "
+                   "equal error put 0.6 nearer each set's own equal-error point but called more of your people "
+                   "\"unknown\" (BENCHMARKS.md).")
 @click.option("--keep", type=click.Choice(["auto", "finetuned"]), default="auto", show_default=True,
               help="auto: hand back whichever of dlib, an interpolation between dlib and the fine-tuned weights, "
                    "or the fine-tuned weights names your validation photos best, and dlib unless another beats "
@@ -135,8 +140,8 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_margin, metric_loss, epochs,
              batch_people, batch_images, optimizer, lr, head_lr, weight_decay, regime, anchor, distill, distill_share,
              warmup_epochs, grad_clip, freeze, head_epochs, train_only, augment_on, no_augment, echo,
-             val_fraction, val_folder, folds, fold_workers, patience, seed, device, no_amp, target_far, keep, resume,
-             overwrite, multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
+             val_fraction, val_folder, folds, fold_workers, patience, seed, device, no_amp, target_far, calibration,
+             keep, resume, overwrite, multiple_faces, detector, upsample, landmarks, face_box, max_side, jobs):
     """Fine-tune dlib's face network on FOLDER/<person>/<image> and write it to OUTPUT.
 
     Afterwards use it anywhere with --encoder OUTPUT (train-knn, predict, encode, evaluate) or
@@ -163,7 +168,7 @@ def finetune(folder, output, head, margin, scale, center_loss, triplet, triplet_
             grad_clip=grad_clip, freeze=freeze, head_epochs=head_epochs, train_only=train_only,
             augment=not no_augment, augment_on=augment_on, echo=echo, val_fraction=val_fraction, folds=folds,
             fold_workers=fold_workers, patience=patience, seed=seed, device=device, amp=not no_amp,
-            target_far=target_far, keep=keep)
+            target_far=target_far, calibration=calibration.replace("-", "_"), keep=keep)
         config.check_head()
         ft.check_folds(folds, resume=resume, val_folder=val_folder)
     except (ValueError, TypeError) as exc:
