@@ -82,7 +82,7 @@ def pool(judged: list[Assessment]) -> Assessment:
         n_same, n_diff, sum(p.folds for p in points), points[0].target_far, max(used) if used else None,
         [p.threshold for p in points], "; ".join(sorted({p.note for p in points if p.note})))
     return Assessment(judged[0].alpha, point, *(np.concatenate([getattr(a, name) for a in judged])
-                                                for name in ("correct", "rejected", "margin")))
+                                                for name in ("correct", "rejected", "margin", "stranger_out")))
 
 
 def pooled_metrics(rows: list[dict], weights: list[int]) -> dict[str, Any]:

@@ -236,11 +236,14 @@ def summary_lines(result: FinetuneResult) -> list[str]:
                      f"validated once; {tail}")
     sel = result.selection
     lines += ["", "on the validation photos (train-knn + predict at tolerance 0.6; rates at 0.6 cross-validated):",
-              f"{'network':<18}{'named right':>12}{'unknown':>9}{'same pairs ok':>15}{'diff. pairs in':>16}"]
+              f"{'network':<18}{'named right':>12}{'unknown':>9}{'same pairs ok':>15}{'diff. pairs in':>16}"
+              f"{'strangers out':>15}"]
     for c in [sel.dlib] + sel.candidates:
         mark = " <- kept" if c is sel.chosen else ""
         lines.append(f"{c.name:<18}{c.accuracy:>12.3f}{c.unknown_rate:>9.3f}{c.point.same_accepted:>15.3f}"
-                     f"{c.point.different_accepted:>16.3f}{mark}")
+                     f"{c.point.different_accepted:>16.3f}{c.strangers_out:>15.3f}{mark}")
+    lines.append("strangers out: validation photos with no training photo of anyone else within 0.6, so that with "
+                 "their person left out of train-knn they are called \"unknown\"")
     flip = result.finetuned_flip_val.get("identification_1nn")
     plain = result.finetuned_val.get("identification_1nn")
     if flip is not None and plain is not None:

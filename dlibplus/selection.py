@@ -34,6 +34,8 @@ class Assessment:
     :ivar alpha: 0 for dlib, 1 for the fine-tuned weights.
     :ivar correct: (p,) bool, each validation photo named rightly by train-knn + predict at 0.6.
     :ivar rejected: (p,) bool, right person but called "unknown".
+    :ivar stranger_out: (p,) bool, no training photo of anyone else within the photo's threshold: as a stranger
+        (its person absent from train-knn) it would certainly be called "unknown".
     """
 
     alpha: float
@@ -41,6 +43,7 @@ class Assessment:
     correct: np.ndarray
     rejected: np.ndarray
     margin: np.ndarray  # (p,) nearest impostor minus nearest genuine distance, over the median distance
+    stranger_out: np.ndarray
 
     @property
     def mean_margin(self) -> float:
@@ -58,9 +61,14 @@ class Assessment:
     def unknown_rate(self) -> float:
         return float(self.rejected.mean()) if len(self.rejected) else 0.0
 
+    @property
+    def strangers_out(self) -> float:
+        """Share of validation photos a gallery without their person would call "unknown" (at least)."""
+        return float(self.stranger_out.mean()) if len(self.stranger_out) else 0.0
+
     def summary(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "name": self.name, "knn_accuracy": self.accuracy,
-                "unknown_rate": self.unknown_rate, "mean_margin": self.mean_margin,
+                "unknown_rate": self.unknown_rate, "strangers_out": self.strangers_out, "mean_margin": self.mean_margin,
                 "operating_point": self.point.to_dict()}
 
 
@@ -77,21 +85,20 @@ def assess(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val_
         correct, rejected = knn_correct_grown(train_emb, train_y, val_emb, val_y, thresholds, seed)
     else:
         correct, rejected = knn_correct(train_emb, train_y, val_emb, val_y, thresholds)
-    return Assessment(alpha, point, correct, rejected, margins(train_emb, train_y, val_emb, val_y))
+    genuine, impostor, median = nearest_photos(train_emb, train_y, val_emb, val_y)
+    return Assessment(alpha, point, correct, rejected, (impostor - genuine) / median, impostor > thresholds)
 
 
-def margins(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val_y: np.ndarray) -> np.ndarray:
-    """(p,) for each validation photo: distance to the nearest training photo of someone else minus the
-    distance to the nearest of the same person, over the median distance between validation and training
-    photos (so networks of any scale, calibrated or not, compare by their geometry alone; above 0: the
-    nearest photo is the right person's)."""
+def nearest_photos(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, val_y: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """For each validation photo, the distance to the nearest training photo of the same person (genuine) and
+    of someone else (impostor), (p,) float each, and the median distance between validation and training
+    photos."""
     from .metrics import cross_distances
 
     d = cross_distances(val_emb, train_emb)
     same = np.asarray(val_y)[:, None] == np.asarray(train_y)[None, :]
-    genuine = np.where(same, d, np.inf).min(axis=1)
-    impostor = np.where(~same, d, np.inf).min(axis=1)
-    return (impostor - genuine) / np.median(d)
+    return np.where(same, d, np.inf).min(axis=1), np.where(~same, d, np.inf).min(axis=1), float(np.median(d))
 
 
 def interpolate(base: Mapping[str, Any], tuned: Mapping[str, Any], alpha: float) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def _judged(alpha, threshold, same_ok, diff_in, n_same, n_diff, correct):
     correct = np.asarray(correct, bool)
     point = OperatingPoint("balanced", threshold, TOLERANCE / threshold, same_ok, diff_in, n_same, n_diff, 5,
                            fold_thresholds=[threshold])
-    return Assessment(alpha, point, correct, np.zeros_like(correct), np.where(correct, 0.1, -0.1))
+    return Assessment(alpha, point, correct, np.zeros_like(correct), np.where(correct, 0.1, -0.1), ~correct)
 
 
 def test_pool_concatenates_photos_and_weights_rates_by_pairs():
@@ -60,7 +60,7 @@ def test_pool_concatenates_photos_and_weights_rates_by_pairs():
 
 def test_pool_of_dlib_keeps_it_uncalibrated():
     dlib = [Assessment(0.0, OperatingPoint("none", TOLERANCE, 1.0, 1.0, 0.3, 4, 10, 0), np.ones(2, bool),
-                       np.zeros(2, bool), np.zeros(2)) for _ in range(2)]
+                       np.zeros(2, bool), np.zeros(2), np.zeros(2, bool)) for _ in range(2)]
     p = pool(dlib).point
     assert p.method == "none" and p.scale == 1.0 and p.threshold == TOLERANCE
     assert p.same_accepted == 1.0 and p.different_accepted == pytest.approx(0.3)

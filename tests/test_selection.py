@@ -130,6 +130,8 @@ def test_end_of_run_table_says_a_kept_gain_was_read_on_the_photos_that_chose_it(
 
     kept = text(select([better], dlib, val_y, seed=0))
     assert "kept: fine-tuned" in kept and "validation photos that chose this network" in kept
+    row = next(line for line in kept.splitlines() if line.startswith("fine-tuned "))  # its strangers out, last
+    assert "strangers out" in kept and row.split()[5] == f"{better.strangers_out:.3f}"
     assert "--jitters 10" not in kept  # 8 photos a person: beyond where jitter was measured to match fine-tuning
     few = text(select([better], dlib, val_y, seed=0), median_photos=3.0)
     assert "With 3 photos for the median person" in few
@@ -183,3 +185,26 @@ def test_calibration_rule_is_recorded_and_checked(kpop):
     assert abs((1 - a.point.same_accepted) - a.point.different_accepted) < 0.05
     with pytest.raises(ValueError, match="calibration must be one of"):
         FinetuneConfig(calibration="median")
+
+
+def test_strangers_out_are_called_unknown_by_a_knn_without_their_person(kpop):
+    """``strangers_out``: the validation photos with no training photo of anyone else within their held-out
+    threshold. Each of them, named by train-knn fitted without its own person, is "unknown", so the share is a
+    floor on the strangers a gallery rejects. On kpop dlib's 0.6 rejects almost no stranger; a network that
+    pulls each person's photos together, calibrated, rejects many more."""
+    from dlibplus.calibration import operating_point, probe_pairs
+    from dlibplus.knn import FaceKNN
+    from dlibplus.predict import UNKNOWN
+
+    train, train_y, val, val_y = kpop
+    dlib = judge(train, train_y, val, val_y, alpha=0.0, calibrate=False)
+    d = np.linalg.norm(val[:, None] - train[None], axis=-1)
+    np.testing.assert_array_equal(dlib.stranger_out, np.where(val_y[:, None] != train_y, d, np.inf).min(1) > 0.6)
+    pulled_train, pulled_val = pulled_to_means(train, train_y, val, val_y, 0.5)
+    tuned = judge(pulled_train, train_y, pulled_val, val_y, alpha=1.0)
+    assert dlib.strangers_out < 0.1 and tuned.strangers_out > dlib.strangers_out + 0.2
+    _, thresholds = operating_point(probe_pairs(pulled_train, train_y, pulled_val, val_y), seed=0)
+    for i in np.flatnonzero(tuned.stranger_out):
+        without = train_y != val_y[i]
+        knn = FaceKNN().fit(pulled_train[without], train_y[without].astype(str))
+        assert knn.predict(pulled_val[i:i + 1], threshold=thresholds[i])[0] == UNKNOWN
