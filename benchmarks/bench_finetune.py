@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchlib import faces_root
+from bench_suite import strangers_unknown
 from dlibplus import metrics
 from dlibplus.data import split_per_person
 from dlibplus.faces import FaceSettings
@@ -55,6 +56,7 @@ def closed_set(encoder, data, train_idx, test_idx, far=1e-3) -> dict:
     dist, same = metrics.pair_distances(emb[test_idx], names[test_idx])
     tars = {f"tar@{r.far:g}": r.tar for r in metrics.tar_at_far(dist, same, (1e-2, far))}
     return {"knn_accuracy": float(np.mean(pred == names[test_idx])), "knn_k": knn.k_, "knn_method": knn.method_,
+            "strangers_unknown": strangers_unknown(emb[train_idx], names[train_idx], emb[test_idx], names[test_idx]),
             "vote_accuracy": float(np.mean(vote == names[test_idx])),
             "1nn_accuracy": float(np.mean(nearest == names[test_idx])), **tars,
             "different_pairs_at_0.6": float(np.mean(dist[~same] <= 0.6)),
@@ -151,12 +153,12 @@ def main() -> None:
                                  "regime": json.loads((out / "metadata.json").read_text()).get("regime", {})}
                 print(json.dumps({name: results[name]}, indent=1), flush=True)
 
-    columns = [("kpop", "knn_accuracy", 3), ("kpop", "1nn_accuracy", 3), ("kpop", "tar@0.001", 3),
+    columns = [("kpop", "knn_accuracy", 3), ("kpop", "strangers_unknown", 3), ("kpop", "1nn_accuracy", 3), ("kpop", "tar@0.001", 3),
                ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3), ("lfw", "kfold_accuracy", 4),
                ("lfw", "tar@0.001", 3)]
-    print("\n| model | KNN acc | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | "
+    print("\n| model | KNN acc | strangers unknown | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | "
           "LFW TAR@1e-3 | regime: kept | fine-tune wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         cells = [f"{r[part][key]:.{digits}f}" for part, key, digits in columns]
         kept = f"{r.get('regime', {}).get('regime', '–')}: {r.get('kept', '–')}"

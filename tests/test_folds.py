@@ -178,7 +178,7 @@ def test_ctrl_c_while_the_folds_train_ends_the_workers_and_writes_nothing(tmp_pa
     interrupter = threading.Thread(target=interrupt_once_the_workers_run)
     with _threads(2):
         interrupter.start()
-        res = _finetune_cli(people, out, "--epochs", "400")
+        res = _finetune_cli(people, out, "--epochs", "400", "--patience", "0")  # no early stop before the interrupt
     interrupter.join()
     assert res.exit_code == 130, res.output
     assert "interrupted while the folds trained; nothing was written" in res.output
