@@ -3,7 +3,7 @@
 face_recognition's users compare distances with 0.6. For dlib on general faces 0.6 is close to the
 point of best balanced accuracy: about as many same-person pairs rejected as different-person pairs let
 through. A fine-tuned network has other units, so its output is scaled to put 0.6 at that point again,
-now for the user's own people (:func:`operating_point`).
+now for the user's own people (:func:`operating_point`; the equal-error point is the other rule offered).
 
 The pairs it is measured on are those a user meets when predicting: each validation photo (unseen by
 the training) against every training photo and every other validation photo (:func:`probe_pairs`). The
@@ -149,7 +149,9 @@ def _fit(dist: np.ndarray, same: np.ndarray, target_far: float | None, rule: str
         return far_threshold(dist, same, target_far)
     if rule == "equal_error":
         return equal_error_threshold(dist, same), None
-    return balanced_threshold(dist, same), None
+    if rule == "balanced":
+        return balanced_threshold(dist, same), None
+    raise ValueError(f"calibration rule must be 'balanced' or 'equal_error', not {rule!r}")
 
 
 def probe_folds(n_probes: int, folds: int, seed: int) -> np.ndarray:

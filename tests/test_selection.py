@@ -185,6 +185,8 @@ def test_calibration_rule_is_recorded_and_checked(kpop):
     assert abs((1 - a.point.same_accepted) - a.point.different_accepted) < 0.05
     with pytest.raises(ValueError, match="calibration must be one of"):
         FinetuneConfig(calibration="median")
+    with pytest.raises(ValueError, match="calibration rule must be"):
+        assess(*kpop, alpha=1.0, calibrate=True, target_far=None, seed=0, rule="median")
 
 
 def test_strangers_out_are_called_unknown_by_a_knn_without_their_person(kpop):
