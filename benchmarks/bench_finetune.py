@@ -153,11 +153,11 @@ def main() -> None:
                                  "regime": json.loads((out / "metadata.json").read_text()).get("regime", {})}
                 print(json.dumps({name: results[name]}, indent=1), flush=True)
 
-    columns = [("kpop", "knn_accuracy", 3), ("kpop", "strangers_unknown", 3), ("kpop", "1nn_accuracy", 3), ("kpop", "tar@0.001", 3),
-               ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3), ("lfw", "kfold_accuracy", 4),
-               ("lfw", "tar@0.001", 3)]
-    print("\n| model | KNN acc | strangers unknown | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | "
-          "LFW TAR@1e-3 | regime: kept | fine-tune wall s |")
+    columns = [("kpop", "knn_accuracy", 3), ("kpop", "strangers_unknown", 3), ("kpop", "1nn_accuracy", 3),
+               ("kpop", "tar@0.001", 3), ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3),
+               ("lfw", "kfold_accuracy", 4), ("lfw", "tar@0.001", 3)]
+    print("\n| model | KNN acc | strangers unknown | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | "
+          "LFW 10-fold acc | LFW TAR@1e-3 | regime: kept | fine-tune wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         cells = [f"{r[part][key]:.{digits}f}" for part, key, digits in columns]

@@ -306,8 +306,8 @@ def _yes(row: dict) -> str:
 def print_table(results: list[dict]) -> None:
     print("\n| set | photos/person | regime | kept | dlib, the example's vote (knn) "
           "| train-knn acc dlib → ft (gain, 95 % CI) | method dlib → ft | unknown dlib → ft | "
-          "strangers unknown dlib → ft | 1-NN | SVM dlib → ft | prototypes dlib → ft | TAR@1e-3 | diff. pairs ≤ 0.6 | same pairs > 0.6 | "
-          "EER | 0.6 within EER + 1 pt | lfw 10-fold | s |")
+          "strangers unknown dlib → ft | 1-NN | SVM dlib → ft | prototypes dlib → ft | TAR@1e-3 | "
+          "diff. pairs ≤ 0.6 | same pairs > 0.6 | EER | 0.6 within EER + 1 pt | lfw 10-fold | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         d, f = r["dlib"], r["finetuned"]
