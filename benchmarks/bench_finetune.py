@@ -10,6 +10,10 @@ fine-tuned, on the same images. Baseline and fine-tuned are measured in the same
     python benchmarks/bench_finetune.py --heads arcface cosface --out /tmp/ft-bench
     python benchmarks/bench_finetune.py --heads arcface cosface --seeds 0 1 2   # run-to-run spread
     python benchmarks/bench_finetune.py --heads arcface --train-fraction 0.5    # fewer photos per person
+    python benchmarks/bench_finetune.py --heads arcface --hold-out 3            # 3 people as strangers
+
+``--hold-out K``: K people (seeded by ``--split-seed``) are left out of fine-tuning and of train-knn; their
+test-half photos are strangers nobody trained on, and the share train-knn calls "unknown" is reported.
 
 ``--seeds``: each seed is one fine-tuning run (its own validation split inside the train half, batches
 and augmentation); the kpop train/test split stays the issue's (``--split-seed``). With several seeds the
@@ -39,6 +43,7 @@ from dlibplus.data import split_per_person
 from dlibplus.faces import FaceSettings
 from dlibplus.encoders import TorchEncoder
 from dlibplus.knn import FaceKNN
+from dlibplus.predict import UNKNOWN
 from dlibplus.finetune_data import FinetuneData, drop_small_classes, load_chipset
 from dlibplus.finetune import finetune
 from dlibplus.train_config import FinetuneConfig
@@ -46,7 +51,9 @@ from dlibplus.train_config import FinetuneConfig
 FACES = faces_root()
 
 
-def closed_set(encoder, data, train_idx, test_idx, far=1e-3) -> dict:
+def closed_set(encoder, data, train_idx, test_idx, far=1e-3, strangers=None) -> dict:
+    """The user's path on ``data``; with ``strangers`` (chips of people in neither ``data`` nor the fine-tuning),
+    also the share of them train-knn calls "unknown"."""
     emb = encoder.encode(data.chips)
     names = np.array(data.classes)[data.labels]
     knn = FaceKNN().fit(emb[train_idx], names[train_idx])  # train-knn's default: method auto
@@ -55,7 +62,10 @@ def closed_set(encoder, data, train_idx, test_idx, far=1e-3) -> dict:
     nearest, _ = metrics.nearest_identity(emb[train_idx], names[train_idx], emb[test_idx])
     dist, same = metrics.pair_distances(emb[test_idx], names[test_idx])
     tars = {f"tar@{r.far:g}": r.tar for r in metrics.tar_at_far(dist, same, (1e-2, far))}
+    held_out = {} if strangers is None else {
+        "never_trained_unknown": float(np.mean(knn.predict(encoder.encode(strangers)) == UNKNOWN))}
     return {"knn_accuracy": float(np.mean(pred == names[test_idx])), "knn_k": knn.k_, "knn_method": knn.method_,
+            **held_out,
             "strangers_unknown": strangers_unknown(emb[train_idx], names[train_idx], emb[test_idx], names[test_idx]),
             "vote_accuracy": float(np.mean(vote == names[test_idx])),
             "1nn_accuracy": float(np.mean(nearest == names[test_idx])), **tars,
@@ -110,6 +120,9 @@ def main() -> None:
     ap.add_argument("--train-fraction", type=float, default=1.0,
                     help="fine-tune on this share of each person's train-half photos (a learning curve); the "
                          "KNN gallery and the test half stay the same")
+    ap.add_argument("--hold-out", type=int, default=0,
+                    help="leave this many people (seeded by --split-seed) out of fine-tuning and train-knn; their "
+                         "test-half photos are strangers, and the share called unknown is reported")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra FinetuneConfig fields, e.g. --set lr=1e-4 --set freeze=3")
     ap.add_argument("--variant", action="append", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"),
@@ -120,8 +133,19 @@ def main() -> None:
     variants = {v[0]: {**extra, **parse_fields(v[1:])} for v in args.variant} or {"": extra}
 
     kpop, train_idx, test_idx, lfw = load_sets(args.split_seed)
+    strangers = None
+    if args.hold_out:  # people left out of everything but the strangers' test: seeded by the split's seed
+        held = np.random.default_rng(args.split_seed).choice(len(kpop.classes), args.hold_out, replace=False)
+        strangers = kpop.chips[test_idx[np.isin(kpop.labels[test_idx], held)]]
+        print(f"held out of fine-tuning and train-knn: {', '.join(kpop.classes[i] for i in held)} "
+              f"({len(strangers)} test photos as strangers)", file=sys.stderr)
+        rows = np.flatnonzero(~np.isin(kpop.labels, held))
+        new_index = -np.ones(len(kpop.labels), np.int64)
+        new_index[rows] = np.arange(len(rows))
+        kpop, _ = drop_small_classes(kpop.subset(rows), 1)
+        train_idx, test_idx = (new_index[i[new_index[i] >= 0]] for i in (train_idx, test_idx))
     dlib_like = TorchEncoder(device="cpu")  # dlib's weights; equals dlib to ~1e-6 (tests/test_dlibnet.py)
-    results = {"dlib": {"kpop": closed_set(dlib_like, kpop, train_idx, test_idx),
+    results = {"dlib": {"kpop": closed_set(dlib_like, kpop, train_idx, test_idx, strangers=strangers),
                         "lfw": lfw_verification(dlib_like, lfw, args.lfw_people)}}
     print(json.dumps({"dlib": results["dlib"]}, indent=1), flush=True)
 
@@ -146,7 +170,7 @@ def main() -> None:
                 wall = time.time() - t0
                 enc = TorchEncoder.from_dat(out / "model.dat", device="cpu")
                 results[name] = {"head": head, "variant": variant, "group": group, "seed": seed,
-                                 "kpop": closed_set(enc, kpop, train_idx, test_idx),
+                                 "kpop": closed_set(enc, kpop, train_idx, test_idx, strangers=strangers),
                                  "lfw": lfw_verification(enc, lfw, args.lfw_people),
                                  "wall_seconds": wall, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
                                  "val_better_than_dlib": res.better, "kept": res.selection.chosen.name,
@@ -156,9 +180,12 @@ def main() -> None:
     columns = [("kpop", "knn_accuracy", 3), ("kpop", "strangers_unknown", 3), ("kpop", "1nn_accuracy", 3),
                ("kpop", "tar@0.001", 3), ("kpop", "tar@0.01", 3), ("kpop", "different_pairs_at_0.6", 3),
                ("lfw", "kfold_accuracy", 4), ("lfw", "tar@0.001", 3)]
-    print("\n| model | KNN acc | strangers unknown | 1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | "
-          "LFW 10-fold acc | LFW TAR@1e-3 | regime: kept | fine-tune wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    held = [("kpop", "never_trained_unknown", 3)] if args.hold_out else []
+    columns = columns[:2] + held + columns[2:]
+    print("\n| model | KNN acc | strangers unknown | " + "held-out people unknown | " * bool(held) +
+          "1-NN acc | TAR@1e-3 | TAR@1e-2 | diff. pairs ≤ 0.6 | LFW 10-fold acc | LFW TAR@1e-3 | regime: kept | "
+          "fine-tune wall s |")
+    print("|" + "---|" * (len(columns) + 3))
     for name, r in results.items():
         cells = [f"{r[part][key]:.{digits}f}" for part, key, digits in columns]
         kept = f"{r.get('regime', {}).get('regime', '–')}: {r.get('kept', '–')}"
