@@ -59,46 +59,47 @@ def probe_pairs(gallery_emb: np.ndarray, gallery_y: np.ndarray, probe_emb: np.nd
     return ProbePairs(dist, labels[a] == labels[b], a, b, n_p)
 
 
-def balanced_threshold(dist: np.ndarray, same: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """The distance threshold of best balanced accuracy (accept ``dist <= t``); ties go to the cut
-    closest to equal error. ``weights``: per-pair weights (bootstrap), default 1."""
+def _staircase(dist: np.ndarray, same: np.ndarray, weights: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs' distances sorted, (m,), and at each cut i = 0..m (accept the first i pairs), (m + 1,) each: the
+    share of same-person pairs accepted, of different-person pairs let through, and whether the cut lies between
+    two distinct distances. ``weights``: per-pair weights (bootstrap), default 1."""
     w = np.ones(len(dist)) if weights is None else np.asarray(weights, np.float64)
     order = np.argsort(dist, kind="stable")
     d, s, w = dist[order], same[order], w[order]
     n_same, n_diff = w[s].sum(), w[~s].sum()
     if n_same == 0 or n_diff == 0:
         raise ValueError("need both same-person and different-person pairs")
-    tpr = np.concatenate([[0.0], np.cumsum(w * s) / n_same])  # accept the first i pairs, i = 0..m
+    tpr = np.concatenate([[0.0], np.cumsum(w * s) / n_same])
     fpr = np.concatenate([[0.0], np.cumsum(w * ~s) / n_diff])
-    valid = np.concatenate([[True], np.append(d[1:] > d[:-1], True)])  # cut only between distinct values
-    score = np.where(valid, (tpr + 1 - fpr) / 2, -np.inf)
-    best = np.flatnonzero(score >= score.max() - 1e-12)
-    i = best[np.argmin(np.abs((1 - tpr[best]) - fpr[best]))]
+    valid = np.concatenate([[True], np.append(d[1:] > d[:-1], True)])
+    return d, tpr, fpr, valid
+
+
+def _threshold_at(d: np.ndarray, i: int) -> float:
+    """The distance threshold of cut ``i`` of the sorted distances ``d``: midway between the two it separates."""
     if i == 0:
         return float(d[0]) / 2
     if i == len(d):
         return float(d[-1]) * 1.05 + 1e-6
     return float((d[i - 1] + d[i]) / 2)
+
+
+def balanced_threshold(dist: np.ndarray, same: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The distance threshold of best balanced accuracy (accept ``dist <= t``); ties go to the cut
+    closest to equal error. ``weights``: per-pair weights (bootstrap), default 1."""
+    d, tpr, fpr, valid = _staircase(dist, same, weights)
+    score = np.where(valid, (tpr + 1 - fpr) / 2, -np.inf)
+    best = np.flatnonzero(score >= score.max() - 1e-12)
+    return _threshold_at(d, best[np.argmin(np.abs((1 - tpr[best]) - fpr[best]))])
 
 
 def equal_error_threshold(dist: np.ndarray, same: np.ndarray) -> float:
     """The distance threshold where as many same-person pairs are rejected as different-person pairs are
     let through (accept ``dist <= t``): the cut between distinct distances that brings the two shares
     closest, placed midway between them. Perfectly separated pairs give the middle of the gap."""
-    order = np.argsort(dist, kind="stable")
-    d, s = dist[order], same[order]
-    n_same, n_diff = int(s.sum()), int((~s).sum())
-    if n_same == 0 or n_diff == 0:
-        raise ValueError("need both same-person and different-person pairs")
-    frr = 1 - np.concatenate([[0.0], np.cumsum(s) / n_same])  # rejected when the first i pairs are accepted
-    far = np.concatenate([[0.0], np.cumsum(~s) / n_diff])
-    valid = np.concatenate([[True], np.append(d[1:] > d[:-1], True)])  # cut only between distinct values
-    i = int(np.argmin(np.where(valid, np.abs(frr - far), np.inf)))
-    if i == 0:
-        return float(d[0]) / 2
-    if i == len(d):
-        return float(d[-1]) * 1.05 + 1e-6
-    return float((d[i - 1] + d[i]) / 2)
+    d, tpr, fpr, valid = _staircase(dist, same)
+    return _threshold_at(d, int(np.argmin(np.where(valid, np.abs((1 - tpr) - fpr), np.inf))))
 
 
 def far_threshold(dist: np.ndarray, same: np.ndarray, far: float) -> tuple[float, float]:

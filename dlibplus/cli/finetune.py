@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..train_config import CALIBRATIONS as _CALIBRATIONS
 from ..train_config import CONFUSED_SHARE as _CONFUSED
 from ..train_config import HEAD_NAMES as _TRAIN_HEADS
 from ..train_config import REGIME_CHOICES as _REGIMES
@@ -122,7 +123,8 @@ _BY_REGIME = {name: "[default: the regime's: " + ", ".join(f"{regime} {values[na
 @click.option("--target-far", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Calibrate distance 0.6 at this false-accept rate on your photos (stricter, for open-set "
                    "use) instead of the default: the point of best balanced accuracy, as 0.6 is for dlib.")
-@click.option("--calibration", type=click.Choice(["balanced", "equal-error"]), default="balanced", show_default=True,
+@click.option("--calibration", type=click.Choice([c.replace("_", "-") for c in _CALIBRATIONS]),
+              default=_FT.calibration.replace("_", "-"), show_default=True,
               help="Where 0.6 is put on your validation pairs: best balanced accuracy, or equal error (as many "
                    "same-person pairs rejected as different-person pairs let through). Over the benchmark suite "
                    "equal error put 0.6 within each set's own equal-error rate + 1 point more often (6 of 15 splits "
